@@ -1,0 +1,1 @@
+"""Content-addressed storage: blobs, action results and the stat cache."""

@@ -1,0 +1,140 @@
+"""The content store: blobs named by the blake3 of their uncompressed bytes, stored zstd-compressed.
+
+Layout: `<root>/cas/<first two hex digits>/<digest>`. Every write goes through a temp file and
+a rename, so a crash leaves either the whole blob or nothing. Every read is verified; a blob
+whose bytes no longer match its name is deleted and reported as `CorruptBlobError`, so callers
+rebuild it instead of using it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import blake3
+import zstandard
+
+from mk.cache.fsutil import atomic_writer
+
+# Fixed level and no threads: the compressed bytes never depend on the machine.
+_ZSTD_LEVEL = 3
+_CHUNK = 1 << 20
+
+
+class CorruptBlobError(Exception):
+    def __init__(self, digest: str, path: Path) -> None:
+        super().__init__(f"blob {digest} in {path} is corrupt; it was removed and will be rebuilt")
+        self.digest = digest
+
+
+class MissingBlobError(Exception):
+    def __init__(self, digest: str) -> None:
+        super().__init__(f"blob {digest} is not in the content store")
+        self.digest = digest
+
+
+def digest_bytes(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def digest_file(path: Path) -> str:
+    hasher = blake3.blake3()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+class ContentStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root / "cas"
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def touch(self, digest: str) -> None:
+        """Mark a blob as recently used, for least-recently-used garbage collection."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(digest))
+
+    def put_bytes(self, data: bytes) -> str:
+        digest = digest_bytes(data)
+        if not self.has(digest):
+            with atomic_writer(self.path(digest)) as out:
+                out.write(zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data))
+        return digest
+
+    def put_file(self, source: Path) -> str:
+        """Store a file's bytes, streaming: memory use does not grow with the file."""
+        digest = digest_file(source)
+        if not self.has(digest):
+            with open(source, "rb") as src, atomic_writer(self.path(digest)) as out:
+                zstandard.ZstdCompressor(level=_ZSTD_LEVEL).copy_stream(src, out)
+        return digest
+
+    def put_compressed(self, digest: str, compressed: bytes) -> None:
+        """Store a blob received already compressed (from a remote); verified before it lands."""
+        data = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=1 << 34)
+        if digest_bytes(data) != digest:
+            raise CorruptBlobError(digest, self.path(digest))
+        with atomic_writer(self.path(digest)) as out:
+            out.write(compressed)
+
+    def read_bytes(self, digest: str) -> bytes:
+        parts: list[bytes] = []
+        for chunk in self.stream(digest):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def stream(self, digest: str) -> Iterator[bytes]:
+        """Yield the blob's bytes in chunks; raises CorruptBlobError at the end if they are wrong.
+
+        Callers must write what they receive to a temp location and only publish it once the
+        iteration has finished, because verification can only happen at the end.
+        """
+        path = self.path(digest)
+        hasher = blake3.blake3()
+        try:
+            with open(path, "rb") as f:
+                reader = zstandard.ZstdDecompressor().stream_reader(f)
+                while chunk := reader.read(_CHUNK):
+                    hasher.update(chunk)
+                    yield chunk
+        except FileNotFoundError:
+            raise MissingBlobError(digest) from None
+        except zstandard.ZstdError:
+            self._drop(path)
+            raise CorruptBlobError(digest, path) from None
+        if hasher.hexdigest() != digest:
+            self._drop(path)
+            raise CorruptBlobError(digest, path)
+
+    def copy_to(self, digest: str, out: BinaryIO) -> None:
+        for chunk in self.stream(digest):
+            out.write(chunk)
+
+    def verify(self, digest: str) -> bool:
+        try:
+            for _ in self.stream(digest):
+                pass
+        except CorruptBlobError:
+            return False
+        return True
+
+    def digests(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for shard in sorted(self.root.iterdir()):
+            for blob in sorted(shard.iterdir()):
+                if not blob.name.startswith(".tmp-"):
+                    yield blob.name
+
+    def _drop(self, path: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

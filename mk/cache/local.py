@@ -1,0 +1,87 @@
+"""The local cache directory: where it is, its lock, and its scratch space."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+
+from mk.cache.action_cache import ActionCache
+from mk.cache.cas import ContentStore
+from mk.cache.stat_cache import StatCache
+
+
+def default_cache_dir() -> Path:
+    if env := os.environ.get("MK_CACHE_DIR"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "mk"
+
+
+class LocalCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cas = ContentStore(self.root)
+        self.ac = ActionCache(self.root)
+
+    def stat_cache(self, workspace: Path) -> StatCache:
+        """One stat cache per workspace, so two checkouts sharing a cache do not evict each other."""
+        name = blake3.blake3(str(workspace).encode()).hexdigest()[:32]
+        return StatCache(self.root / "stat" / f"{name}.msgpack")
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = False) -> Iterator[None]:
+        """Builds hold the lock shared; garbage collection holds it exclusively."""
+        with open(self.root / "lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def scratch_dir(self, name: str) -> Iterator[Path]:
+        """A private temp directory under the cache (same filesystem, so renames are atomic)."""
+        base = self.root / "tmp"
+        base.mkdir(exist_ok=True)
+        path = base / f"{os.getpid()}-{name}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            _rmtree_writable(path)
+
+    def sweep_stale_scratch(self) -> None:
+        """Remove scratch left by processes that died (SIGKILL) before cleaning up."""
+        base = self.root / "tmp"
+        if not base.is_dir():
+            return
+        for entry in base.iterdir():
+            pid = entry.name.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                _rmtree_writable(entry)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _rmtree_writable(path: Path) -> None:
+    """rmtree that also removes read-only directories a build step may have left."""
+    for dirpath, _dirs, _files in os.walk(path):
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, 0o755)
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""`mk cache stats|gc|verify`: look after the local cache."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mk.cache.action_cache import ActionResult
+from mk.cache.local import LocalCache
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    blobs: int
+    blob_bytes: int
+    actions: int
+    action_bytes: int
+
+
+@dataclass(frozen=True)
+class GcReport:
+    removed_files: int
+    freed_bytes: int
+    remaining_bytes: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    blobs_checked: int
+    corrupt_blobs: tuple[str, ...]
+    broken_actions: tuple[str, ...]
+
+
+def stats(cache: LocalCache) -> CacheStats:
+    blob_sizes = [_size(cache.cas.path(d)) for d in cache.cas.digests()]
+    action_sizes = [_size(cache.ac.path(k)) for k in cache.ac.keys()]
+    return CacheStats(len(blob_sizes), sum(blob_sizes), len(action_sizes), sum(action_sizes))
+
+
+def gc(cache: LocalCache, max_size: int) -> GcReport:
+    """Delete least recently used blobs and action results until the cache fits in `max_size`.
+
+    Action results whose blobs are gone are removed too, so no entry points at nothing.
+    """
+    with cache.lock(exclusive=True):
+        files: list[tuple[int, int, Path]] = []
+        for path in [cache.cas.path(d) for d in cache.cas.digests()] + [
+            cache.ac.path(k) for k in cache.ac.keys()
+        ]:
+            st = path.stat()
+            files.append((st.st_mtime_ns, st.st_size, path))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        removed = freed = 0
+        for _, size, path in files:
+            if total <= max_size:
+                break
+            path.unlink()
+            total -= size
+            freed += size
+            removed += 1
+        for key in list(cache.ac.keys()):
+            result = cache.ac.get(key)
+            if result is None or not all(cache.cas.has(o.digest) for o in result.outputs):
+                path = cache.ac.path(key)
+                with contextlib.suppress(FileNotFoundError):
+                    size = path.stat().st_size
+                    path.unlink()
+                    total -= size
+                    freed += size
+                    removed += 1
+        return GcReport(removed, freed, total)
+
+
+def verify(cache: LocalCache) -> VerifyReport:
+    """Re-hash every blob (dropping corrupt ones) and drop action results that lost a blob."""
+    with cache.lock(exclusive=True):
+        checked = 0
+        corrupt = []
+        for digest in list(cache.cas.digests()):
+            checked += 1
+            if not cache.cas.verify(digest):
+                corrupt.append(digest)
+        broken = []
+        for key in list(cache.ac.keys()):
+            try:
+                result = ActionResult.decode(cache.ac.path(key).read_bytes())
+                intact = all(cache.cas.has(o.digest) for o in result.outputs)
+            except ValueError:
+                intact = False
+            if not intact:
+                broken.append(key)
+                cache.ac.delete(key)
+        return VerifyReport(checked, tuple(corrupt), tuple(broken))
+
+
+def parse_size(text: str) -> int:
+    """'500M', '2G', '1.5GiB', '1000' -> bytes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = cleaned, ""
+    if cleaned and cleaned[-1] in units:
+        number, unit = cleaned[:-1], cleaned[-1]
+    try:
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (try 500M or 2G)") from None
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

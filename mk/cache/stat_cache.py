@@ -1,0 +1,87 @@
+"""Remembers the digest of each source file against its (mtime_ns, size, inode, ctime_ns).
+
+A file is re-hashed only when that tuple changes, so a no-op build reads no file contents.
+An entry hashed within `_RACY_NS` of the file's mtime is not trusted next time: the file could
+have been rewritten within one timestamp tick after we hashed it (git's "racily clean" case).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from mk.cache.cas import digest_file
+from mk.cache.fsutil import write_atomic
+
+_RACY_NS = 50_000_000
+
+# path -> [mtime_ns, size, ino, ctime_ns, hashed_at_ns, digest, executable]
+_Entry = list[object]
+
+
+@dataclass(frozen=True)
+class FileDigest:
+    digest: str
+    executable: bool
+
+
+class StatCache:
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.hashes = 0
+        self._dirty = False
+        try:
+            self._entries: dict[str, _Entry] = msgpack.unpackb(file.read_bytes())
+        except (FileNotFoundError, ValueError, msgpack.UnpackException):
+            self._entries = {}
+
+    def digest(self, path: Path) -> FileDigest:
+        """The blake3 of the file at `path`; raises FileNotFoundError if it is gone.
+
+        Raises IsADirectoryError for a directory: only regular files (or links to them) count.
+        """
+        key = str(path)
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+        entry = self._entries.get(key)
+        if (
+            entry is not None
+            and len(entry) == 7
+            and entry[0] == st.st_mtime_ns
+            and entry[1] == st.st_size
+            and entry[2] == st.st_ino
+            and entry[3] == st.st_ctime_ns
+            and int(entry[4]) - st.st_mtime_ns >= _RACY_NS  # type: ignore[call-overload]
+        ):
+            return FileDigest(str(entry[5]), bool(entry[6]))
+        hashed_at = time.time_ns()
+        result = FileDigest(digest_file(path), bool(st.st_mode & stat.S_IXUSR))
+        self.hashes += 1
+        self._remember(key, st, hashed_at, result)
+        return result
+
+    def record_written(self, path: Path, digest: FileDigest) -> None:
+        """Remember a file mk itself just wrote, so the next build need not read it back."""
+        st = os.stat(path)
+        self._remember(str(path), st, st.st_mtime_ns + _RACY_NS, digest)
+
+    def _remember(self, key: str, st: os.stat_result, hashed_at: int, d: FileDigest) -> None:
+        self._entries[key] = [
+            st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, hashed_at, d.digest, d.executable
+        ]
+        self._dirty = True
+
+    def forget(self, path: Path) -> None:
+        if self._entries.pop(str(path), None) is not None:
+            self._dirty = True
+
+    def save(self) -> None:
+        if self._dirty:
+            write_atomic(self.file, msgpack.packb(self._entries))
+            self._dirty = False

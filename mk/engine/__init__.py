@@ -1,0 +1,1 @@
+"""Loading, analysis, scheduling and the command line."""

@@ -1,0 +1,95 @@
+"""Actions: units of work with declared inputs and outputs, and their content-derived keys."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+import msgpack
+
+from mk.engine.labels import Label
+
+# Bump when the meaning of a key changes (what goes into it, or how actions are executed).
+KEY_SCHEMA = 1
+
+Params = Mapping[str, object]
+
+
+@dataclass(frozen=True, order=True)
+class Artifact:
+    """A file, named by its path relative to the workspace root (sources and outputs alike)."""
+
+    path: str
+    is_source: bool
+
+
+@dataclass(frozen=True)
+class ActionIO:
+    """What an in-process action sees: its input files (already materialised) and output paths."""
+
+    inputs: Mapping[str, Path]
+    outputs: Mapping[str, Path]
+    params: Params
+
+
+@dataclass(frozen=True)
+class Action:
+    """Declared by a rule during analysis. Exactly one of `command` and `function` is set.
+
+    `command` is an argv run in a scratch directory holding only the declared inputs;
+    `function` runs in-process. `version` names the implementation: change it whenever the
+    code behind `function` (or the way a rule builds `command`) changes meaning.
+    """
+
+    owner: Label
+    mnemonic: str
+    version: int
+    inputs: tuple[Artifact, ...]
+    outputs: tuple[Artifact, ...]
+    params: Params = field(default_factory=dict)
+    command: tuple[str, ...] | None = None
+    function: Callable[[ActionIO], None] | None = field(default=None, compare=False)
+    host_tools: tuple[str, ...] = ()  # absolute paths of host binaries the command relies on
+
+    def describe(self) -> str:
+        return f"{self.mnemonic} {self.owner}"
+
+
+def canonical(value: object) -> object:
+    """A form of `value` whose msgpack encoding does not depend on dict insertion order."""
+    if isinstance(value, Mapping):
+        return [[str(k), canonical(value[k])] for k in sorted(value, key=str)]
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    if isinstance(value, Label):
+        return str(value)
+    return value
+
+
+def platform_id() -> str:
+    return f"linux-{platform.machine()}"
+
+
+def action_key(
+    action: Action, input_digests: Mapping[str, str], tool_digests: Mapping[str, str]
+) -> str:
+    """blake3 over canonical msgpack of everything that can change an action's output.
+
+    Inputs enter by *content* digest, never by the key of the action that made them, so a
+    rebuilt input with unchanged bytes leaves this key unchanged (early cutoff).
+    """
+    material = [
+        KEY_SCHEMA,
+        action.mnemonic,
+        action.version,
+        canonical(action.params),
+        list(action.command) if action.command is not None else None,
+        sorted([a.path, input_digests[a.path]] for a in action.inputs),
+        sorted(a.path for a in action.outputs),
+        sorted(tool_digests.items()),
+        platform_id(),
+    ]
+    return blake3.blake3(msgpack.packb(material)).hexdigest()

@@ -1,0 +1,110 @@
+"""Analysis: resolves each target's label attributes and runs its rule to declare actions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mk.engine.actions import Action, Artifact
+from mk.engine.errors import MkError
+from mk.engine.labels import Label, LabelError
+from mk.engine.loader import Loader, Target
+from mk.engine.rule_api import AttrType, Dep, RuleContext, TargetInfo
+
+
+@dataclass(frozen=True)
+class ConfiguredTarget:
+    target: Target
+    info: TargetInfo
+    actions: tuple[Action, ...]
+    deps: tuple[Label, ...]
+
+
+class Analyzer:
+    def __init__(self, loader: Loader, source_date_epoch: int) -> None:
+        self.loader = loader
+        self.source_date_epoch = source_date_epoch
+        self.done: dict[Label, ConfiguredTarget] = {}
+        self._stack: list[Label] = []
+
+    def analyze(self, label: Label) -> ConfiguredTarget:
+        if label in self.done:
+            return self.done[label]
+        if label in self._stack:
+            raise self._cycle(label)
+        target = self.loader.target(label)
+        if target is None:
+            raise MkError(self.loader.missing_target_message(label))
+        self._stack.append(label)
+        try:
+            deps = {
+                attr.name: [self._resolve(target, attr.name, text) for text in _label_texts(target, attr.name, attr.type)]
+                for attr in target.rule.attrs
+                if attr.type in (AttrType.LABEL, AttrType.LABEL_LIST)
+            }
+            ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch)
+            try:
+                info = target.rule.analyze(ctx)
+            except MkError as e:
+                raise MkError(e.message, e.location or target.location) from None
+        finally:
+            self._stack.pop()
+        dep_labels = tuple(sorted({d.label for ds in deps.values() for d in ds if d.label}))
+        configured = ConfiguredTarget(target, info, tuple(ctx.actions), dep_labels)
+        self.done[label] = configured
+        return configured
+
+    def closure(self) -> list[ConfiguredTarget]:
+        return [self.done[label] for label in sorted(self.done)]
+
+    def _resolve(self, target: Target, attr: str, text: str) -> Dep:
+        """A label attribute entry is a target, an output file of a target, or a source file."""
+        package = target.label.package
+        where = self.loader.find_string(target.location, text)
+        try:
+            label = Label.parse(text, package)
+        except LabelError as e:
+            raise MkError(f"{target.rule.name} {target.label}: {e}", where) from None
+        try:
+            pkg = self.loader.package(label.package)
+        except MkError as e:
+            raise MkError(f"{target.rule.name} {target.label} depends on '{text}': {e.message}", where) from None
+        if label.name in pkg.targets:
+            try:
+                return Dep(text, label, self.analyze(label).info.files)
+            except MkError as e:
+                if e.location is None:
+                    raise MkError(e.message, where) from None
+                raise
+        if label.name in pkg.outputs:
+            owner = Label(label.package, pkg.outputs[label.name])
+            path = f"{label.package}/{label.name}".lstrip("/")
+            self.analyze(owner)
+            return Dep(text, owner, (Artifact(path, is_source=False),))
+        path = f"{label.package}/{label.name}".lstrip("/")
+        if self.loader.has_package(os.path.dirname(path)) and os.path.dirname(path) != label.package:
+            raise MkError(
+                f"{target.rule.name} {target.label}: '{text}' crosses into package "
+                f"'//{os.path.dirname(path)}'; refer to a target there instead",
+                where,
+            )
+        if (self.loader.root / path).is_file():
+            return Dep(text, None, (Artifact(path, is_source=True),))
+        if text.startswith((":", "//")):
+            message = f"{target.rule.name} {target.label} depends on {self.loader.missing_target_message(label)}"
+        else:
+            message = f"{target.rule.name} {target.label}: source file '{path}' does not exist"
+        raise MkError(message, where)
+
+    def _cycle(self, label: Label) -> MkError:
+        cycle = [*self._stack[self._stack.index(label):], label]
+        lines = [f"    {lbl}  ({self.loader.target(lbl).location})" for lbl in cycle]  # type: ignore[union-attr]
+        return MkError("dependency cycle:\n" + "\n".join(lines), self.loader.target(label).location)  # type: ignore[union-attr]
+
+
+def _label_texts(target: Target, attr: str, kind: AttrType) -> list[str]:
+    value = target.attrs[attr]
+    if kind is AttrType.LABEL:
+        return [value] if isinstance(value, str) and value else []
+    assert isinstance(value, list)
+    return value

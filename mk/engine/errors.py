@@ -1,0 +1,38 @@
+"""User-facing errors: every one names where the problem is and what to do about it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str  # relative to the workspace root
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+class MkError(Exception):
+    """An error in the user's input or environment, printed without a Python traceback."""
+
+    def __init__(self, message: str, location: Location | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.location = location
+
+    def __str__(self) -> str:
+        prefix = f"{self.location}: " if self.location else ""
+        return f"{prefix}error: {self.message}"
+
+
+def did_you_mean(word: str, candidates: Iterable[str], limit: int = 3) -> str:
+    """' (did you mean 'x'?)' for the nearest candidates, or '' when none is close."""
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=limit, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"

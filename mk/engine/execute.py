@@ -1,0 +1,163 @@
+"""Runs one action in a private scratch directory and stores its outputs in the content store.
+
+Inputs are materialised at their workspace-relative paths; nothing else of the workspace is
+visible through the working directory. Outputs are checked, stored, and only then described by
+an action result, so an interrupted action leaves no trace but its scratch directory, which is
+removed on the way out (or by the next build if this process was killed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from mk.cache.action_cache import ActionResult, OutputFile
+from mk.cache.cas import digest_file
+from mk.cache.local import LocalCache
+from mk.cache.stat_cache import FileDigest
+from mk.engine.actions import Action, ActionIO
+from mk.engine.errors import MkError
+
+FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
+_STDERR_TAIL = 4000
+
+
+class ActionFailed(MkError):
+    pass
+
+
+class RunningProcesses:
+    """Process groups of running commands, so Ctrl-C can stop them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self.cancelled = threading.Event()
+
+    def add(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs.add(proc)
+        if self.cancelled.is_set():
+            self.kill_all()
+
+    def remove(self, proc: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def kill_all(self) -> None:
+        self.cancelled.set()
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+class Executor:
+    def __init__(self, cache: LocalCache, workspace_root: Path) -> None:
+        self.cache = cache
+        self.root = workspace_root
+        self.processes = RunningProcesses()
+
+    def run(self, action: Action, key: str, inputs: Mapping[str, FileDigest]) -> ActionResult:
+        with self.cache.scratch_dir(key[:20]) as scratch:
+            execroot = scratch / "execroot"
+            execroot.mkdir()
+            for artifact in action.inputs:
+                self._materialise(artifact.path, artifact.is_source, inputs[artifact.path], execroot)
+            for artifact in action.outputs:
+                (execroot / artifact.path).parent.mkdir(parents=True, exist_ok=True)
+            if action.command is not None:
+                log = self._run_command(action, execroot, scratch)
+            else:
+                log = self._run_function(action, execroot)
+            outputs = tuple(self._collect(action, a.path, execroot) for a in action.outputs)
+            return ActionResult(outputs, 0, self.cache.cas.put_bytes(log))
+
+    def _materialise(self, path: str, is_source: bool, want: FileDigest, execroot: Path) -> None:
+        target = execroot / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if is_source:
+            shutil.copyfile(self.root / path, target)
+            if digest_file(target) != want.digest:
+                raise MkError(f"source file '{path}' changed while the build was running; run mk again")
+        else:
+            with open(target, "wb") as out:
+                self.cache.cas.copy_to(want.digest, out)
+        os.chmod(target, 0o555 if want.executable else 0o444)
+
+    def _run_command(self, action: Action, execroot: Path, scratch: Path) -> bytes:
+        assert action.command is not None
+        home, tmp = scratch / "home", scratch / "tmp"
+        home.mkdir()
+        tmp.mkdir()
+        declared_env = action.params.get("env", {})
+        assert isinstance(declared_env, Mapping)
+        env = {
+            "PATH": FIXED_PATH,
+            "LC_ALL": "C.UTF-8",
+            "TZ": "UTC",
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
+            **{str(k): str(v) for k, v in declared_env.items()},
+        }
+        stdout_path, stderr_path = scratch / "stdout", scratch / "stderr"
+        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+            proc = subprocess.Popen(
+                action.command,
+                cwd=execroot,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                umask=0o022,
+                start_new_session=True,
+            )
+            self.processes.add(proc)
+            try:
+                code = proc.wait()
+            finally:
+                self.processes.remove(proc)
+        out, err = stdout_path.read_bytes(), stderr_path.read_bytes()
+        if self.processes.cancelled.is_set():
+            raise ActionFailed(f"{action.describe()} was interrupted")
+        if code != 0:
+            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+            text = err.decode("utf-8", "replace")[-_STDERR_TAIL:]
+            raise ActionFailed(
+                f"{action.describe()} failed ({how})\n  command: {action.command[-1]}\n"
+                + "".join(f"  | {line}\n" for line in text.splitlines())
+            )
+        return out + err
+
+    def _run_function(self, action: Action, execroot: Path) -> bytes:
+        assert action.function is not None
+        io = ActionIO(
+            inputs={a.path: execroot / a.path for a in action.inputs},
+            outputs={a.path: execroot / a.path for a in action.outputs},
+            params=action.params,
+        )
+        try:
+            action.function(io)
+        except (OSError, ValueError) as e:
+            raise ActionFailed(f"{action.describe()} failed: {e}") from e
+        return b""
+
+    def _collect(self, action: Action, path: str, execroot: Path) -> OutputFile:
+        file = execroot / path
+        try:
+            st = os.lstat(file)
+        except FileNotFoundError:
+            raise ActionFailed(f"{action.describe()} did not create its declared output '{path}'") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ActionFailed(f"{action.describe()}: output '{path}' is not a regular file")
+        digest = self.cache.cas.put_file(file)
+        return OutputFile(path, digest, bool(st.st_mode & stat.S_IXUSR))

@@ -1,0 +1,66 @@
+"""The rebuilder decides *whether* an action runs: it runs only when no valid result is cached.
+
+(The scheduler, separately, decides in what order; see "Build Systems à la Carte".)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from mk.cache.action_cache import ActionResult
+from mk.cache.local import LocalCache
+from mk.cache.stat_cache import FileDigest
+from mk.engine.actions import Action, action_key
+from mk.engine.execute import Executor
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    key: str
+    result: ActionResult
+    status: Literal["executed", "cached"]
+    origin: Literal["local", "remote"]
+    seconds: float
+
+
+class Rebuilder:
+    def __init__(
+        self,
+        cache: LocalCache,
+        executor: Executor,
+        tool_digests: Mapping[str, str],
+        force: bool = False,
+    ) -> None:
+        self.cache = cache
+        self.executor = executor
+        self.tool_digests = tool_digests
+        self.force = force  # --check: run everything, whatever is cached
+
+    def key(self, action: Action, inputs: Mapping[str, FileDigest]) -> str:
+        digests = {a.path: f"{inputs[a.path].digest}:{int(inputs[a.path].executable)}" for a in action.inputs}
+        tools = {t: self.tool_digests[t] for t in action.host_tools}
+        return action_key(action, digests, tools)
+
+    def cached(self, action: Action, key: str) -> Outcome | None:
+        """A cached result whose every output blob is still present, or None."""
+        if self.force:
+            return None
+        started = time.perf_counter()
+        result = self.cache.ac.get(key)
+        if result is None or not all(self.cache.cas.has(o.digest) for o in result.outputs):
+            return None
+        self.cache.ac.touch(key)
+        for output in result.outputs:
+            self.cache.cas.touch(output.digest)
+        return Outcome(action, key, result, "cached", "local", time.perf_counter() - started)
+
+    def execute(self, action: Action, key: str, inputs: Mapping[str, FileDigest]) -> Outcome:
+        started = time.perf_counter()
+        result = self.executor.run(action, key, inputs)
+        if not self.force:
+            self.cache.ac.put(key, result)
+        return Outcome(action, key, result, "executed", "local", time.perf_counter() - started)

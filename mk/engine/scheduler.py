@@ -1,0 +1,111 @@
+"""The scheduler decides in what order actions run: each as soon as its inputs exist, up to -j.
+
+It knows nothing of caching; it asks the rebuilder, for each ready action, whether a result is
+already there, and hands the rest to a pool of worker threads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import heapq
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mk.cache.stat_cache import FileDigest
+from mk.engine.actions import Action
+from mk.engine.rebuilder import Outcome, Rebuilder
+
+
+@dataclass
+class ScheduleResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    failures: list[tuple[Action, BaseException]] = field(default_factory=list)
+    skipped: list[Action] = field(default_factory=list)
+    files: dict[str, FileDigest] = field(default_factory=dict)
+
+
+def run_actions(
+    actions: Sequence[Action],
+    sources: Mapping[str, FileDigest],
+    rebuilder: Rebuilder,
+    jobs: int,
+    keep_going: bool,
+    on_outcome: Callable[[Outcome], None],
+    on_start: Callable[[Action], None],
+) -> ScheduleResult:
+    producer = {out.path: a for a in actions for out in a.outputs}
+    waiting_on: dict[int, set[int]] = {}
+    dependents: dict[int, list[Action]] = {id(a): [] for a in actions}
+    for action in actions:
+        deps = {id(producer[i.path]) for i in action.inputs if not i.is_source}
+        waiting_on[id(action)] = deps
+        for dep in deps:
+            dependents[dep].append(action)
+
+    state = ScheduleResult(files=dict(sources))
+    # A heap keeps the order of ready actions stable (by owner) without re-sorting.
+    ready: list[tuple[tuple[str, str], int, Action]] = []
+    for action in actions:
+        if not waiting_on[id(action)]:
+            heapq.heappush(ready, (_order(action), id(action), action))
+    skipped: set[int] = set()
+    running: dict[cf.Future[Outcome], Action] = {}
+    stopping = False
+
+    def finish(action: Action, outcome: Outcome) -> None:
+        state.outcomes.append(outcome)
+        for out in outcome.result.outputs:
+            state.files[out.path] = FileDigest(out.digest, out.executable)
+        on_outcome(outcome)
+        for dependent in dependents[id(action)]:
+            waiting_on[id(dependent)].discard(id(action))
+            if not waiting_on[id(dependent)]:
+                heapq.heappush(ready, (_order(dependent), id(dependent), dependent))
+
+    def fail(action: Action, error: BaseException) -> None:
+        nonlocal stopping
+        state.failures.append((action, error))
+        stopping = stopping or not keep_going
+        blocked = list(dependents[id(action)])
+        while blocked:
+            dependent = blocked.pop()
+            if id(dependent) not in skipped:
+                skipped.add(id(dependent))
+                state.skipped.append(dependent)
+                blocked.extend(dependents[id(dependent)])
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="mk-worker") as pool:
+        try:
+            while (ready and not stopping) or running:
+                while ready and not stopping:
+                    _, _, action = heapq.heappop(ready)
+                    inputs = {i.path: state.files[i.path] for i in action.inputs}
+                    try:
+                        key = rebuilder.key(action, inputs)
+                        hit = rebuilder.cached(action, key)
+                    except Exception as e:  # noqa: BLE001 - reported as this action's failure
+                        fail(action, e)
+                        continue
+                    if hit is not None:
+                        finish(action, hit)
+                    else:
+                        on_start(action)
+                        running[pool.submit(rebuilder.execute, action, key, inputs)] = action
+                if not running:
+                    break
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: _order(running[f])):
+                    action = running.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        finish(action, future.result())
+                    else:
+                        fail(action, error)
+        except BaseException:
+            rebuilder.executor.processes.kill_all()
+            raise
+    return state
+
+
+def _order(action: Action) -> tuple[str, str]:
+    return (str(action.owner), action.outputs[0].path if action.outputs else "")

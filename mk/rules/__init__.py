@@ -1,0 +1,6 @@
+"""Built-in rules, one module per rule family. `RULES` is what BUILD files can call."""
+
+from mk.engine.rule_api import Rule
+from mk.rules import filegroup, genrule, write_file
+
+RULES: dict[str, Rule] = {r.name: r for r in (filegroup.RULE, write_file.RULE, genrule.RULE)}

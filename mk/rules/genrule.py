@@ -1,0 +1,108 @@
+"""genrule: runs a shell command over declared inputs to make declared outputs, as in Bazel.
+
+The command runs with bash in a fresh scratch directory that holds only the declared `srcs`
+and `tools`, at their workspace-relative paths, with a fixed environment.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mk.engine.actions import Action, Artifact
+from mk.engine.errors import MkError
+from mk.engine.labels import Label, LabelError
+from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
+
+BASH = "/bin/bash"
+_VARIABLE = re.compile(r"\$\((locations?) ([^)]+)\)|\$\(([A-Z_@<D]+)\)|\$([@<$])")
+
+
+def analyze(ctx: RuleContext) -> TargetInfo:
+    srcs = ctx.files("srcs")
+    tools = ctx.files("tools")
+    outs = tuple(ctx.output(o) for o in ctx.strings("outs"))
+    if not outs:
+        raise MkError(f"genrule {ctx.label} must declare at least one file in 'outs'")
+    cmd = _expand(ctx, ctx.string("cmd"), srcs, outs)
+    ctx.add_action(
+        Action(
+            owner=ctx.label,
+            mnemonic="Genrule",
+            version=1,
+            inputs=tuple(dict.fromkeys(srcs + tools)),
+            outputs=outs,
+            params={"env": {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)}},
+            command=(BASH, "-e", "-o", "pipefail", "-c", cmd),
+            host_tools=(BASH,),
+        )
+    )
+    return TargetInfo(files=outs)
+
+
+def _expand(
+    ctx: RuleContext, cmd: str, srcs: tuple[Artifact, ...], outs: tuple[Artifact, ...]
+) -> str:
+    def paths(files: tuple[Artifact, ...]) -> str:
+        return " ".join(f.path for f in files)
+
+    def single(files: tuple[Artifact, ...], var: str, what: str) -> str:
+        if len(files) != 1:
+            raise MkError(f"genrule {ctx.label}: {var} needs exactly one {what}, got {len(files)}")
+        return files[0].path
+
+    def replace(m: re.Match[str]) -> str:
+        if m.group(1):
+            files = _location(ctx, m.group(2).strip())
+            return paths(files) if m.group(1) == "locations" else single(files, m.group(0), "file")
+        var = m.group(3) or m.group(4)
+        if var == "$":
+            return "$"
+        if var == "SRCS":
+            return paths(srcs)
+        if var == "OUTS":
+            return paths(outs)
+        if var == "@":
+            return single(outs, "$@", "output")
+        if var == "<":
+            return single(srcs, "$<", "source")
+        if var == "@D":
+            return single(outs, "$(@D)", "output").rpartition("/")[0] or "."
+        return m.group(0)  # a shell construct such as $(date) is left to bash
+
+    return _VARIABLE.sub(replace, cmd)
+
+
+def _location(ctx: RuleContext, text: str) -> tuple[Artifact, ...]:
+    try:
+        wanted = Label.parse(text, ctx.label.package)
+    except LabelError as e:
+        raise MkError(f"genrule {ctx.label}: $(location {text}): {e}") from None
+    for dep in (*ctx.deps.get("srcs", ()), *ctx.deps.get("tools", ())):
+        if dep.label == wanted or (
+            dep.label is None and dep.files[0].path == f"{wanted.package}/{wanted.name}".lstrip("/")
+        ):
+            return dep.files
+    raise MkError(
+        f"genrule {ctx.label}: $(location {text}) names a label that is not in 'srcs' or 'tools'"
+    )
+
+
+RULE = Rule(
+    name="genrule",
+    doc=(
+        "Runs a bash command to produce `outs` from `srcs`, as Bazel's genrule does. The command "
+        "runs in a fresh directory holding only the declared inputs, at their workspace-relative "
+        "paths, with the environment `PATH=/usr/local/bin:/usr/bin:/bin`, `LC_ALL=C.UTF-8`, "
+        "`TZ=UTC`, `SOURCE_DATE_EPOCH`, `HOME` (a directory inside the scratch area) and umask "
+        "022. In `cmd`, `$(SRCS)` and `$(OUTS)` expand to the space-separated paths, `$<` to the "
+        "single source, `$@` to the single output, `$(@D)` to its directory, `$(location L)` and "
+        "`$(locations L)` to the path(s) of a label listed in `srcs` or `tools`, and `$$` to `$`."
+    ),
+    attrs=(
+        Attr("srcs", AttrType.LABEL_LIST, "Input files and targets.", default=[]),
+        Attr("outs", AttrType.OUTPUT_LIST, "Files the command must create, relative to the package.", mandatory=True),
+        Attr("cmd", AttrType.STRING, "The bash command (run with `-e -o pipefail`).", mandatory=True),
+        Attr("tools", AttrType.LABEL_LIST, "Programs the command runs; available like `srcs`.", default=[]),
+    ),
+    analyze=analyze,
+)
