@@ -121,11 +121,9 @@ def _attempt(
         raise corrupt[0]
     if schedule.failures:
         return schedule, ()
-    outputs: list[Path] = []
-    for configured in graph.requested:
-        for artifact in configured.info.files:
-            outputs.append(_publish(workspace, cache, stats, schedule, artifact))
-    return schedule, tuple(outputs)
+    artifacts = dict.fromkeys(a for t in graph.requested for a in t.info.files)
+    outputs = tuple(_publish(workspace, cache, stats, schedule, a) for a in artifacts)
+    return schedule, outputs
 
 
 def _publish(

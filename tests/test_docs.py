@@ -1,0 +1,21 @@
+"""BUILD.md is generated from the rule schemas; this fails when someone forgets to regenerate."""
+
+from pathlib import Path
+
+from mk.engine import docgen
+from mk.rules import RULES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_build_md_is_up_to_date() -> None:
+    on_disk = (ROOT / "BUILD.md").read_text(encoding="utf-8")
+    assert on_disk == docgen.render(), "BUILD.md is stale: run `python -m mk.engine.docgen > BUILD.md`"
+
+
+def test_every_attribute_is_documented() -> None:
+    for rule in RULES.values():
+        assert rule.doc.strip(), rule.name
+        for attr in rule.all_attrs():
+            assert attr.doc.strip(), f"{rule.name}.{attr.name} has no doc"
+            assert f"| `{attr.name}` |" in docgen.render_rule(rule)
