@@ -31,13 +31,14 @@ class ActionResult:
     log_digest: str
 
     def encode(self) -> bytes:
-        return msgpack.packb(
+        packed: bytes = msgpack.packb(
             {
                 "outputs": [[o.path, o.digest, o.executable] for o in self.outputs],
                 "exit_code": self.exit_code,
                 "log": self.log_digest,
             }
         )
+        return packed
 
     @staticmethod
     def decode(data: bytes) -> ActionResult:
@@ -87,7 +88,7 @@ class ActionCache:
         with contextlib.suppress(FileNotFoundError):
             self.path(key).unlink()
 
-    def keys(self) -> Iterator[str]:
+    def all_keys(self) -> Iterator[str]:
         if not self.root.is_dir():
             return
         for shard in sorted(self.root.iterdir()):

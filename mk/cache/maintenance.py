@@ -35,7 +35,7 @@ class VerifyReport:
 
 def stats(cache: LocalCache) -> CacheStats:
     blob_sizes = [_size(cache.cas.path(d)) for d in cache.cas.digests()]
-    action_sizes = [_size(cache.ac.path(k)) for k in cache.ac.keys()]
+    action_sizes = [_size(cache.ac.path(k)) for k in cache.ac.all_keys()]
     return CacheStats(len(blob_sizes), sum(blob_sizes), len(action_sizes), sum(action_sizes))
 
 
@@ -47,7 +47,7 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
     with cache.lock(exclusive=True):
         files: list[tuple[int, int, Path]] = []
         for path in [cache.cas.path(d) for d in cache.cas.digests()] + [
-            cache.ac.path(k) for k in cache.ac.keys()
+            cache.ac.path(k) for k in cache.ac.all_keys()
         ]:
             st = path.stat()
             files.append((st.st_mtime_ns, st.st_size, path))
@@ -61,7 +61,7 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
             total -= size
             freed += size
             removed += 1
-        for key in list(cache.ac.keys()):
+        for key in list(cache.ac.all_keys()):
             result = cache.ac.get(key)
             if result is None or not all(cache.cas.has(o.digest) for o in result.outputs):
                 path = cache.ac.path(key)
@@ -84,7 +84,7 @@ def verify(cache: LocalCache) -> VerifyReport:
             if not cache.cas.verify(digest):
                 corrupt.append(digest)
         broken = []
-        for key in list(cache.ac.keys()):
+        for key in list(cache.ac.all_keys()):
             try:
                 result = ActionResult.decode(cache.ac.path(key).read_bytes())
                 intact = all(cache.cas.has(o.digest) for o in result.outputs)

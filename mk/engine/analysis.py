@@ -38,7 +38,7 @@ class Analyzer:
         self._stack.append(label)
         try:
             deps = {
-                attr.name: [self._resolve(target, attr.name, text) for text in _label_texts(target, attr.name, attr.type)]
+                attr.name: [self._resolve(target, text) for text in _label_texts(target, attr.name, attr.type)]
                 for attr in target.rule.attrs
                 if attr.type in (AttrType.LABEL, AttrType.LABEL_LIST)
             }
@@ -57,7 +57,7 @@ class Analyzer:
     def closure(self) -> list[ConfiguredTarget]:
         return [self.done[label] for label in sorted(self.done)]
 
-    def _resolve(self, target: Target, attr: str, text: str) -> Dep:
+    def _resolve(self, target: Target, text: str) -> Dep:
         """A label attribute entry is a target, an output file of a target, or a source file."""
         package = target.label.package
         where = self.loader.find_string(target.location, text)

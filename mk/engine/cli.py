@@ -40,7 +40,7 @@ def main() -> None:
 
 
 def _die(message: str, code: int) -> NoReturn:
-    print(message if message.startswith(("error", "mk:")) or ": error: " in message else f"mk: {message}", file=sys.stderr)
+    print(message if message.startswith("error") or ": error: " in message else f"mk: {message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -61,9 +61,11 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("targets", nargs=-1, required=True)
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True, help="Actions run in parallel.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+              help="Actions run in parallel.")
 @click.option("--keep-going", "-k", is_flag=True, help="Build as much as possible after a failure.")
-@click.option("--json-events", type=click.Path(dir_okay=False, path_type=Path), help="Write one JSON object per action to FILE.")
+@click.option("--json-events", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write one JSON object per action to FILE.")
 def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None) -> None:
     """Build TARGETS and print the paths of their outputs."""
     from mk.engine.build import BuildOptions
@@ -83,10 +85,10 @@ def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Pa
             sys.exit(EXIT_USAGE)
     for path in result.outputs:
         print(os.path.relpath(path))
-    for action, error in result.schedule.failures:
-        print(f"error: {error}" if not str(error).startswith(action.describe()) else f"error: {error}", file=sys.stderr)
-    if result.schedule.skipped:
-        print(f"mk: {len(result.schedule.skipped)} actions not run because something they need failed", file=sys.stderr)
+    for _action, error in result.schedule.failures:
+        print(f"error: {error}", file=sys.stderr)
+    if skipped := len(result.schedule.skipped):
+        print(f"mk: {skipped} actions not run because something they need failed", file=sys.stderr)
     print(result.summary.line())
     if result.schedule.failures:
         sys.exit(EXIT_BUILD_FAILED)
@@ -114,9 +116,10 @@ def query(kind: str, target: str, output: str) -> None:
     workspace = _workspace()
     loader = Loader(workspace)
     analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
-    (root,) = loader.expand(target)[:1] or [None]
-    if root is None:
-        raise MkError(f"'{target}' matches no target")
+    roots = loader.expand(target)
+    if len(roots) != 1:
+        raise MkError(f"query needs exactly one target; '{target}' matches {len(roots)}")
+    root = roots[0]
     universe = [root] if kind == "deps" else loader.expand("//...")
     edges = q.dependency_edges(loader, analyzer, universe)
     nodes = q.deps(edges, root) if kind == "deps" else q.rdeps(edges, root)
@@ -167,7 +170,8 @@ def gc(max_size: str) -> None:
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-size") from None
     report = maintenance.gc(_cache(_optional_workspace()), limit)
-    click.echo(f"removed {report.removed_files} files, freed {_human(report.freed_bytes)}, {_human(report.remaining_bytes)} left")
+    freed, left = _human(report.freed_bytes), _human(report.remaining_bytes)
+    click.echo(f"removed {report.removed_files} files, freed {freed}, {left} left")
 
 
 @cache.command()
@@ -180,7 +184,8 @@ def verify() -> None:
         click.echo(f"corrupt blob removed: {digest}")
     for key in report.broken_actions:
         click.echo(f"action result removed (blob missing): {key}")
-    click.echo(f"checked {report.blobs_checked} blobs: {len(report.corrupt_blobs)} corrupt, {len(report.broken_actions)} action results dropped")
+    corrupt, dropped = len(report.corrupt_blobs), len(report.broken_actions)
+    click.echo(f"checked {report.blobs_checked} blobs: {corrupt} corrupt, {dropped} action results dropped")
     if report.corrupt_blobs or report.broken_actions:
         sys.exit(EXIT_BUILD_FAILED)
 

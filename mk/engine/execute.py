@@ -8,6 +8,7 @@ removed on the way out (or by the next build if this process was killed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -55,10 +56,8 @@ class RunningProcesses:
         with self._lock:
             procs = list(self._procs)
         for proc in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 class Executor:

@@ -59,10 +59,7 @@ class Pattern:
     @staticmethod
     def parse(text: str) -> Pattern:
         if not text.startswith("//"):
-            if text.startswith(":"):
-                text = "//" + text
-            else:
-                text = "//" + text.lstrip("/")
+            text = "//" + text.lstrip("/")
         if text == "//..." or text.endswith("/..."):
             package = text[2:].removesuffix("...").rstrip("/")
             _check(text, package, "all")

@@ -245,7 +245,7 @@ class Loader:
     def _package_files(self, name: str) -> list[str]:
         """Files of a package, relative to it; subpackages and hidden folders are not entered."""
         base = self.root / name
-        files = []
+        files: list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
             rel = os.path.relpath(dirpath, base)
             dirnames[:] = [
@@ -310,7 +310,8 @@ class Loader:
             other = package.outputs.get(out, out)
             raise self._fail(f"output '{out}' of :{owner} is already declared by :{other}", location)
         if (self.root / package.name / out).is_file():
-            raise self._fail(f"output '{out}' of :{owner} would shadow the source file '{package.name}/{out}'".replace("'/", "'"), location)
+            path = f"{package.name}/{out}".lstrip("/")
+            raise self._fail(f"output '{out}' of :{owner} would shadow the source file '{path}'", location)
         package.outputs[out] = owner
 
 

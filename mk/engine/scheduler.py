@@ -83,7 +83,7 @@ def run_actions(
                     try:
                         key = rebuilder.key(action, inputs)
                         hit = rebuilder.cached(action, key)
-                    except Exception as e:  # noqa: BLE001 - reported as this action's failure
+                    except Exception as e:  # reported as this action's failure
                         fail(action, e)
                         continue
                     if hit is not None:
