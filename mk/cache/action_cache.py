@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,11 @@ class ActionResult:
             raise ValueError(f"malformed action result: {e}") from None
 
 
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
 def _hex(value: object) -> str:
-    if not isinstance(value, str) or len(value) != 64 or not all(c in "0123456789abcdef" for c in value):
+    if not isinstance(value, str) or not _HEX_DIGEST.fullmatch(value):
         raise ValueError(f"not a blake3 hex digest: {value!r}")
     return value
 
@@ -62,13 +66,18 @@ def _hex(value: object) -> str:
 class ActionCache:
     def __init__(self, root: Path) -> None:
         self.root = root / "ac"
+        self._prefix = str(self.root) + "/"  # plain strings: this is the no-op build's hot path
 
     def path(self, key: str) -> Path:
-        return self.root / key[:2] / key
+        return Path(self._where(key))
+
+    def _where(self, key: str) -> str:
+        return f"{self._prefix}{key[:2]}/{key}"
 
     def get(self, key: str) -> ActionResult | None:
         try:
-            data = self.path(key).read_bytes()
+            with open(self._where(key), "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return None
         try:
@@ -82,7 +91,7 @@ class ActionCache:
 
     def touch(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.utime(self.path(key))
+            os.utime(self._where(key))
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -42,15 +42,24 @@ def stats(cache: LocalCache) -> CacheStats:
 def gc(cache: LocalCache, max_size: int) -> GcReport:
     """Delete least recently used blobs and action results until the cache fits in `max_size`.
 
-    Action results whose blobs are gone are removed too, so no entry points at nothing.
+    A cache hit touches only the action result, so a blob counts as used as recently as the
+    newest result that names it. Results whose blobs are gone are removed too, so no entry
+    points at nothing.
     """
     with cache.lock(exclusive=True):
         files: list[tuple[int, int, Path]] = []
-        for path in [cache.cas.path(d) for d in cache.cas.digests()] + [
-            cache.ac.path(k) for k in cache.ac.all_keys()
-        ]:
+        last_used: dict[str, int] = {}
+        for key in cache.ac.all_keys():
+            path = cache.ac.path(key)
             st = path.stat()
             files.append((st.st_mtime_ns, st.st_size, path))
+            result = cache.ac.get(key)
+            for digest in [o.digest for o in result.outputs] + [result.log_digest] if result else []:
+                last_used[digest] = max(last_used.get(digest, 0), st.st_mtime_ns)
+        for digest in cache.cas.digests():
+            path = cache.cas.path(digest)
+            st = path.stat()
+            files.append((max(st.st_mtime_ns, last_used.get(digest, 0)), st.st_size, path))
         files.sort()
         total = sum(size for _, size, _ in files)
         removed = freed = 0

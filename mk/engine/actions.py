@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,24 @@ class Action:
     def describe(self) -> str:
         return f"{self.mnemonic} {self.owner}"
 
+    @functools.cached_property
+    def static_key(self) -> bytes:
+        """The part of the key fixed at analysis time; computed once and kept with the graph."""
+        material = [
+            KEY_SCHEMA,
+            self.mnemonic,
+            self.version,
+            canonical(self.params),
+            list(self.command) if self.command is not None else None,
+            sorted(a.path for a in self.outputs),
+            platform_id(),
+        ]
+        return blake3.blake3(msgpack.packb(material)).digest()
+
+    @functools.cached_property
+    def sorted_inputs(self) -> tuple[str, ...]:
+        return tuple(sorted(a.path for a in self.inputs))
+
 
 def canonical(value: object) -> object:
     """A form of `value` whose msgpack encoding does not depend on dict insertion order."""
@@ -82,14 +101,8 @@ def action_key(
     rebuilt input with unchanged bytes leaves this key unchanged (early cutoff).
     """
     material = [
-        KEY_SCHEMA,
-        action.mnemonic,
-        action.version,
-        canonical(action.params),
-        list(action.command) if action.command is not None else None,
-        sorted([a.path, input_digests[a.path]] for a in action.inputs),
-        sorted(a.path for a in action.outputs),
+        action.static_key,
+        [[path, input_digests[path]] for path in action.sorted_inputs],
         sorted(tool_digests.items()),
-        platform_id(),
     ]
     return blake3.blake3(msgpack.packb(material)).hexdigest()

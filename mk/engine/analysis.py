@@ -88,7 +88,7 @@ class Analyzer:
                 f"'//{os.path.dirname(path)}'; refer to a target there instead",
                 where,
             )
-        if (self.loader.root / path).is_file():
+        if self.loader.observed.exists(self.loader.root / path):
             return Dep(text, None, (Artifact(path, is_source=True),))
         if text.startswith((":", "//")):
             message = f"{target.rule.name} {target.label} depends on {self.loader.missing_target_message(label)}"

@@ -17,6 +17,7 @@ from mk.engine.actions import Action, Artifact
 from mk.engine.analysis import Analyzer, ConfiguredTarget
 from mk.engine.errors import MkError
 from mk.engine.execute import Executor
+from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
 from mk.engine.loader import Loader
 from mk.engine.outputs import place
@@ -53,7 +54,12 @@ class Graph:
     actions: tuple[Action, ...]
 
 
-def analyse(workspace: Workspace, patterns: Sequence[str]) -> Graph:
+def analyse(workspace: Workspace, cache: LocalCache, patterns: Sequence[str]) -> Graph:
+    """The analysed graph, reused from the last build when no BUILD, .bzl or source moved."""
+    graph_cache = GraphCache(cache.root, workspace.root, list(patterns))
+    cached = graph_cache.load(Graph)
+    if cached is not None:
+        return cached
     loader = Loader(workspace)
     analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
     labels: dict[Label, None] = {}
@@ -70,14 +76,16 @@ def analyse(workspace: Workspace, patterns: Sequence[str]) -> Graph:
                     f"'{out.path}' is an output of both {producers[out.path].owner} and {action.owner}"
                 )
             producers[out.path] = action
-    return Graph(requested, targets, actions)
+    graph = Graph(requested, targets, actions)
+    graph_cache.save(graph, loader.observed)
+    return graph
 
 
 def build(
     workspace: Workspace, cache: LocalCache, patterns: Sequence[str], options: BuildOptions
 ) -> BuildResult:
     started = time.perf_counter()
-    graph = analyse(workspace, patterns)
+    graph = analyse(workspace, cache, patterns)
     cache.sweep_stale_scratch()
     stats = cache.stat_cache(workspace.root)
     with cache.lock():

@@ -14,9 +14,10 @@ from pathlib import Path
 import starlark as sl
 
 from mk.engine.errors import Location, MkError, did_you_mean
+from mk.engine.graph_cache import Observations
 from mk.engine.labels import Label, LabelError, Pattern
 from mk.engine.rule_api import AttrType, Rule
-from mk.engine.workspace import OUTPUT_DIR, Workspace
+from mk.engine.workspace import MARKER, OUTPUT_DIR, Workspace
 from mk.rules import RULES
 
 BUILD_FILE = "BUILD"
@@ -47,6 +48,8 @@ class Package:
 class Loader:
     def __init__(self, workspace: Workspace) -> None:
         self.root = workspace.root
+        self.observed = Observations()
+        self.observed.exists(workspace.root / MARKER)
         self._globals = sl.Globals.extended_by(
             [sl.LibraryExtension.StructType, sl.LibraryExtension.CallStack]
         )
@@ -61,7 +64,7 @@ class Loader:
     # ---- packages and patterns -------------------------------------------------------------
 
     def has_package(self, name: str) -> bool:
-        return (self.root / name / BUILD_FILE).is_file()
+        return self.observed.exists(self.root / name / BUILD_FILE)
 
     def package(self, name: str) -> Package:
         if name not in self._packages:
@@ -97,6 +100,7 @@ class Loader:
     def packages_under(self, prefix: str) -> list[str]:
         found = []
         for dirpath, dirnames, filenames in os.walk(self.root / prefix):
+            self.observed.listed(dirpath)
             rel = os.path.relpath(dirpath, self.root)
             dirnames[:] = sorted(d for d in dirnames if not _skipped_dir(rel, d))
             if BUILD_FILE in filenames:
@@ -162,7 +166,7 @@ class Loader:
 
     def _evaluate(self, file: str, package: Package) -> sl.Module:
         package.files_read.add(file)
-        source = (self.root / file).read_text(encoding="utf-8")
+        source = self.observed.read_text(self.root / file)
         self._lines[file] = source.splitlines()
         self._file_stack.append(file)
         try:
@@ -204,7 +208,7 @@ class Loader:
         if file in self._file_stack:
             cycle = " -> ".join([*self._file_stack[self._file_stack.index(file):], file])
             raise self._fail(f"load() cycle: {cycle}")
-        if not (self.root / file).is_file():
+        if not self.observed.exists(self.root / file):
             raise self._fail(f"load(): file '{file}' does not exist (from '{module_id}')")
         if self._current is not None:
             self._current.files_read.add(file)
@@ -247,11 +251,12 @@ class Loader:
         base = self.root / name
         files: list[str] = []
         for dirpath, dirnames, filenames in os.walk(base):
+            self.observed.listed(dirpath)
             rel = os.path.relpath(dirpath, base)
             dirnames[:] = [
                 d for d in dirnames
                 if not _skipped_dir(os.path.relpath(dirpath, self.root), d)
-                and not (Path(dirpath) / d / BUILD_FILE).is_file()
+                and not self.observed.exists(Path(dirpath) / d / BUILD_FILE)
             ]
             files.extend(f if rel == "." else f"{rel}/{f}" for f in filenames)
         return sorted(files)
@@ -309,7 +314,7 @@ class Loader:
         if out in package.outputs or out in package.targets:
             other = package.outputs.get(out, out)
             raise self._fail(f"output '{out}' of :{owner} is already declared by :{other}", location)
-        if (self.root / package.name / out).is_file():
+        if self.observed.exists(self.root / package.name / out):
             path = f"{package.name}/{out}".lstrip("/")
             raise self._fail(f"output '{out}' of :{owner} would shadow the source file '{path}'", location)
         package.outputs[out] = owner

@@ -53,9 +53,8 @@ class Rebuilder:
         result = self.cache.ac.get(key)
         if result is None or not all(self.cache.cas.has(o.digest) for o in result.outputs):
             return None
+        # Blobs inherit recency from the results naming them (see cache.maintenance.gc).
         self.cache.ac.touch(key)
-        for output in result.outputs:
-            self.cache.cas.touch(output.digest)
         return Outcome(action, key, result, "cached", "local", time.perf_counter() - started)
 
     def execute(self, action: Action, key: str, inputs: Mapping[str, FileDigest]) -> Outcome:

@@ -1,0 +1,91 @@
+"""Skips loading and analysis when nothing they looked at has changed (like ninja's .ninja_log).
+
+The loader records every file it read or checked for, and every folder it listed, with a stat
+signature. The analysed graph is pickled beside those observations; the next build re-stats
+them and reuses the graph when all signatures match. A signature taken within one timestamp
+tick of recording is not trusted, so an edit in the same tick cannot be missed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+from typing import TypeVar
+
+import blake3
+
+from mk.cache.fsutil import write_atomic
+
+_RACY_NS = 50_000_000
+_FORMAT = 1
+Signature = tuple[int, ...] | None
+
+T = TypeVar("T")
+
+
+def _file_signature(path: str) -> Signature:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (st.st_mode, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
+class Observations:
+    """What loading depended on: path -> stat signature (None: the path did not exist)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Signature] = {}
+
+    def exists(self, path: Path) -> bool:
+        """Whether `path` is a regular file, remembered so a later change invalidates the graph."""
+        key = str(path)
+        if key not in self.seen:
+            self.seen[key] = _file_signature(key)
+        signature = self.seen[key]
+        return signature is not None and (signature[0] & 0o170000) == 0o100000
+
+    def read_text(self, path: Path) -> str:
+        self.seen[str(path)] = _file_signature(str(path))
+        return path.read_text(encoding="utf-8")
+
+    def listed(self, folder: str) -> None:
+        """A folder whose entries were listed (its mtime changes when entries come or go)."""
+        self.seen[folder] = _file_signature(folder)
+
+
+def _code_fingerprint() -> list[tuple[str, Signature]]:
+    """mk's own sources: a changed rule implementation must not reuse an old graph."""
+    package = Path(__file__).resolve().parent.parent
+    files = sorted(str(p) for p in package.rglob("*.py"))
+    return [(f, _file_signature(f)) for f in files]
+
+
+class GraphCache:
+    def __init__(self, cache_root: Path, workspace_root: Path, patterns: list[str]) -> None:
+        name = blake3.blake3(repr((str(workspace_root), patterns)).encode()).hexdigest()[:32]
+        self.file = cache_root / "graphs" / f"{name}.pickle"
+
+    def load(self, kind: type[T]) -> T | None:
+        try:
+            with open(self.file, "rb") as f:
+                version, recorded_at, code, seen, graph = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
+            return None
+        if version != _FORMAT or not isinstance(graph, kind) or code != _code_fingerprint():
+            return None
+        for path, signature in seen.items():
+            if signature is not None and signature[1] >= recorded_at - _RACY_NS:
+                return None
+            if _file_signature(path) != signature:
+                return None
+        return graph
+
+    def save(self, graph: object, observations: Observations) -> None:
+        data = (_FORMAT, time.time_ns(), _code_fingerprint(), observations.seen, graph)
+        write_atomic(self.file, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def forget(self) -> None:
+        self.file.unlink(missing_ok=True)
