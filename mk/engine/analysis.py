@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-from mk.engine.actions import Action, Artifact
+from mk.engine.actions import Artifact
 from mk.engine.errors import MkError
 from mk.engine.labels import Label, LabelError
-from mk.engine.loader import Loader, Target
-from mk.engine.rule_api import AttrType, Dep, RuleContext, TargetInfo
-
-
-@dataclass(frozen=True)
-class ConfiguredTarget:
-    target: Target
-    info: TargetInfo
-    actions: tuple[Action, ...]
-    deps: tuple[Label, ...]
+from mk.engine.loader import Loader
+from mk.engine.rule_api import AttrType, Dep, RuleContext
+from mk.engine.targets import ConfiguredTarget, Target
 
 
 class Analyzer:
@@ -91,7 +83,8 @@ class Analyzer:
         if self.loader.observed.exists(self.loader.root / path):
             return Dep(text, None, (Artifact(path, is_source=True),))
         if text.startswith((":", "//")):
-            message = f"{target.rule.name} {target.label} depends on {self.loader.missing_target_message(label)}"
+            hint = self.loader.nearest_targets(label)
+            message = f"{target.rule.name} {target.label} depends on '{text}', which does not exist{hint}"
         else:
             message = f"{target.rule.name} {target.label}: source file '{path}' does not exist"
         raise MkError(message, where)

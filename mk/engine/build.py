@@ -14,16 +14,15 @@ from mk.cache.cas import CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest, StatCache
 from mk.engine.actions import Action, Artifact
-from mk.engine.analysis import Analyzer, ConfiguredTarget
 from mk.engine.errors import MkError
 from mk.engine.execute import Executor
 from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
-from mk.engine.loader import Loader
 from mk.engine.outputs import place
 from mk.engine.rebuilder import Rebuilder
 from mk.engine.report import Reporter, Summary
 from mk.engine.scheduler import ScheduleResult, run_actions
+from mk.engine.targets import ConfiguredTarget
 from mk.engine.workspace import Workspace
 
 # A corrupt blob found mid-build is deleted; the next attempt rebuilds whatever needed it.
@@ -60,6 +59,9 @@ def analyse(workspace: Workspace, cache: LocalCache, patterns: Sequence[str]) ->
     cached = graph_cache.load(Graph)
     if cached is not None:
         return cached
+    from mk.engine.analysis import Analyzer  # Starlark is needed only when the graph changed
+    from mk.engine.loader import Loader
+
     loader = Loader(workspace)
     analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
     labels: dict[Label, None] = {}

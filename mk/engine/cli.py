@@ -70,6 +70,7 @@ def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Pa
     """Build TARGETS and print the paths of their outputs."""
     from mk.engine.build import BuildOptions
     from mk.engine.build import build as run_build
+    from mk.engine.report import Summary
 
     started = time.perf_counter()
     workspace = _workspace()
@@ -81,7 +82,7 @@ def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Pa
             )
         except MkError as e:
             print(str(e), file=sys.stderr)
-            print(f"mk: build failed before running anything in {time.perf_counter() - started:.2f} s")
+            print(Summary(0, 0, 0, 0, 0, time.perf_counter() - started).line())
             sys.exit(EXIT_USAGE)
     for path in result.outputs:
         print(os.path.relpath(path))

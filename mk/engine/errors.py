@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -32,6 +31,8 @@ class MkError(Exception):
 
 def did_you_mean(word: str, candidates: Iterable[str], limit: int = 3) -> str:
     """' (did you mean 'x'?)' for the nearest candidates, or '' when none is close."""
+    import difflib  # only on the error path
+
     close = difflib.get_close_matches(word, sorted(set(candidates)), n=limit, cutoff=0.6)
     if not close:
         return ""

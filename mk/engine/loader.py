@@ -17,6 +17,7 @@ from mk.engine.errors import Location, MkError, did_you_mean
 from mk.engine.graph_cache import Observations
 from mk.engine.labels import Label, LabelError, Pattern
 from mk.engine.rule_api import AttrType, Rule
+from mk.engine.targets import Target
 from mk.engine.workspace import MARKER, OUTPUT_DIR, Workspace
 from mk.rules import RULES
 
@@ -27,14 +28,6 @@ _PRELUDE = "".join(
     f"def {name}(**kwargs):\n    _mk_rule({name!r}, call_stack(strip_frames=1), kwargs)\n"
     for name in sorted(RULES)
 )
-
-
-@dataclass(frozen=True)
-class Target:
-    label: Label
-    rule: Rule
-    attrs: dict[str, object]
-    location: Location
 
 
 @dataclass
@@ -108,10 +101,13 @@ class Loader:
         return sorted(found)
 
     def missing_target_message(self, label: Label) -> str:
+        return f"target '{label}' does not exist{self.nearest_targets(label)}"
+
+    def nearest_targets(self, label: Label) -> str:
+        """A did-you-mean hint naming the existing targets closest to `label`."""
         package = self.package(label.package)
         names = [str(Label(label.package, n)) for n in (*package.targets, *package.outputs)]
-        hint = did_you_mean(str(label), names)
-        return f"target '{label}' does not exist{hint}"
+        return did_you_mean(str(label), names)
 
     def loaded_files(self) -> set[str]:
         return {f for p in self._packages.values() for f in p.files_read}

@@ -6,14 +6,18 @@ already there, and hands the rest to a pool of worker threads.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import heapq
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mk.cache.stat_cache import FileDigest
 from mk.engine.actions import Action
 from mk.engine.rebuilder import Outcome, Rebuilder
+
+if TYPE_CHECKING:
+    import concurrent.futures as cf
 
 
 @dataclass
@@ -74,7 +78,8 @@ def run_actions(
                 state.skipped.append(dependent)
                 blocked.extend(dependents[id(dependent)])
 
-    with cf.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="mk-worker") as pool:
+    with ExitStack() as stack:
+        pool: cf.ThreadPoolExecutor | None = None  # started on first use: a no-op needs none
         try:
             while (ready and not stopping) or running:
                 while ready and not stopping:
@@ -88,9 +93,15 @@ def run_actions(
                         continue
                     if hit is not None:
                         finish(action, hit)
-                    else:
-                        on_start(action)
-                        running[pool.submit(rebuilder.execute, action, key, inputs)] = action
+                        continue
+                    if pool is None:
+                        import concurrent.futures as cf
+
+                        pool = stack.enter_context(
+                            cf.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="mk-worker")
+                        )
+                    on_start(action)
+                    running[pool.submit(rebuilder.execute, action, key, inputs)] = action
                 if not running:
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)

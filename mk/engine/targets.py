@@ -1,0 +1,30 @@
+"""Targets as loaded from BUILD files, and as analysed into actions.
+
+Kept apart from the loader and analyser so that a build whose graph comes from the analysis
+cache does not import Starlark at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mk.engine.actions import Action
+from mk.engine.errors import Location
+from mk.engine.labels import Label
+from mk.engine.rule_api import Rule, TargetInfo
+
+
+@dataclass(frozen=True)
+class Target:
+    label: Label
+    rule: Rule
+    attrs: dict[str, object]
+    location: Location
+
+
+@dataclass(frozen=True)
+class ConfiguredTarget:
+    target: Target
+    info: TargetInfo
+    actions: tuple[Action, ...]
+    deps: tuple[Label, ...]
