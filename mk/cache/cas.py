@@ -9,10 +9,15 @@ rebuild it instead of using it.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 import blake3
 import zstandard
@@ -77,6 +82,34 @@ class ContentStore:
                 zstandard.ZstdCompressor(level=_ZSTD_LEVEL).copy_stream(src, out)
         return digest
 
+    def put_stream(self, source: BinaryIO) -> tuple[str, int]:
+        """Store bytes read from a stream; returns (digest, size). Memory use stays flat."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
+        hasher = blake3.blake3()
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                writer = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).stream_writer(tmp, closefd=False)
+                while chunk := source.read(_CHUNK):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                    writer.write(chunk)
+                writer.flush(zstandard.FLUSH_FRAME)
+            digest = hasher.hexdigest()
+            final = self.path(digest)
+            if final.is_file():
+                os.unlink(tmp_name)
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(tmp_name, 0o644)
+                os.replace(tmp_name, final)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+        return digest, size
+
     def put_compressed(self, digest: str, compressed: bytes) -> None:
         """Store a blob received already compressed (from a remote); verified before it lands."""
         data = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=1 << 34)
@@ -114,6 +147,10 @@ class ContentStore:
             self._drop(path)
             raise CorruptBlobError(digest, path)
 
+    def open(self, digest: str) -> BlobReader:
+        """A file-like reader of the blob; raises CorruptBlobError when its end is reached wrong."""
+        return BlobReader(self.stream(digest))
+
     def copy_to(self, digest: str, out: BinaryIO) -> None:
         for chunk in self.stream(digest):
             out.write(chunk)
@@ -137,3 +174,26 @@ class ContentStore:
     def _drop(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+class BlobReader(io.RawIOBase):
+    """Adapts ContentStore.stream to the file interface that tarfile and friends expect."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: WriteableBuffer) -> int:
+        view = memoryview(target).cast("B")
+        while not self._buffer:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buffer = chunk
+        count = min(len(view), len(self._buffer))
+        view[:count] = self._buffer[:count]
+        self._buffer = self._buffer[count:]
+        return count

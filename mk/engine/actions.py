@@ -11,6 +11,7 @@ from pathlib import Path
 import blake3
 import msgpack
 
+from mk.cache.cas import ContentStore
 from mk.engine.labels import Label
 
 # Bump when the meaning of a key changes (what goes into it, or how actions are executed).
@@ -29,11 +30,14 @@ class Artifact:
 
 @dataclass(frozen=True)
 class ActionIO:
-    """What an in-process action sees: its input files (already materialised) and output paths."""
+    """What an in-process action sees: its input files (already materialised), its output paths,
+    a scratch folder, and the content store (for actions that produce or read trees)."""
 
     inputs: Mapping[str, Path]
     outputs: Mapping[str, Path]
     params: Params
+    cas: ContentStore
+    scratch: Path
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ class Analyzer:
             deps = {
                 attr.name: [self._resolve(target, text) for text in _label_texts(target, attr.name, attr.type)]
                 for attr in target.rule.attrs
-                if attr.type in (AttrType.LABEL, AttrType.LABEL_LIST)
+                if attr.type in _LABEL_TYPES
             }
             ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch)
             try:
@@ -95,9 +95,16 @@ class Analyzer:
         return MkError("dependency cycle:\n" + "\n".join(lines), self.loader.target(label).location)  # type: ignore[union-attr]
 
 
+_LABEL_TYPES = (AttrType.LABEL, AttrType.LABEL_LIST, AttrType.STRING_KEYED_LABEL_DICT)
+
+
 def _label_texts(target: Target, attr: str, kind: AttrType) -> list[str]:
+    """The label strings of an attribute; for a dict, its values in order."""
     value = target.attrs[attr]
     if kind is AttrType.LABEL:
         return [value] if isinstance(value, str) and value else []
+    if kind is AttrType.STRING_KEYED_LABEL_DICT:
+        assert isinstance(value, dict)
+        return list(value.values())
     assert isinstance(value, list)
     return value

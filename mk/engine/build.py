@@ -129,9 +129,9 @@ def _attempt(
     corrupt = [e for _, e in schedule.failures if isinstance(e, CorruptBlobError | MissingBlobError)]
     if corrupt:
         raise corrupt[0]
-    if schedule.failures:
-        return schedule, ()
     artifacts = dict.fromkeys(a for t in graph.requested for a in t.info.files)
+    if schedule.failures:  # --keep-going: still place what was built, as Bazel does
+        artifacts = dict.fromkeys(a for a in artifacts if a.path in schedule.files)
     outputs = tuple(_publish(workspace, cache, stats, schedule, a) for a in artifacts)
     return schedule, outputs
 

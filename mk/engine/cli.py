@@ -73,9 +73,9 @@ def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Pa
     from mk.engine.report import Summary
 
     started = time.perf_counter()
-    workspace = _workspace()
     with _events_file(json_events) as events:
         try:
+            workspace = _workspace()  # inside: a bad mk.toml still ends with the summary line
             result = run_build(
                 workspace, _cache(workspace), targets,
                 BuildOptions(jobs=jobs, keep_going=keep_going, events=events),

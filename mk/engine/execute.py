@@ -77,7 +77,7 @@ class Executor:
             if action.command is not None:
                 log = self._run_command(action, execroot, scratch)
             else:
-                log = self._run_function(action, execroot)
+                log = self._run_function(action, execroot, scratch)
             outputs = tuple(self._collect(action, a.path, execroot) for a in action.outputs)
             return ActionResult(outputs, 0, self.cache.cas.put_bytes(log))
 
@@ -137,12 +137,16 @@ class Executor:
             )
         return out + err
 
-    def _run_function(self, action: Action, execroot: Path) -> bytes:
+    def _run_function(self, action: Action, execroot: Path, scratch: Path) -> bytes:
         assert action.function is not None
+        work = scratch / "work"
+        work.mkdir()
         io = ActionIO(
             inputs={a.path: execroot / a.path for a in action.inputs},
             outputs={a.path: execroot / a.path for a in action.outputs},
             params=action.params,
+            cas=self.cache.cas,
+            scratch=work,
         )
         try:
             action.function(io)

@@ -19,11 +19,13 @@ from mk.engine.labels import Label, LabelError, Pattern
 from mk.engine.rule_api import AttrType, Rule
 from mk.engine.targets import Target
 from mk.engine.workspace import MARKER, OUTPUT_DIR, Workspace
+from mk.globs import glob_regex
 from mk.rules import RULES
 
 BUILD_FILE = "BUILD"
 _FRAME = re.compile(r"^\s*\* (.+?):(\d+), in ", re.MULTILINE)
-_STARLARK_SPAN = re.compile(r"^error: (.*?)\n\s*--> (.+?):(\d+):(\d+)", re.DOTALL)
+# MULTILINE: an error raised inside a call comes after a "Traceback" block, not at the start.
+_STARLARK_SPAN = re.compile(r"^error: (.*?)\n\s*--> (.+?):(\d+):(\d+)", re.DOTALL | re.MULTILINE)
 _PRELUDE = "".join(
     f"def {name}(**kwargs):\n    _mk_rule({name!r}, call_stack(strip_frames=1), kwargs)\n"
     for name in sorted(RULES)
@@ -106,8 +108,10 @@ class Loader:
     def nearest_targets(self, label: Label) -> str:
         """A did-you-mean hint naming the existing targets closest to `label`."""
         package = self.package(label.package)
-        names = [str(Label(label.package, n)) for n in (*package.targets, *package.outputs)]
-        return did_you_mean(str(label), names)
+        # Compare names, not whole labels: the shared '//pkg:' prefix would make every target close.
+        hint = did_you_mean(label.name, (*package.targets, *package.outputs))
+        # Then show each suggestion as a full label (a target name cannot contain a quote).
+        return re.sub(r"'([^']*)'", lambda m: f"'{Label(label.package, m.group(1))}'", hint)
 
     def loaded_files(self) -> set[str]:
         return {f for p in self._packages.values() for f in p.files_read}
@@ -232,8 +236,8 @@ class Loader:
         for pattern in (*include, *(exclude or [])):
             if pattern.startswith("/") or ".." in pattern.split("/"):
                 raise self._fail(f"glob(): pattern '{pattern}' must stay inside the package")
-        matchers = [_glob_regex(p) for p in include]
-        excluders = [_glob_regex(p) for p in exclude or []]
+        matchers = [glob_regex(p) for p in include]
+        excluders = [glob_regex(p) for p in exclude or []]
         found = [
             f for f in self._package_files(package.name)
             if any(m.fullmatch(f) for m in matchers) and not any(x.fullmatch(f) for x in excluders)
@@ -334,25 +338,3 @@ def _starlark_type(value: object) -> str:
 
 def _skipped_dir(parent_rel: str, name: str) -> bool:
     return name.startswith(".") or (parent_rel == "." and name == OUTPUT_DIR)
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
-

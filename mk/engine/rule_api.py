@@ -24,13 +24,14 @@ class AttrType(enum.Enum):
     LABEL_LIST = "list of labels"
     OUTPUT = "output file name"
     OUTPUT_LIST = "list of output file names"
+    STRING_KEYED_LABEL_DICT = "dict of string to label"
 
     def accepts(self, value: object) -> bool:
         if self in (AttrType.STRING, AttrType.LABEL, AttrType.OUTPUT):
             return isinstance(value, str)
         if self in (AttrType.STRING_LIST, AttrType.LABEL_LIST, AttrType.OUTPUT_LIST):
             return isinstance(value, list) and all(isinstance(v, str) for v in value)
-        if self is AttrType.STRING_DICT:
+        if self in (AttrType.STRING_DICT, AttrType.STRING_KEYED_LABEL_DICT):
             return isinstance(value, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()
             )
@@ -122,3 +123,13 @@ class Rule:
 
     def all_attrs(self) -> tuple[Attr, ...]:
         return (NAME_ATTR, *self.attrs)
+
+    def __reduce__(self) -> tuple[Callable[[str], Rule], tuple[str]]:
+        # Pickled (in the analysis cache) by name: the registry holds the code.
+        return (builtin_rule, (self.name,))
+
+
+def builtin_rule(name: str) -> Rule:
+    from mk.rules import RULES
+
+    return RULES[name]

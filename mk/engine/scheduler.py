@@ -82,7 +82,8 @@ def run_actions(
         pool: cf.ThreadPoolExecutor | None = None  # started on first use: a no-op needs none
         try:
             while (ready and not stopping) or running:
-                while ready and not stopping:
+                # Submit no more than -j at a time, so a failure stops the build without running a queue.
+                while ready and not stopping and len(running) < max(1, jobs):
                     _, _, action = heapq.heappop(ready)
                     inputs = {i.path: state.files[i.path] for i in action.inputs}
                     try:

@@ -1,0 +1,179 @@
+"""Trees: content-addressed manifests of filesystems (layers, root filesystems, module sets).
+
+A tree is a sorted list of entries; file contents live in the content store and the entry holds
+their digest, so merging trees touches metadata only. The manifest is msgpack, and is itself
+stored as a blob, so a tree's digest changes exactly when any file, mode or owner in it does.
+"""
+
+from __future__ import annotations
+
+import enum
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgpack
+
+from mk.globs import glob_regex
+
+_FORMAT = 1
+
+
+class TreeError(ValueError):
+    pass
+
+
+class Kind(enum.StrEnum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    HARDLINK = "hardlink"  # `target` is the path of a FILE entry in the same tree
+    CHAR = "char"
+    BLOCK = "block"
+    FIFO = "fifo"
+
+
+@dataclass(frozen=True, order=True)
+class Entry:
+    path: str  # relative to the tree root, normalised, never empty
+    kind: Kind
+    mode: int  # permission bits, including setuid/setgid/sticky (0o7777)
+    uid: int = 0
+    gid: int = 0
+    digest: str = ""  # FILE: blake3 of the content
+    size: int = 0  # FILE: bytes
+    target: str = ""  # SYMLINK: link text; HARDLINK: path of the linked file
+    major: int = 0  # CHAR/BLOCK
+    minor: int = 0
+
+    def encode(self) -> list[object]:
+        return [self.path, self.kind.value, self.mode, self.uid, self.gid, self.digest, self.size,
+                self.target, self.major, self.minor]
+
+    @staticmethod
+    def decode(raw: list[object]) -> Entry:
+        path, kind, mode, uid, gid, digest, size, target, major, minor = raw
+        return Entry(str(path), Kind(str(kind)), _int(mode), _int(uid), _int(gid), str(digest), _int(size),
+                     str(target), _int(major), _int(minor))
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise TreeError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def normalise(path: str) -> str:
+    """'./usr//bin/' -> 'usr/bin'. Raises TreeError for absolute paths and '..' components."""
+    if path.startswith("/"):
+        raise TreeError(f"'{path}' is an absolute path")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise TreeError(f"'{path}' climbs out of the tree with '..'")
+    if not parts:
+        raise TreeError(f"'{path}' names the root of the tree")
+    return "/".join(parts)
+
+
+def dest_path(path: str) -> str:
+    """A destination written in a BUILD file ('/etc/motd') as a tree path ('etc/motd')."""
+    return normalise(path.lstrip("/"))
+
+
+@dataclass(frozen=True)
+class Tree:
+    entries: tuple[Entry, ...]
+
+    @staticmethod
+    def build(entries: Iterable[Entry]) -> Tree:
+        """Sorts entries, adds missing parent directories (0755, root) and checks the result."""
+        by_path: dict[str, Entry] = {}
+        for entry in entries:
+            by_path[entry.path] = entry
+        for path in list(by_path):
+            parent = posixpath.dirname(path)
+            while parent and parent not in by_path:
+                by_path[parent] = Entry(parent, Kind.DIR, 0o755)
+                parent = posixpath.dirname(parent)
+        tree = Tree(tuple(by_path[p] for p in sorted(by_path)))
+        tree.check()
+        return tree
+
+    def check(self) -> None:
+        """Refuses what could escape the tree when it is unpacked or booted."""
+        kinds = {e.path: e.kind for e in self.entries}
+        for entry in self.entries:
+            if normalise(entry.path) != entry.path:
+                raise TreeError(f"'{entry.path}' is not a normalised path")
+            parent = posixpath.dirname(entry.path)
+            if parent and kinds.get(parent) is not Kind.DIR:
+                what = "a symlink" if kinds.get(parent) is Kind.SYMLINK else "not a directory"
+                raise TreeError(f"'{entry.path}' lies under '{parent}', which is {what}")
+            if entry.kind is Kind.HARDLINK and kinds.get(entry.target) is not Kind.FILE:
+                raise TreeError(f"hard link '{entry.path}' points at '{entry.target}', which is not a file in the tree")
+            if entry.kind is Kind.SYMLINK:
+                check_symlink(entry.path, entry.target)
+
+    def encode(self) -> bytes:
+        packed: bytes = msgpack.packb([_FORMAT, [e.encode() for e in self.entries]])
+        return packed
+
+    @staticmethod
+    def decode(data: bytes) -> Tree:
+        try:
+            version, raw = msgpack.unpackb(data)
+            if version != _FORMAT:
+                raise TreeError(f"unknown tree format {version}")
+            entries = tuple(Entry.decode(r) for r in raw)
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            raise TreeError(f"malformed tree manifest: {e}") from None
+        if list(entries) != sorted(entries, key=lambda e: e.path):
+            raise TreeError("malformed tree manifest: entries are not sorted")
+        tree = Tree(entries)
+        tree.check()
+        return tree
+
+    def files(self) -> Iterable[Entry]:
+        return (e for e in self.entries if e.kind is Kind.FILE)
+
+
+def check_symlink(path: str, target: str) -> None:
+    """A relative link may not climb above the root. Absolute links resolve inside the image."""
+    if not target or "\0" in target:
+        raise TreeError(f"symlink '{path}' has an empty or invalid target")
+    if target.startswith("/"):
+        return
+    depth = path.count("/")
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise TreeError(f"symlink '{path}' -> '{target}' escapes the tree")
+        elif part not in ("", "."):
+            depth += 1
+
+
+def merge(trees: Iterable[Tree], remove: Iterable[str] = ()) -> Tree:
+    """Overlay trees in order (later wins), then drop paths matching `remove` and what is under them.
+
+    A later non-directory replacing a directory hides everything the earlier layers had under it.
+    """
+    by_path: dict[str, Entry] = {}
+    for tree in trees:
+        for entry in tree.entries:
+            old = by_path.get(entry.path)
+            if old is not None and old.kind is Kind.DIR and entry.kind is not Kind.DIR:
+                prefix = entry.path + "/"
+                for path in [p for p in by_path if p.startswith(prefix)]:
+                    del by_path[path]
+            by_path[entry.path] = entry
+    patterns = [glob_regex(normalise(p.lstrip("/"))) for p in remove]
+    removed = [p for p in by_path if any(r.fullmatch(p) for r in patterns)]
+    for path in removed:
+        prefix = path + "/"
+        for child in [p for p in by_path if p == path or p.startswith(prefix)]:
+            by_path.pop(child, None)
+    dangling = [e.path for e in by_path.values() if e.kind is Kind.HARDLINK and e.target not in by_path]
+    for path in dangling:
+        del by_path[path]
+    return Tree.build(by_path.values())

@@ -1,0 +1,138 @@
+"""An OCI image layout, packed as an `oci-archive` tarball (what `skopeo` calls oci-archive:).
+
+Each layer is a gzip'd tar written straight from the content store. JSON documents are written
+with sorted keys and no whitespace, and `created` is SOURCE_DATE_EPOCH, so the digests of the
+config, manifest and index depend only on the trees and the declared configuration.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from mk.cache.cas import ContentStore
+from mk.cache.tree import Tree
+from mk.rules.formats.compression import compressed
+from mk.rules.formats.tar import write_tar
+
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    architecture: str = "amd64"
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    workdir: str = ""
+    user: str = ""
+    labels: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+class _Hashing:
+    """A write-only stream that counts and sha256-hashes what passes through it."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self.sink = sink
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+
+def _json(document: object) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _descriptor(media_type: str, digest: str, size: int) -> dict[str, object]:
+    return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": size}
+
+
+def write_oci_archive(
+    layers: list[Tree], cas: ContentStore, out: BinaryIO, mtime: int, config: ImageConfig,
+    ref_name: str, scratch: Path,
+) -> None:
+    blobs: dict[str, Path] = {}
+    layer_descriptors, diff_ids = [], []
+    for index, layer in enumerate(layers):
+        path = scratch / f"layer-{index}.tar.gz"
+        with open(path, "wb") as file:
+            packed = _Hashing(file)
+            with compressed(packed, "gzip") as gz:  # type: ignore[arg-type]
+                plain = _Hashing(gz)
+                write_tar(layer, cas, plain, mtime)  # type: ignore[arg-type]
+        digest = packed.sha256.hexdigest()
+        blobs[digest] = path
+        layer_descriptors.append(_descriptor(LAYER_TYPE, digest, packed.size))
+        diff_ids.append(f"sha256:{plain.sha256.hexdigest()}")
+
+    created = datetime.datetime.fromtimestamp(mtime, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    image_config: dict[str, object] = {"Env": list(config.env)}
+    for key, value in (("Entrypoint", config.entrypoint), ("Cmd", config.cmd)):
+        if value:
+            image_config[key] = list(value)
+    if config.workdir:
+        image_config["WorkingDir"] = config.workdir
+    if config.user:
+        image_config["User"] = config.user
+    if config.labels:
+        image_config["Labels"] = dict(config.labels)
+    config_blob = _json({
+        "architecture": config.architecture,
+        "os": "linux",
+        "created": created,
+        "config": image_config,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        "history": [{"created": created, "created_by": "mk"} for _ in layers],
+    })
+    manifest_blob = _json({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": _descriptor(CONFIG_TYPE, hashlib.sha256(config_blob).hexdigest(), len(config_blob)),
+        "layers": layer_descriptors,
+    })
+    for document in (config_blob, manifest_blob):
+        path = scratch / hashlib.sha256(document).hexdigest()
+        path.write_bytes(document)
+        blobs[path.name] = path
+    manifest = _descriptor(MANIFEST_TYPE, hashlib.sha256(manifest_blob).hexdigest(), len(manifest_blob))
+    manifest["annotations"] = {"org.opencontainers.image.ref.name": ref_name}
+    index_blob = _json({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                   "manifests": [manifest]})
+    layout = _json({"imageLayoutVersion": "1.0.0"})
+
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
+        for name in ("blobs", "blobs/sha256"):
+            archive.addfile(_info(name, tarfile.DIRTYPE, 0, mtime))
+        for digest in sorted(blobs):
+            size = blobs[digest].stat().st_size
+            with open(blobs[digest], "rb") as blob:
+                archive.addfile(_info(f"blobs/sha256/{digest}", tarfile.REGTYPE, size, mtime), blob)
+        for name, data in (("index.json", index_blob), ("oci-layout", layout)):
+            scratch_file = scratch / name
+            scratch_file.write_bytes(data)
+            with open(scratch_file, "rb") as f:
+                archive.addfile(_info(name, tarfile.REGTYPE, len(data), mtime), f)
+
+
+def _info(name: str, kind: bytes, size: int, mtime: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    info.size = size
+    info.mtime = mtime
+    info.uname = info.gname = ""
+    return info
