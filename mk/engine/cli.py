@@ -10,12 +10,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import click
 
 from mk.cache.local import LocalCache, default_cache_dir
 from mk.engine.errors import MkError
+
+if TYPE_CHECKING:
+    from mk.engine.scheduler import ScheduleResult
 from mk.engine.workspace import Workspace, find_workspace
 
 EXIT_BUILD_FAILED = 1
@@ -66,20 +69,24 @@ def cli() -> None:
 @click.option("--keep-going", "-k", is_flag=True, help="Build as much as possible after a failure.")
 @click.option("--json-events", type=click.Path(dir_okay=False, path_type=Path),
               help="Write one JSON object per action to FILE.")
-def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None) -> None:
+@click.option("--check", is_flag=True, help="Rebuild every action ignoring the cache and compare the bytes.")
+def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None, check: bool) -> None:
     """Build TARGETS and print the paths of their outputs."""
     from mk.engine.build import BuildOptions
     from mk.engine.build import build as run_build
     from mk.engine.report import Summary
 
     started = time.perf_counter()
+    differs = False
     with _events_file(json_events) as events:
         try:
             workspace = _workspace()  # inside: a bad mk.toml still ends with the summary line
-            result = run_build(
-                workspace, _cache(workspace), targets,
-                BuildOptions(jobs=jobs, keep_going=keep_going, events=events),
-            )
+            cache = _cache(workspace)
+            result = run_build(workspace, cache, targets, BuildOptions(jobs=jobs, keep_going=keep_going, events=events))
+            if check and not result.schedule.failures:
+                reference = result
+                result = run_build(workspace, cache, targets, BuildOptions(jobs=jobs, force=True, events=events))
+                differs = _report_check(cache, reference.schedule, result.schedule)
         except MkError as e:
             print(str(e), file=sys.stderr)
             print(Summary(0, 0, 0, 0, 0, time.perf_counter() - started).line())
@@ -91,8 +98,27 @@ def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Pa
     if skipped := len(result.schedule.skipped):
         print(f"mk: {skipped} actions not run because something they need failed", file=sys.stderr)
     print(result.summary.line())
-    if result.schedule.failures:
+    if result.schedule.failures or differs:
         sys.exit(EXIT_BUILD_FAILED)
+
+
+def _report_check(cache: LocalCache, reference: ScheduleResult, rebuilt: ScheduleResult) -> bool:
+    """Print what --check found; True when some output is not reproducible."""
+    from mk.engine import check
+
+    mismatches = check.compare(reference, rebuilt)
+    for m in mismatches:
+        print(f"error: --check: {m.path} of {m.label} is not reproducible: "
+              f"cached {m.reference[:16] or 'nothing'}, rebuilt {m.rebuilt[:16]}", file=sys.stderr)
+        with cache.scratch_dir("check") as scratch:
+            report = check.diffoscope(cache.cas, m, scratch)
+        if report:
+            print(report, file=sys.stderr)
+    if not mismatches:
+        outputs = sum(len(o.result.outputs) for o in rebuilt.outcomes)
+        print(f"mk: --check: rebuilt {len(rebuilt.outcomes)} actions; all {outputs} outputs are identical",
+              file=sys.stderr)
+    return bool(mismatches)
 
 
 @contextmanager
