@@ -1,0 +1,188 @@
+"""Shared fixtures: throw-away workspaces, an isolated cache per test, and the real `mk` CLI.
+
+Every end-to-end test runs the installed `mk` console script in a subprocess, exactly as a
+user would, with `MK_CACHE_DIR` pointing at a fresh directory under the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+
+def _find_mk() -> str:
+    # Prefer the script installed beside this interpreter: `shutil.which` alone could pick up
+    # some other `mk` on PATH (or none, when the venv is not activated).
+    sibling = Path(sys.executable).parent / "mk"
+    if sibling.is_file() and os.access(sibling, os.X_OK):
+        return str(sibling)
+    found = shutil.which("mk")
+    if found is None:
+        raise RuntimeError("cannot find the `mk` console script; install the package (pip install -e .)")
+    return found
+
+
+MK = _find_mk()
+SUBPROCESS_TIMEOUT = 60
+
+_SUMMARY = re.compile(
+    r"^mk: (?P<targets>\d+) targets, (?P<actions>\d+) actions: (?P<executed>\d+) executed, "
+    r"(?P<cached>\d+) cached \((?P<local>\d+) local, (?P<remote>\d+) remote\) in (?P<seconds>\d+\.\d+) s$"
+)
+
+
+class Result(NamedTuple):
+    """What one `mk` run gave back; unpacks as (code, out, err)."""
+
+    code: int
+    out: str
+    err: str
+
+
+class Summary(NamedTuple):
+    targets: int
+    actions: int
+    executed: int
+    cached: int
+    local: int
+    remote: int
+    seconds: float
+
+
+def parse_summary(stdout: str) -> Summary:
+    """Parse the summary line, which must be the last line of `mk build`'s stdout."""
+    lines = stdout.rstrip("\n").splitlines()
+    assert lines, "mk build printed nothing on stdout"
+    match = _SUMMARY.match(lines[-1])
+    assert match, f"last stdout line is not the summary line: {lines[-1]!r}"
+    g = match.groupdict()
+    summary = Summary(
+        int(g["targets"]), int(g["actions"]), int(g["executed"]), int(g["cached"]),
+        int(g["local"]), int(g["remote"]), float(g["seconds"]),
+    )
+    assert summary.cached == summary.local + summary.remote, lines[-1]
+    assert summary.executed + summary.cached <= summary.actions, lines[-1]
+    return summary
+
+
+def read_events(path: Path) -> list[dict[str, object]]:
+    """The --json-events file: one JSON object per line."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def executed_labels(path: Path) -> list[str]:
+    """Sorted labels of the actions that ran (not cached) according to a --json-events file."""
+    return sorted(str(e["label"]) for e in read_events(path) if e["status"] == "executed")
+
+
+def mk_env(cache_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The host environment minus every MK_* setting, plus our private cache."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MK_")}
+    env["MK_CACHE_DIR"] = str(cache_dir)
+    env.update(extra or {})
+    return env
+
+
+def run_mk(
+    args: list[str] | tuple[str, ...],
+    cwd: Path,
+    cache_dir: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = SUBPROCESS_TIMEOUT,
+) -> Result:
+    proc = subprocess.run(
+        [MK, *args],
+        cwd=cwd,
+        env=mk_env(cache_dir, env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class Workspace:
+    """A temporary workspace (a folder with mk.toml) and a way to run mk in it."""
+
+    root: Path
+    cache_dir: Path
+
+    def write(self, path: str, content: str | bytes) -> Path:
+        file = self.root / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            file.write_bytes(content)
+        else:
+            file.write_text(content, encoding="utf-8")
+        return file
+
+    def read(self, path: str) -> str:
+        return (self.root / path).read_text(encoding="utf-8")
+
+    def mk(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = SUBPROCESS_TIMEOUT) -> Result:
+        return run_mk(args, self.root, self.cache_dir, env, timeout)
+
+    def build(self, *targets: str, events: Path | None = None, env: Mapping[str, str] | None = None) -> Result:
+        """`mk build`, which must succeed; its summary line is checked to be well formed."""
+        args = ["build", *targets]
+        if events is not None:
+            args += ["--json-events", str(events)]
+        result = self.mk(*args, env=env)
+        assert result.code == 0, f"mk build {' '.join(targets)} failed ({result.code}):\n{result.out}\n{result.err}"
+        parse_summary(result.out)
+        return result
+
+    def age_sources(self, seconds: float = 10.0) -> None:
+        """Date every file back, so the stat cache trusts it (no "racily clean" re-hash)."""
+        when = time.time() - seconds
+        for path in self.root.rglob("*"):
+            if path.is_file():
+                os.utime(path, (when, when))
+
+
+WorkspaceFactory = Callable[..., Workspace]
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private MK_CACHE_DIR, also set for in-process calls (and MK_* settings removed)."""
+    path = tmp_path / "cache"
+    path.mkdir()
+    for key in list(os.environ):
+        if key.startswith("MK_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MK_CACHE_DIR", str(path))
+    yield path
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, cache_dir: Path) -> WorkspaceFactory:
+    """Factory: workspace({"pkg/BUILD": "...", ...}, name="ws", toml="") -> Workspace."""
+    made: set[str] = set()
+
+    def make(files: Mapping[str, str | bytes] | None = None, name: str = "ws", toml: str = "") -> Workspace:
+        assert name not in made, f"workspace {name!r} already made in this test"
+        made.add(name)
+        root = tmp_path / name
+        root.mkdir(parents=True)
+        ws = Workspace(root, cache_dir)
+        ws.write("mk.toml", toml)
+        for path, content in (files or {}).items():
+            ws.write(path, content)
+        return ws
+
+    return make
