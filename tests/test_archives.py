@@ -12,7 +12,6 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import MK, WorkspaceFactory, mk_env, parse_summary
 
 COMPRESSIONS = {"none": "", "gzip": ".gz", "zstd": ".zst", "xz": ".xz"}

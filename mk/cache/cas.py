@@ -167,6 +167,8 @@ class ContentStore:
         if not self.root.is_dir():
             return
         for shard in sorted(self.root.iterdir()):
+            if not shard.is_dir():  # put_stream's temp files live beside the shards
+                continue
             for blob in sorted(shard.iterdir()):
                 if not blob.name.startswith(".tmp-"):
                     yield blob.name

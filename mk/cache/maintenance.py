@@ -47,6 +47,7 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
     points at nothing.
     """
     with cache.lock(exclusive=True):
+        removed, freed = _remove_temp_files(cache)
         files: list[tuple[int, int, Path]] = []
         last_used: dict[str, int] = {}
         for key in cache.ac.all_keys():
@@ -62,7 +63,6 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
             files.append((max(st.st_mtime_ns, last_used.get(digest, 0)), st.st_size, path))
         files.sort()
         total = sum(size for _, size, _ in files)
-        removed = freed = 0
         for _, size, path in files:
             if total <= max_size:
                 break
@@ -103,6 +103,17 @@ def verify(cache: LocalCache) -> VerifyReport:
                 broken.append(key)
                 cache.ac.delete(key)
         return VerifyReport(checked, tuple(corrupt), tuple(broken))
+
+
+def _remove_temp_files(cache: LocalCache) -> tuple[int, int]:
+    """Temp files of writers that were killed. Under the exclusive lock no writer is running."""
+    removed = freed = 0
+    for folder in (cache.cas.root, cache.ac.root):
+        for temp in folder.glob("**/.tmp-*") if folder.is_dir() else ():
+            freed += _size(temp)
+            temp.unlink(missing_ok=True)
+            removed += 1
+    return removed, freed
 
 
 def parse_size(text: str) -> int:

@@ -126,7 +126,8 @@ def _events_file(path: Path | None) -> Iterator[TextIO | None]:
     if path is None:
         yield None
         return
-    with open(path, "w", encoding="utf-8") as f:
+    # Line-buffered: the events of finished actions survive a crash or kill of mk.
+    with open(path, "w", encoding="utf-8", buffering=1) as f:
         yield f
 
 

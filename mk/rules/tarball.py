@@ -32,10 +32,10 @@ def import_tar(source: BinaryIO, cas: ContentStore, what: str) -> Tree:
                 if previous is not None and previous != entry:
                     raise UnsafeArchiveError(f"{what}: member '{member.name}' appears twice with different contents")
                 entries[entry.path] = entry
-    except tarfile.TarError as e:
+    except (tarfile.TarError, EOFError) as e:
+        if isinstance(e, EOFError) or "unexpected end" in str(e) or "truncated" in str(e):
+            raise UnsafeArchiveError(f"{what}: the archive is truncated ({e})") from None
         raise UnsafeArchiveError(f"{what}: not a readable tar archive ({e})") from None
-    except EOFError:
-        raise UnsafeArchiveError(f"{what}: truncated tar archive") from None
     try:
         return Tree.build(entries.values())
     except TreeError as e:
