@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check mk tests bench
-.venv/bin/mypy --strict mk
+.venv/bin/mypy --strict mk tests bench
 status=0
 .venv/bin/pytest -q -p no:cacheprovider "$@" || status=$?
 if [[ $status == 5 ]]; then

@@ -18,7 +18,7 @@ from mk.rules.tarball import UnsafeArchiveError, import_tar
 def make_tar(members: list[tuple[str, bytes, str]], compression: str = "") -> bytes:
     """members: (name, data, kind) with kind 'file', 'dir', 'sym:<target>' or 'hard:<target>'."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as archive:
+    with tarfile.open(fileobj=buffer, mode=f"w:{compression}") as archive:  # type: ignore[call-overload]
         for name, data, kind in members:
             info = tarfile.TarInfo(name)
             if kind == "dir":
