@@ -169,3 +169,18 @@ def test_skopeo_and_umoci_accept_the_oci_archive(built: Path, tmp_path: Path) ->
                    capture_output=True, check=True)
     assert (bundle / "rootfs/etc/motd").read_text() == "hello again\n"
     assert os.readlink(bundle / "rootfs/bin") == "usr/bin"
+
+
+def test_zstd_output_does_not_depend_on_the_number_of_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mk.rules.formats import compression
+
+    data = b"".join(b"%d mk reproducible %d\n" % (i, i * i % 977) for i in range(400_000))
+    outputs = set()
+    for workers in (1, 2, 4):
+        monkeypatch.setattr(compression, "ZSTD_WORKERS", workers)
+        buffer = io.BytesIO()
+        with compression.compressed(buffer, "zstd") as writer:
+            for start in range(0, len(data), 16384):
+                writer.write(data[start:start + 16384])
+        outputs.add(buffer.getvalue())
+    assert len(outputs) == 1

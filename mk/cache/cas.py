@@ -29,6 +29,12 @@ _ZSTD_LEVEL = 3
 _CHUNK = 1 << 20
 
 
+def _streaming_compressor() -> zstandard.ZstdCompressor:
+    # Stored bytes need not be reproducible (a blob is named by its uncompressed digest), so
+    # large blobs may use every core.
+    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL, threads=-1)
+
+
 class CorruptBlobError(Exception):
     def __init__(self, digest: str, path: Path) -> None:
         super().__init__(f"blob {digest} in {path} is corrupt; it was removed and will be rebuilt")
@@ -79,7 +85,7 @@ class ContentStore:
         digest = digest_file(source)
         if not self.has(digest):
             with open(source, "rb") as src, atomic_writer(self.path(digest)) as out:
-                zstandard.ZstdCompressor(level=_ZSTD_LEVEL).copy_stream(src, out)
+                _streaming_compressor().copy_stream(src, out)
         return digest
 
     def put_stream(self, source: BinaryIO) -> tuple[str, int]:
@@ -90,7 +96,7 @@ class ContentStore:
         size = 0
         try:
             with os.fdopen(fd, "wb") as tmp:
-                writer = zstandard.ZstdCompressor(level=_ZSTD_LEVEL).stream_writer(tmp, closefd=False)
+                writer = _streaming_compressor().stream_writer(tmp, closefd=False)
                 while chunk := source.read(_CHUNK):
                     hasher.update(chunk)
                     size += len(chunk)
@@ -183,7 +189,7 @@ class BlobReader(io.RawIOBase):
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
-        self._buffer = b""
+        self._buffer = memoryview(b"")  # a view, so consuming it in small reads copies nothing
 
     def readable(self) -> bool:
         return True
@@ -194,7 +200,7 @@ class BlobReader(io.RawIOBase):
             chunk = next(self._chunks, None)
             if chunk is None:
                 return 0
-            self._buffer = chunk
+            self._buffer = memoryview(chunk)
         count = min(len(view), len(self._buffer))
         view[:count] = self._buffer[:count]
         self._buffer = self._buffer[count:]

@@ -39,7 +39,7 @@ def _archive_rule(fmt: str, doc: str) -> Rule:
         ctx.add_action(Action(
             owner=ctx.label,
             mnemonic=fmt.capitalize(),
-            version=1,
+            version=2,
             inputs=(src,),
             outputs=(out,),
             params={"src": src.path, "format": fmt, "compression": compression, "mtime": ctx.source_date_epoch},
@@ -96,7 +96,7 @@ def analyze_oci(ctx: RuleContext) -> TargetInfo:
     ctx.add_action(Action(
         owner=ctx.label,
         mnemonic="OciImage",
-        version=1,
+        version=2,
         inputs=layers,
         outputs=(out,),
         params={
