@@ -80,7 +80,7 @@ class Analyzer:
                 f"'//{os.path.dirname(path)}'; refer to a target there instead",
                 where,
             )
-        if self.loader.observed.exists(self.loader.root / path):
+        if self.loader.observed.is_file(self.loader.root / path):
             return Dep(text, None, (Artifact(path, is_source=True),))
         if text.startswith((":", "//")):
             hint = self.loader.nearest_targets(label)

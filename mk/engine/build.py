@@ -14,7 +14,7 @@ from mk.cache.cas import CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest, StatCache
 from mk.engine.actions import Action, Artifact
-from mk.engine.errors import MkError
+from mk.engine.errors import Location, MkError
 from mk.engine.execute import Executor
 from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
@@ -23,7 +23,7 @@ from mk.engine.rebuilder import Rebuilder
 from mk.engine.report import Reporter, Summary
 from mk.engine.scheduler import ScheduleResult, run_actions
 from mk.engine.targets import ConfiguredTarget
-from mk.engine.workspace import Workspace
+from mk.engine.workspace import OUTPUT_DIR, Workspace
 
 # A corrupt blob found mid-build is deleted; the next attempt rebuilds whatever needed it.
 _ATTEMPTS = 3
@@ -40,17 +40,25 @@ class BuildOptions:
 @dataclass(frozen=True)
 class BuildResult:
     summary: Summary
-    outputs: tuple[Path, ...]
+    outputs: tuple[str, ...]  # relative to the workspace root
     schedule: ScheduleResult
 
 
 @dataclass(frozen=True)
-class Graph:
-    """The analysed closure of the requested targets."""
+class SourceFile:
+    path: str
+    owner: str  # the first target that uses it, for error messages
+    location: Location
 
-    requested: tuple[ConfiguredTarget, ...]
-    targets: tuple[ConfiguredTarget, ...]
+
+@dataclass(frozen=True)
+class Graph:
+    """What a build needs of the analysed closure; small, as it is unpickled on every build."""
+
+    target_count: int
+    requested_files: tuple[Artifact, ...]
     actions: tuple[Action, ...]
+    sources: tuple[SourceFile, ...]
 
 
 def analyse(workspace: Workspace, cache: LocalCache, patterns: Sequence[str]) -> Graph:
@@ -67,8 +75,8 @@ def analyse(workspace: Workspace, cache: LocalCache, patterns: Sequence[str]) ->
     labels: dict[Label, None] = {}
     for pattern in patterns:
         labels.update(dict.fromkeys(loader.expand(pattern)))
-    requested = tuple(analyzer.analyze(label) for label in labels)
-    targets = tuple(analyzer.closure())
+    requested = [analyzer.analyze(label) for label in labels]
+    targets = analyzer.closure()
     actions = tuple(a for t in targets for a in t.actions)
     producers: dict[str, Action] = {}
     for action in actions:
@@ -78,9 +86,22 @@ def analyse(workspace: Workspace, cache: LocalCache, patterns: Sequence[str]) ->
                     f"'{out.path}' is an output of both {producers[out.path].owner} and {action.owner}"
                 )
             producers[out.path] = action
-    graph = Graph(requested, targets, actions)
+    for action in actions:  # computed now, so the cached graph carries them
+        _ = action.static_key, action.sorted_inputs
+    requested_files = tuple(dict.fromkeys(f for t in requested for f in t.info.files))
+    graph = Graph(len(targets), requested_files, actions, _source_files(targets))
     graph_cache.save(graph, loader.observed)
     return graph
+
+
+def _source_files(targets: Sequence[ConfiguredTarget]) -> tuple[SourceFile, ...]:
+    sources: dict[str, SourceFile] = {}
+    for configured in targets:
+        for artifact in [i for a in configured.actions for i in a.inputs] + list(configured.info.files):
+            if artifact.is_source and artifact.path not in sources:
+                target = configured.target
+                sources[artifact.path] = SourceFile(artifact.path, str(target.label), target.location)
+    return tuple(sources.values())
 
 
 def build(
@@ -103,7 +124,7 @@ def build(
         finally:
             stats.save()
     summary = Summary(
-        targets=len(graph.targets),
+        targets=graph.target_count,
         actions=len(graph.actions),
         executed=sum(o.status == "executed" for o in schedule.outcomes),
         cached_local=sum(o.status == "cached" and o.origin == "local" for o in schedule.outcomes),
@@ -115,7 +136,7 @@ def build(
 
 def _attempt(
     workspace: Workspace, cache: LocalCache, stats: StatCache, graph: Graph, options: BuildOptions
-) -> tuple[ScheduleResult, tuple[Path, ...]]:
+) -> tuple[ScheduleResult, tuple[str, ...]]:
     sources = _hash_sources(workspace, stats, graph)
     tools = sorted({t for a in graph.actions for t in a.host_tools})
     tool_digests = {t: _tool_digest(stats, t) for t in tools}
@@ -129,7 +150,7 @@ def _attempt(
     corrupt = [e for _, e in schedule.failures if isinstance(e, CorruptBlobError | MissingBlobError)]
     if corrupt:
         raise corrupt[0]
-    artifacts = dict.fromkeys(a for t in graph.requested for a in t.info.files)
+    artifacts = dict.fromkeys(graph.requested_files)
     if schedule.failures:  # --keep-going: still place what was built, as Bazel does
         artifacts = dict.fromkeys(a for a in artifacts if a.path in schedule.files)
     outputs = tuple(_publish(workspace, cache, stats, schedule, a) for a in artifacts)
@@ -138,26 +159,24 @@ def _attempt(
 
 def _publish(
     workspace: Workspace, cache: LocalCache, stats: StatCache, schedule: ScheduleResult, artifact: Artifact
-) -> Path:
+) -> str:
+    """Where the requested file can be found, relative to the workspace root."""
     if artifact.is_source:
-        return workspace.root / artifact.path
-    return place(workspace.output_dir, artifact.path, schedule.files[artifact.path], cache.cas, stats)
+        return artifact.path
+    place(workspace.output_dir, artifact.path, schedule.files[artifact.path], cache.cas, stats)
+    return f"{OUTPUT_DIR}/{artifact.path}"
 
 
 def _hash_sources(workspace: Workspace, stats: StatCache, graph: Graph) -> dict[str, FileDigest]:
     sources: dict[str, FileDigest] = {}
-    for configured in graph.targets:
-        files = [i for a in configured.actions for i in a.inputs] + list(configured.info.files)
-        for artifact in files:
-            if artifact.is_source and artifact.path not in sources:
-                try:
-                    sources[artifact.path] = stats.digest(workspace.root / artifact.path)
-                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                    raise MkError(
-                        f"source file '{artifact.path}' of {configured.target.label} does not exist "
-                        "or is not a regular file",
-                        configured.target.location,
-                    ) from None
+    for source in graph.sources:
+        try:
+            sources[source.path] = stats.digest(workspace.root / source.path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise MkError(
+                f"source file '{source.path}' of {source.owner} does not exist or is not a regular file",
+                source.location,
+            ) from None
     return sources
 
 

@@ -91,8 +91,8 @@ def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Pa
             print(str(e), file=sys.stderr)
             print(Summary(0, 0, 0, 0, 0, time.perf_counter() - started).line())
             sys.exit(EXIT_USAGE)
-    for path in result.outputs:
-        print(os.path.relpath(path))
+    prefix = os.path.relpath(workspace.root)
+    sys.stdout.write("".join(f"{os.path.join(prefix, path) if prefix != '.' else path}\n" for path in result.outputs))
     for _action, error in result.schedule.failures:
         print(f"error: {error}", file=sys.stderr)
     if skipped := len(result.schedule.skipped):

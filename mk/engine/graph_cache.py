@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import time
 from pathlib import Path
 from typing import TypeVar
@@ -19,13 +20,14 @@ import blake3
 from mk.cache.fsutil import write_atomic
 
 _RACY_NS = 50_000_000
-_FORMAT = 1
+_FORMAT = 2
 Signature = tuple[int, ...] | None
 
 T = TypeVar("T")
 
 
 def _file_signature(path: str) -> Signature:
+    """Everything stat says that changes with the content: the file was read or listed."""
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -33,27 +35,43 @@ def _file_signature(path: str) -> Signature:
     return (st.st_mode, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
 
+def _type_signature(path: str) -> Signature:
+    """Only what kind of file it is: the file was merely checked for (a source's content is
+    the rebuilder's business, not analysis's)."""
+    try:
+        return (stat.S_IFMT(os.stat(path).st_mode),)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+_SIGNATURES = {True: _file_signature, False: _type_signature}
+
+
 class Observations:
-    """What loading depended on: path -> stat signature (None: the path did not exist)."""
+    """What loading depended on: path -> (whole stat?, signature); None: the path did not exist."""
 
     def __init__(self) -> None:
-        self.seen: dict[str, Signature] = {}
+        self.seen: dict[str, tuple[bool, Signature]] = {}
 
-    def exists(self, path: Path) -> bool:
+    def is_file(self, path: Path) -> bool:
         """Whether `path` is a regular file, remembered so a later change invalidates the graph."""
         key = str(path)
         if key not in self.seen:
-            self.seen[key] = _file_signature(key)
-        signature = self.seen[key]
-        return signature is not None and (signature[0] & 0o170000) == 0o100000
+            self.seen[key] = (False, _type_signature(key))
+        signature = self.seen[key][1]
+        return signature is not None and stat.S_ISREG(signature[0])
 
     def read_text(self, path: Path) -> str:
-        self.seen[str(path)] = _file_signature(str(path))
+        self.depends_on(path)
         return path.read_text(encoding="utf-8")
+
+    def depends_on(self, path: Path) -> None:
+        """A file whose content loading used."""
+        self.seen[str(path)] = (True, _file_signature(str(path)))
 
     def listed(self, folder: str) -> None:
         """A folder whose entries were listed (its mtime changes when entries come or go)."""
-        self.seen[folder] = _file_signature(folder)
+        self.seen[folder] = (True, _file_signature(folder))
 
 
 def _code_fingerprint() -> list[tuple[str, Signature]]:
@@ -76,10 +94,10 @@ class GraphCache:
             return None
         if version != _FORMAT or not isinstance(graph, kind) or code != _code_fingerprint():
             return None
-        for path, signature in seen.items():
-            if signature is not None and signature[1] >= recorded_at - _RACY_NS:
+        for path, (whole, signature) in seen.items():
+            if whole and signature is not None and signature[1] >= recorded_at - _RACY_NS:
                 return None
-            if _file_signature(path) != signature:
+            if _SIGNATURES[whole](path) != signature:
                 return None
         return graph
 

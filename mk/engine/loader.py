@@ -44,7 +44,7 @@ class Loader:
     def __init__(self, workspace: Workspace) -> None:
         self.root = workspace.root
         self.observed = Observations()
-        self.observed.exists(workspace.root / MARKER)
+        self.observed.depends_on(workspace.root / MARKER)
         self._globals = sl.Globals.extended_by(
             [sl.LibraryExtension.StructType, sl.LibraryExtension.CallStack]
         )
@@ -59,7 +59,7 @@ class Loader:
     # ---- packages and patterns -------------------------------------------------------------
 
     def has_package(self, name: str) -> bool:
-        return self.observed.exists(self.root / name / BUILD_FILE)
+        return self.observed.is_file(self.root / name / BUILD_FILE)
 
     def package(self, name: str) -> Package:
         if name not in self._packages:
@@ -208,7 +208,7 @@ class Loader:
         if file in self._file_stack:
             cycle = " -> ".join([*self._file_stack[self._file_stack.index(file):], file])
             raise self._fail(f"load() cycle: {cycle}")
-        if not self.observed.exists(self.root / file):
+        if not self.observed.is_file(self.root / file):
             raise self._fail(f"load(): file '{file}' does not exist (from '{module_id}')")
         if self._current is not None:
             self._current.files_read.add(file)
@@ -256,7 +256,7 @@ class Loader:
             dirnames[:] = [
                 d for d in dirnames
                 if not _skipped_dir(os.path.relpath(dirpath, self.root), d)
-                and not self.observed.exists(Path(dirpath) / d / BUILD_FILE)
+                and not self.observed.is_file(Path(dirpath) / d / BUILD_FILE)
             ]
             files.extend(f if rel == "." else f"{rel}/{f}" for f in filenames)
         return sorted(files)
@@ -314,7 +314,7 @@ class Loader:
         if out in package.outputs or out in package.targets:
             other = package.outputs.get(out, out)
             raise self._fail(f"output '{out}' of :{owner} is already declared by :{other}", location)
-        if self.observed.exists(self.root / package.name / out):
+        if self.observed.is_file(self.root / package.name / out):
             path = f"{package.name}/{out}".lstrip("/")
             raise self._fail(f"output '{out}' of :{owner} would shadow the source file '{path}'", location)
         package.outputs[out] = owner
