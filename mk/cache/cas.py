@@ -14,13 +14,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 import blake3
-import zstandard
 
 from mk.cache.fsutil import atomic_writer
 
@@ -29,10 +29,17 @@ _ZSTD_LEVEL = 3
 _CHUNK = 1 << 20
 
 
-def _streaming_compressor() -> zstandard.ZstdCompressor:
+def _zstd() -> ModuleType:
+    """zstandard, imported on first use: a no-op build never compresses, and the import is slow."""
+    import zstandard
+
+    return zstandard
+
+
+def _streaming_compressor() -> Any:
     # Stored bytes need not be reproducible (a blob is named by its uncompressed digest), so
     # large blobs may use every core.
-    return zstandard.ZstdCompressor(level=_ZSTD_LEVEL, threads=-1)
+    return _zstd().ZstdCompressor(level=_ZSTD_LEVEL, threads=-1)
 
 
 class CorruptBlobError(Exception):
@@ -77,7 +84,7 @@ class ContentStore:
         digest = digest_bytes(data)
         if not self.has(digest):
             with atomic_writer(self.path(digest)) as out:
-                out.write(zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(data))
+                out.write(_zstd().ZstdCompressor(level=_ZSTD_LEVEL).compress(data))
         return digest
 
     def put_file(self, source: Path) -> str:
@@ -101,7 +108,7 @@ class ContentStore:
                     hasher.update(chunk)
                     size += len(chunk)
                     writer.write(chunk)
-                writer.flush(zstandard.FLUSH_FRAME)
+                writer.flush(_zstd().FLUSH_FRAME)
             digest = hasher.hexdigest()
             final = self.path(digest)
             if final.is_file():
@@ -118,7 +125,7 @@ class ContentStore:
 
     def put_compressed(self, digest: str, compressed: bytes) -> None:
         """Store a blob received already compressed (from a remote); verified before it lands."""
-        data = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=1 << 34)
+        data = _zstd().ZstdDecompressor().decompress(compressed, max_output_size=1 << 34)
         if digest_bytes(data) != digest:
             raise CorruptBlobError(digest, self.path(digest))
         with atomic_writer(self.path(digest)) as out:
@@ -138,6 +145,7 @@ class ContentStore:
         """
         path = self.path(digest)
         hasher = blake3.blake3()
+        zstandard = _zstd()
         try:
             with open(path, "rb") as f:
                 reader = zstandard.ZstdDecompressor().stream_reader(f)

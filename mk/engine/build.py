@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from mk.cache.cas import CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
@@ -22,8 +22,10 @@ from mk.engine.outputs import place
 from mk.engine.rebuilder import Rebuilder
 from mk.engine.report import Reporter, Summary
 from mk.engine.scheduler import ScheduleResult, run_actions
-from mk.engine.targets import ConfiguredTarget
 from mk.engine.workspace import OUTPUT_DIR, Workspace
+
+if TYPE_CHECKING:
+    from mk.engine.targets import ConfiguredTarget
 
 # A corrupt blob found mid-build is deleted; the next attempt rebuilds whatever needed it.
 _ATTEMPTS = 3

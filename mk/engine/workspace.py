@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +49,13 @@ def find_workspace(start: Path) -> Workspace:
 
 
 def _read_settings(path: Path) -> Settings:
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        return Settings()  # the common empty marker: no need to load the TOML parser
+    import tomllib
+
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         line = getattr(e, "lineno", 1)
         col = getattr(e, "colno", 1)
