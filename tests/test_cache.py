@@ -644,3 +644,15 @@ def test_gc_removes_temp_files_left_by_killed_writers(workspace: WorkspaceFactor
     assert result.code == 0, result
     assert not any(p.exists() for p in leftovers)
     assert ws.build("//p:w").out.splitlines()[-1].startswith("mk: 1 targets, 1 actions: 0 executed, 1 cached")
+
+
+def test_remembered_results_are_not_trusted_once_their_entry_is_gone(chain: Workspace, tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    chain.build("//pkg:use", events=events)
+    keys = {str(e["label"]): str(e["key"]) for e in read_events(events)}
+    (chain.cache_dir / "ac" / keys["//pkg:use"][:2] / keys["//pkg:use"]).unlink()
+    (chain.root / "mk-out/pkg/use.txt").unlink()
+    chain.build("//pkg:use", events=events)
+    assert executed_labels(events) == ["//pkg:use"]
+    assert chain.read("mk-out/pkg/use.txt").endswith("\n")
+    assert_cache_is_sound(chain.cache_dir)

@@ -12,14 +12,16 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import msgpack
 
 from mk.cache.fsutil import write_atomic
 
 
-@dataclass(frozen=True)
-class OutputFile:
+class OutputFile(NamedTuple):
+    """A named tuple rather than a dataclass: a no-op build makes one per output, and this is faster."""
+
     path: str
     digest: str
     executable: bool
@@ -46,9 +48,7 @@ class ActionResult:
         """Parse an entry; raises ValueError on anything malformed (it may come from a remote)."""
         try:
             raw = msgpack.unpackb(data)
-            outputs = tuple(
-                OutputFile(str(p), _hex(d), bool(x)) for p, d, x in raw["outputs"]
-            )
+            outputs = tuple(OutputFile(str(p), _hex(d), bool(x)) for p, d, x in raw["outputs"])
             return ActionResult(outputs, int(raw["exit_code"]), _hex(raw["log"]))
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
             raise ValueError(f"malformed action result: {e}") from None
@@ -90,8 +90,16 @@ class ActionCache:
         write_atomic(self.path(key), result.encode())
 
     def touch(self, key: str) -> None:
+        """Mark an entry recently used, for least-recently-used garbage collection."""
         with contextlib.suppress(FileNotFoundError):
             os.utime(self._where(key))
+
+    def has(self, key: str, size: int) -> bool:
+        """Whether an entry of exactly `size` bytes exists (checked without reading it)."""
+        try:
+            return os.stat(self._where(key)).st_size == size
+        except FileNotFoundError:
+            return False
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -104,3 +112,31 @@ class ActionCache:
             for entry in sorted(shard.iterdir()):
                 if not entry.name.startswith(".tmp-"):
                     yield entry.name
+
+
+class RecentResults:
+    """The results the last build of a graph used, in one file, so that a no-op build need not
+    open every action-cache entry again. Only a hint: a result is used only while its entry
+    still exists in the action cache."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        try:
+            self._encoded: dict[str, bytes] = msgpack.unpackb(file.read_bytes())
+        except (OSError, ValueError, msgpack.UnpackException):
+            self._encoded = {}
+
+    def get(self, key: str) -> tuple[ActionResult, int] | None:
+        """The remembered result and the size its action-cache entry had."""
+        data = self._encoded.get(key)
+        if data is None:
+            return None
+        try:
+            return ActionResult.decode(data), len(data)
+        except ValueError:
+            return None
+
+    def save(self, results: dict[str, ActionResult]) -> None:
+        if results.keys() != self._encoded.keys():
+            self._encoded = {key: result.encode() for key, result in results.items()}
+            write_atomic(self.file, msgpack.packb(self._encoded))

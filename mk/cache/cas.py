@@ -58,7 +58,7 @@ def digest_bytes(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def digest_file(path: Path) -> str:
+def digest_file(path: str | Path) -> str:
     hasher = blake3.blake3()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):

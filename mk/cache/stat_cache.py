@@ -40,7 +40,7 @@ class StatCache:
         except (FileNotFoundError, ValueError, msgpack.UnpackException):
             self._entries = {}
 
-    def digest(self, path: Path) -> FileDigest:
+    def digest(self, path: str | Path) -> FileDigest:
         """The blake3 of the file at `path`; raises FileNotFoundError if it is gone.
 
         Raises IsADirectoryError for a directory: only regular files (or links to them) count.
@@ -66,7 +66,7 @@ class StatCache:
         self._remember(key, st, hashed_at, result)
         return result
 
-    def record_written(self, path: Path, digest: FileDigest) -> None:
+    def record_written(self, path: str | Path, digest: FileDigest) -> None:
         """Remember a file mk itself just wrote, so the next build need not read it back."""
         st = os.stat(path)
         self._remember(str(path), st, st.st_mtime_ns + _RACY_NS, digest)
@@ -77,7 +77,7 @@ class StatCache:
         ]
         self._dirty = True
 
-    def forget(self, path: Path) -> None:
+    def forget(self, path: str | Path) -> None:
         if self._entries.pop(str(path), None) is not None:
             self._dirty = True
 

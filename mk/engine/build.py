@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from mk.cache.action_cache import RecentResults
 from mk.cache.cas import CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest, StatCache
@@ -63,9 +64,8 @@ class Graph:
     sources: tuple[SourceFile, ...]
 
 
-def analyse(workspace: Workspace, cache: LocalCache, patterns: Sequence[str]) -> Graph:
+def analyse(workspace: Workspace, graph_cache: GraphCache, patterns: Sequence[str]) -> Graph:
     """The analysed graph, reused from the last build when no BUILD, .bzl or source moved."""
-    graph_cache = GraphCache(cache.root, workspace.root, list(patterns))
     cached = graph_cache.load(Graph)
     if cached is not None:
         return cached
@@ -110,14 +110,16 @@ def build(
     workspace: Workspace, cache: LocalCache, patterns: Sequence[str], options: BuildOptions
 ) -> BuildResult:
     started = time.perf_counter()
-    graph = analyse(workspace, cache, patterns)
+    graph_cache = GraphCache(cache.root, workspace.root, list(patterns))
+    graph = analyse(workspace, graph_cache, patterns)
+    recent = RecentResults(graph_cache.results_file)
     cache.sweep_stale_scratch()
     stats = cache.stat_cache(workspace.root)
     with cache.lock():
         try:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    schedule, outputs = _attempt(workspace, cache, stats, graph, options)
+                    schedule, outputs = _attempt(workspace, cache, stats, graph, recent, options)
                     break
                 except (CorruptBlobError, MissingBlobError) as e:
                     if attempt == _ATTEMPTS:
@@ -137,18 +139,21 @@ def build(
 
 
 def _attempt(
-    workspace: Workspace, cache: LocalCache, stats: StatCache, graph: Graph, options: BuildOptions
+    workspace: Workspace, cache: LocalCache, stats: StatCache, graph: Graph, recent: RecentResults,
+    options: BuildOptions,
 ) -> tuple[ScheduleResult, tuple[str, ...]]:
     sources = _hash_sources(workspace, stats, graph)
     tools = sorted({t for a in graph.actions for t in a.host_tools})
     tool_digests = {t: _tool_digest(stats, t) for t in tools}
     executor = Executor(cache, workspace.root)
-    rebuilder = Rebuilder(cache, executor, tool_digests, force=options.force)
+    rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force)
     reporter = Reporter(len(graph.actions), options.events)
     schedule = run_actions(
         graph.actions, sources, rebuilder, options.jobs, options.keep_going,
         reporter.finished, reporter.started,
     )
+    if not schedule.failures and not options.force:
+        recent.save({o.key: o.result for o in schedule.outcomes})
     corrupt = [e for _, e in schedule.failures if isinstance(e, CorruptBlobError | MissingBlobError)]
     if corrupt:
         raise corrupt[0]
@@ -173,7 +178,7 @@ def _hash_sources(workspace: Workspace, stats: StatCache, graph: Graph) -> dict[
     sources: dict[str, FileDigest] = {}
     for source in graph.sources:
         try:
-            sources[source.path] = stats.digest(workspace.root / source.path)
+            sources[source.path] = stats.digest(f"{workspace.root}/{source.path}")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise MkError(
                 f"source file '{source.path}' of {source.owner} does not exist or is not a regular file",

@@ -85,6 +85,7 @@ class GraphCache:
     def __init__(self, cache_root: Path, workspace_root: Path, patterns: list[str]) -> None:
         name = blake3.blake3(repr((str(workspace_root), patterns)).encode()).hexdigest()[:32]
         self.file = cache_root / "graphs" / f"{name}.pickle"
+        self.results_file = self.file.with_suffix(".results")  # see RecentResults
 
     def load(self, kind: type[T]) -> T | None:
         try:

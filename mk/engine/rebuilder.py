@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from mk.cache.action_cache import ActionResult
+from mk.cache.action_cache import ActionResult, RecentResults
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest
 from mk.engine.actions import Action, action_key
@@ -33,11 +33,13 @@ class Rebuilder:
         cache: LocalCache,
         executor: Executor,
         tool_digests: Mapping[str, str],
+        recent: RecentResults | None = None,
         force: bool = False,
     ) -> None:
         self.cache = cache
         self.executor = executor
         self.tool_digests = tool_digests
+        self.recent = recent
         self.force = force  # --check: run everything, whatever is cached
 
     def key(self, action: Action, inputs: Mapping[str, FileDigest]) -> str:
@@ -50,12 +52,21 @@ class Rebuilder:
         if self.force:
             return None
         started = time.perf_counter()
-        result = self.cache.ac.get(key)
-        if result is None or not all(self.cache.cas.has(o.digest) for o in result.outputs):
+        result = self._remembered(key) or self.cache.ac.get(key)
+        if result is None:
             return None
         # Blobs inherit recency from the results naming them (see cache.maintenance.gc).
         self.cache.ac.touch(key)
+        if not all(self.cache.cas.has(o.digest) for o in result.outputs):
+            return None
         return Outcome(action, key, result, "cached", "local", time.perf_counter() - started)
+
+    def _remembered(self, key: str) -> ActionResult | None:
+        """The last build's result for `key`, if its action-cache entry is still there unchanged."""
+        remembered = self.recent.get(key) if self.recent else None
+        if remembered is None or not self.cache.ac.has(key, size=remembered[1]):
+            return None
+        return remembered[0]
 
     def execute(self, action: Action, key: str, inputs: Mapping[str, FileDigest]) -> Outcome:
         started = time.perf_counter()
