@@ -57,7 +57,8 @@ class StatCache:
             and entry[1] == st.st_size
             and entry[2] == st.st_ino
             and entry[3] == st.st_ctime_ns
-            and int(entry[4]) - st.st_mtime_ns >= _RACY_NS  # type: ignore[call-overload]
+            and isinstance(entry[4], int)
+            and entry[4] - st.st_mtime_ns >= _RACY_NS
         ):
             return FileDigest(str(entry[5]), bool(entry[6]))
         hashed_at = time.time_ns()

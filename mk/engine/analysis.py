@@ -91,8 +91,9 @@ class Analyzer:
 
     def _cycle(self, label: Label) -> MkError:
         cycle = [*self._stack[self._stack.index(label):], label]
-        lines = [f"    {lbl}  ({self.loader.target(lbl).location})" for lbl in cycle]  # type: ignore[union-attr]
-        return MkError("dependency cycle:\n" + "\n".join(lines), self.loader.target(label).location)  # type: ignore[union-attr]
+        locations = {lbl: self.loader.package(lbl.package).targets[lbl.name].location for lbl in cycle}
+        lines = [f"    {lbl}  ({locations[lbl]})" for lbl in cycle]
+        return MkError("dependency cycle:\n" + "\n".join(lines), locations[label])
 
 
 _LABEL_TYPES = (AttrType.LABEL, AttrType.LABEL_LIST, AttrType.STRING_KEYED_LABEL_DICT)

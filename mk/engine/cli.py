@@ -16,10 +16,10 @@ import click
 
 from mk.cache.local import LocalCache, default_cache_dir
 from mk.engine.errors import MkError
+from mk.engine.workspace import Workspace, find_workspace
 
 if TYPE_CHECKING:
     from mk.engine.scheduler import ScheduleResult
-from mk.engine.workspace import Workspace, find_workspace
 
 EXIT_BUILD_FAILED = 1
 EXIT_USAGE = 2
@@ -31,10 +31,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cli(standalone_mode=False)
-    except click.exceptions.Abort:
-        _die("interrupted", EXIT_INTERRUPTED)
-    except KeyboardInterrupt:
-        _die("interrupted; nothing partial was kept", EXIT_INTERRUPTED)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _die("mk: interrupted; nothing partial was kept", EXIT_INTERRUPTED)
     except click.ClickException as e:
         e.show()
         sys.exit(EXIT_USAGE)
@@ -43,7 +41,7 @@ def main() -> None:
 
 
 def _die(message: str, code: int) -> NoReturn:
-    print(message if message.startswith("error") or ": error: " in message else f"mk: {message}", file=sys.stderr)
+    print(message, file=sys.stderr)
     sys.exit(code)
 
 
