@@ -184,3 +184,32 @@ def test_zstd_output_does_not_depend_on_the_number_of_workers(monkeypatch: pytes
                 writer.write(data[start:start + 16384])
         outputs.add(buffer.getvalue())
     assert len(outputs) == 1
+
+
+def test_check_names_an_output_that_is_not_reproducible(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"p/BUILD": 'genrule(name = "rand", outs = ["rand.bin"], cmd = "head -c 32 /dev/urandom > $@")\n'
+                               'genrule(name = "same", outs = ["same.txt"], cmd = "echo same > $@")\n'})
+    result = ws.mk("build", "--check", "//p:all")
+    assert result.code == 1, result
+    assert "error: --check: p/rand.bin of //p:rand is not reproducible: cached " in result.err
+    assert "same.txt" not in result.err
+    parse_summary(result.out)
+
+
+def test_layer_imports_a_tarball_made_by_another_target(workspace: WorkspaceFactory, tmp_path: Path) -> None:
+    ws = workspace({"p/BUILD": """
+genrule(
+    name = "make_tar",
+    srcs = ["hello.txt"],
+    outs = ["made.tar"],
+    cmd = "mkdir -p t/opt && cp $< t/opt/hello && tar --sort=name --owner=0 --group=0 --mtime=@0 -C t -cf $@ opt",
+)
+layer(name = "l", tars = [":make_tar"], files = {"/etc/extra": "hello.txt"})
+tar(name = "out", src = ":l")
+""", "p/hello.txt": "hi\n"})
+    ws.build("//p:out")
+    with tarfile.open(ws.root / "mk-out/p/out.tar") as archive:
+        names = archive.getnames()
+        member = archive.extractfile("opt/hello")
+        assert member is not None and member.read() == b"hi\n"
+    assert names == ["etc", "etc/extra", "opt", "opt/hello"]
