@@ -31,13 +31,16 @@ class Artifact:
 @dataclass(frozen=True)
 class ActionIO:
     """What an in-process action sees: its input files (already materialised), its output paths,
-    a scratch folder, and the content store (for actions that produce or read trees)."""
+    a scratch folder, the content store (for actions that produce or read trees), and `source_url`,
+    which gives the base URL of a named download source (the "debian" archive, say). That is
+    looked up at run time on purpose: where a file is downloaded from never enters a key."""
 
     inputs: Mapping[str, Path]
     outputs: Mapping[str, Path]
     params: Params
     cas: ContentStore
     scratch: Path
+    source_url: Callable[[str], str]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ class Analyzer:
                 for attr in target.rule.attrs
                 if attr.type in _LABEL_TYPES
             }
-            ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch)
+            ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch, self.loader.read_source)
             try:
                 info = target.rule.analyze(ctx)
             except MkError as e:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -145,7 +146,7 @@ def _attempt(
     sources = _hash_sources(workspace, stats, graph)
     tools = sorted({t for a in graph.actions for t in a.host_tools})
     tool_digests = {t: _tool_digest(stats, t) for t in tools}
-    executor = Executor(cache, workspace.root)
+    executor = Executor(cache, workspace.root, _source_urls(workspace))
     rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force)
     reporter = Reporter(len(graph.actions), options.events)
     schedule = run_actions(
@@ -172,6 +173,19 @@ def _publish(
         return artifact.path
     place(workspace.output_dir, artifact.path, schedule.files[artifact.path], cache.cas, stats)
     return f"{OUTPUT_DIR}/{artifact.path}"
+
+
+def _source_urls(workspace: Workspace) -> Callable[[str], str]:
+    """Base URLs of download sources, found only if some action asks (reading apt sources costs)."""
+
+    @functools.cache
+    def lookup(name: str) -> str:
+        from mk.rules.deb.mirrors import find_mirrors
+
+        settings = workspace.settings
+        return find_mirrors(settings.debian_mirror, settings.debian_security_mirror).base(name)
+
+    return lookup
 
 
 def _hash_sources(workspace: Workspace, stats: StatCache, graph: Graph) -> dict[str, FileDigest]:

@@ -15,7 +15,7 @@ import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mk.cache.action_cache import ActionResult, OutputFile
@@ -61,9 +61,10 @@ class RunningProcesses:
 
 
 class Executor:
-    def __init__(self, cache: LocalCache, workspace_root: Path) -> None:
+    def __init__(self, cache: LocalCache, workspace_root: Path, source_url: Callable[[str], str]) -> None:
         self.cache = cache
         self.root = workspace_root
+        self.source_url = source_url
         self.processes = RunningProcesses()
 
     def run(self, action: Action, key: str, inputs: Mapping[str, FileDigest]) -> ActionResult:
@@ -147,6 +148,7 @@ class Executor:
             params=action.params,
             cas=self.cache.cas,
             scratch=work,
+            source_url=self.source_url,
         )
         try:
             action.function(io)

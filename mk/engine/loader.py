@@ -37,7 +37,6 @@ class Package:
     name: str
     targets: dict[str, Target] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)  # output file name -> target name
-    files_read: set[str] = field(default_factory=set)  # BUILD and .bzl files, for watching
 
 
 class Loader:
@@ -113,8 +112,12 @@ class Loader:
         # Then show each suggestion as a full label (a target name cannot contain a quote).
         return re.sub(r"'([^']*)'", lambda m: f"'{Label(label.package, m.group(1))}'", hint)
 
-    def loaded_files(self) -> set[str]:
-        return {f for p in self._packages.values() for f in p.files_read}
+    def read_source(self, path: str) -> str | None:
+        """A workspace file's text (None if it does not exist); a later edit invalidates analysis."""
+        file = self.root / path
+        if not self.observed.is_file(file):
+            return None
+        return self.observed.read_text(file)
 
     # ---- source positions -------------------------------------------------------------------
 
@@ -151,7 +154,7 @@ class Loader:
         package = Package(name)
         self._current = package
         try:
-            self._evaluate(file, package)
+            self._evaluate(file)
         finally:
             self._current = None
         return package
@@ -164,8 +167,7 @@ class Loader:
         sl.eval(module, self._prelude, self._globals)
         return module
 
-    def _evaluate(self, file: str, package: Package) -> sl.Module:
-        package.files_read.add(file)
+    def _evaluate(self, file: str) -> sl.Module:
         source = self.observed.read_text(self.root / file)
         self._lines[file] = source.splitlines()
         self._file_stack.append(file)
@@ -210,11 +212,9 @@ class Loader:
             raise self._fail(f"load() cycle: {cycle}")
         if not self.observed.is_file(self.root / file):
             raise self._fail(f"load(): file '{file}' does not exist (from '{module_id}')")
-        if self._current is not None:
-            self._current.files_read.add(file)
         if file not in self._bzl_cache:
             try:
-                module = self._evaluate(file, self._current or Package(""))
+                module = self._evaluate(file)
             except MkError as e:
                 self._pending = e
                 raise

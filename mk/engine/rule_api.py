@@ -77,11 +77,13 @@ class RuleContext:
         attrs: Mapping[str, object],
         deps: Mapping[str, Sequence[Dep]],
         source_date_epoch: int,
+        read_source: Callable[[str], str | None],
     ) -> None:
         self.label = label
         self.attrs = attrs
         self.deps = deps
         self.source_date_epoch = source_date_epoch
+        self._read_source = read_source
         self.actions: list[Action] = []
 
     def string(self, name: str) -> str:
@@ -101,6 +103,12 @@ class RuleContext:
             for f in dep.files:
                 seen[f] = None
         return tuple(seen)
+
+    def read_source(self, name: str) -> str | None:
+        """The text of a file of this package (None if missing), for rules whose analysis depends
+        on a checked-in file such as a lockfile. Its content then invalidates the analysis cache."""
+        path = f"{self.label.package}/{name}" if self.label.package else name
+        return self._read_source(path)
 
     def output(self, name: str) -> Artifact:
         """The artifact for an output file of this target's package."""

@@ -18,9 +18,10 @@ class Settings:
     remote_cache: str | None = None
     trusted_keys: tuple[str, ...] = ()
     debian_mirror: str | None = None
+    debian_security_mirror: str | None = None
 
 
-_KNOWN = {"source_date_epoch", "cache_dir", "remote_cache", "trusted_keys", "debian_mirror"}
+_KNOWN = {"source_date_epoch", "cache_dir", "remote_cache", "trusted_keys", "debian_mirror", "debian_security_mirror"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def _read_settings(path: Path) -> Settings:
         remote_cache=_opt_str(raw, "remote_cache"),
         trusted_keys=tuple(keys),
         debian_mirror=_opt_str(raw, "debian_mirror"),
+        debian_security_mirror=_opt_str(raw, "debian_security_mirror"),
     )
 
 

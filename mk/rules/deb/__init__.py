@@ -1,0 +1,1 @@
+"""Debian packages: mirrors, signed indices, dependency resolution, lockfiles, fetch, unpack."""

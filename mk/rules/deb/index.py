@@ -1,0 +1,127 @@
+"""The archive's indices: a signed InRelease (or Release + Release.gpg) and the Packages files
+it vouches for, read into candidates for the resolver."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from debian import deb822
+
+from mk.engine.errors import MkError
+from mk.rules.deb.download import DownloadError, download
+from mk.rules.deb.mirrors import Mirrors, archive_of
+
+_FIELDS = ["Package", "Version", "Architecture", "Filename", "SHA256", "Size", "Source",
+           "Depends", "Pre-Depends", "Provides", "Multi-Arch", "Essential"]
+_COMPRESSIONS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open, "": open}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One package version as an index describes it."""
+
+    name: str
+    version: str
+    architecture: str
+    archive: str
+    suite: str
+    path: str  # pool path, relative to the archive root
+    sha256: str
+    size: int
+    source: str
+    depends: str
+    pre_depends: str
+    provides: str
+    multi_arch: str
+
+
+def read_indices(
+    mirrors: Mirrors, suites: list[str], components: list[str], arch: str, keyring: Path, cache: Path
+) -> list[Candidate]:
+    candidates: list[Candidate] = []
+    cache.mkdir(parents=True, exist_ok=True)
+    for suite in suites:
+        archive = archive_of(suite)
+        base = mirrors.base(archive)
+        release = _verified_release(f"{base}/dists/{suite}", keyring, suite)
+        hashes = _sha256_table(release)
+        for component in components:
+            stem = f"{component}/binary-{arch}/Packages"
+            index = _fetch_packages(f"{base}/dists/{suite}", stem, hashes, cache, suite)
+            candidates.extend(_parse(index, archive, suite))
+    return candidates
+
+
+def _verified_release(dist_url: str, keyring: Path, suite: str) -> str:
+    if not keyring.is_file():
+        raise MkError(f"keyring {keyring} does not exist: install debian-archive-keyring or set 'keyring'")
+    with tempfile.TemporaryDirectory(prefix="mk-release-") as tmp:
+        inrelease = Path(tmp) / "InRelease"
+        try:
+            download(f"{dist_url}/InRelease", inrelease)
+            command = ["gpgv", "--keyring", str(keyring), "--output", "-", str(inrelease)]
+        except DownloadError as e:
+            if not e.not_found:
+                raise MkError(f"suite {suite}: {e}") from None
+            try:
+                download(f"{dist_url}/Release", Path(tmp) / "Release")
+                download(f"{dist_url}/Release.gpg", Path(tmp) / "Release.gpg")
+            except DownloadError as e2:
+                raise MkError(f"suite {suite}: no InRelease and {e2}") from None
+            command = ["gpgv", "--keyring", str(keyring), str(Path(tmp) / "Release.gpg"), str(Path(tmp) / "Release")]
+        result = subprocess.run(command, capture_output=True, check=False)
+        if result.returncode != 0:
+            raise MkError(
+                f"suite {suite}: the Release file's signature does not verify against {keyring}:\n"
+                + result.stderr.decode(errors="replace").strip()
+            )
+        if "--output" in command:
+            return result.stdout.decode()
+        return (Path(tmp) / "Release").read_text(encoding="utf-8")
+
+
+def _sha256_table(release: str) -> dict[str, tuple[str, int]]:
+    paragraph = deb822.Release(release)
+    return {entry["name"]: (entry["sha256"], int(entry["size"])) for entry in paragraph.get("SHA256", [])}
+
+
+def _fetch_packages(dist_url: str, stem: str, hashes: dict[str, tuple[str, int]], cache: Path, suite: str) -> bytes:
+    for suffix, opener in _COMPRESSIONS.items():
+        if stem + suffix not in hashes:
+            continue
+        sha256, size = hashes[stem + suffix]
+        local = cache / f"{sha256}{suffix}"
+        if not (local.is_file() and _sha256(local) == sha256):
+            try:
+                download(f"{dist_url}/{stem}{suffix}", local, sha256=sha256, size=size)
+            except DownloadError as e:
+                raise MkError(f"suite {suite}: {e}") from None
+        with opener(local, "rb") as f:  # type: ignore[operator]
+            data: bytes = f.read()
+            return data
+    raise MkError(f"suite {suite}: the Release file lists no {stem}; check the component and architecture")
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _parse(index: bytes, archive: str, suite: str) -> Iterator[Candidate]:
+    for p in deb822.Deb822.iter_paragraphs(io.BytesIO(index), fields=_FIELDS, use_apt_pkg=False):
+        source = p.get("Source", p["Package"]).split(" ")[0]
+        yield Candidate(
+            name=p["Package"], version=p["Version"], architecture=p["Architecture"], archive=archive,
+            suite=suite, path=p["Filename"], sha256=p["SHA256"], size=int(p["Size"]), source=source,
+            depends=p.get("Depends", ""), pre_depends=p.get("Pre-Depends", ""), provides=p.get("Provides", ""),
+            multi_arch=p.get("Multi-Arch", ""),
+        )

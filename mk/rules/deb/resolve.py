@@ -1,0 +1,135 @@
+"""Resolves requested packages to a closure: Depends and Pre-Depends, alternatives, versioned
+constraints (Debian's own version comparison), virtual packages through Provides, `:any`
+qualifiers, and excludes. The newest version wins across suites, so security updates do."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from debian.deb822 import PkgRelation
+from debian.debian_support import version_compare
+
+from mk.engine.errors import MkError, did_you_mean
+from mk.rules.deb.index import Candidate
+
+_OPS = {
+    "<<": lambda c: c < 0, "<=": lambda c: c <= 0, "=": lambda c: c == 0,
+    ">=": lambda c: c >= 0, ">>": lambda c: c > 0,
+}
+
+
+@dataclass(frozen=True)
+class _Alternative:
+    name: str
+    constraint: tuple[str, str] | None
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.constraint[0]} {self.constraint[1]})" if self.constraint else self.name
+
+    def accepts(self, version: str | None) -> bool:
+        if self.constraint is None:
+            return True
+        if version is None:
+            return False
+        op, wanted = self.constraint
+        return bool(_OPS[op](version_compare(version, wanted)))
+
+
+class Resolver:
+    def __init__(self, candidates: Iterable[Candidate], arch: str, excludes: Iterable[str]) -> None:
+        self.arch = arch
+        self.excludes = set(excludes)
+        self.by_name: dict[str, list[Candidate]] = {}
+        self.providers: dict[str, list[tuple[Candidate, str | None]]] = {}
+        for c in candidates:
+            if c.architecture not in (arch, "all"):
+                continue
+            self.by_name.setdefault(c.name, []).append(c)
+            for group in _relations(c.provides):
+                for alt in group:
+                    provided = alt.constraint[1] if alt.constraint else None
+                    self.providers.setdefault(alt.name, []).append((c, provided))
+        for versions in self.by_name.values():
+            versions.sort(key=functools.cmp_to_key(_newer_first))
+        self.selected: dict[str, Candidate] = {}
+
+    def resolve(self, requested: Iterable[str]) -> list[Candidate]:
+        queue: list[tuple[Candidate, str]] = []
+        for spec in requested:
+            name, _, version = spec.partition("=")
+            if name in self.excludes:
+                raise MkError(f"package '{name}' is both requested and excluded")
+            wanted = _Alternative(name, ("=", version) if version else None)
+            chosen = self._best(wanted)
+            if chosen is None:
+                known = name in self.by_name
+                hint = "" if known else did_you_mean(name, self.by_name)
+                what = f"version {version} of '{name}'" if known else f"package '{name}'"
+                raise MkError(f"{what} is not in the indices{hint}")
+            queue += self._select(chosen, "requested")
+        while queue:
+            package, _why = queue.pop()
+            for field, text in (("Pre-Depends", package.pre_depends), ("Depends", package.depends)):
+                for group in _relations(text):
+                    queue += self._satisfy(group, package, field)
+        return sorted(self.selected.values(), key=lambda c: c.name)
+
+    def _satisfy(self, group: list[_Alternative], needed_by: Candidate, field: str) -> list[tuple[Candidate, str]]:
+        for alt in group:
+            if alt.name in self.excludes or self._already(alt):
+                return []
+        for alt in group:
+            real = self._best(alt)
+            if real is not None:
+                return self._select(real, needed_by.name)
+            providers = sorted(
+                (c for c, provided in self.providers.get(alt.name, []) if alt.accepts(provided)),
+                key=lambda c: (c.name, c.version),
+            )
+            if providers:
+                return self._select(providers[0], needed_by.name)
+        relation = " | ".join(str(a) for a in group)
+        raise MkError(
+            f"cannot install {needed_by.name} {needed_by.version}: it {field.lower()} on '{relation}', "
+            "which no package in the suites provides (add it to 'excludes' if the image does not need it)"
+        )
+
+    def _already(self, alt: _Alternative) -> bool:
+        chosen = self.selected.get(alt.name)
+        if chosen is not None and alt.accepts(chosen.version):
+            return True
+        return any(
+            c.name in self.selected and self.selected[c.name] == c and (alt.constraint is None or alt.accepts(provided))
+            for c, provided in self.providers.get(alt.name, [])
+        )
+
+    def _best(self, alt: _Alternative) -> Candidate | None:
+        return next((c for c in self.by_name.get(alt.name, []) if alt.accepts(c.version)), None)
+
+    def _select(self, candidate: Candidate, why: str) -> list[tuple[Candidate, str]]:
+        existing = self.selected.get(candidate.name)
+        if existing is not None:
+            if existing.version != candidate.version:
+                raise MkError(
+                    f"{why} needs {candidate.name} {candidate.version}, but {existing.name} {existing.version} "
+                    "was already chosen; pin one version in 'packages'"
+                )
+            return []
+        self.selected[candidate.name] = candidate
+        return [(candidate, why)]
+
+
+def _newer_first(a: Candidate, b: Candidate) -> int:
+    return version_compare(b.version, a.version)
+
+
+def _relations(text: str) -> list[list[_Alternative]]:
+    if not text.strip():
+        return []
+    return [
+        [_Alternative(alt["name"], tuple(alt["version"]) if alt.get("version") else None)  # type: ignore[arg-type]
+         for alt in group]
+        for group in PkgRelation.parse_relations(text)
+    ]
