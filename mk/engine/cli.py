@@ -153,6 +153,25 @@ def query(kind: str, target: str, output: str) -> None:
 
 
 @cli.command()
+@click.argument("target")
+def lock(target: str) -> None:
+    """Resolve a deb_packages TARGET against the archives and write its lockfile."""
+    from mk.engine.loader import Loader
+    from mk.rules.deb.lock import lock as write_lock
+
+    workspace = _workspace()
+    loader = Loader(workspace)
+    labels = loader.expand(target)
+    if len(labels) != 1:
+        raise MkError(f"mk lock needs exactly one target; '{target}' matches {len(labels)}")
+    found = loader.target(labels[0])
+    assert found is not None
+    report = write_lock(workspace, found, _cache(workspace).root)
+    state = "written" if report.changed else "unchanged"
+    click.echo(f"{os.path.relpath(report.path)}: {report.packages} packages ({state})")
+
+
+@cli.command()
 def clean() -> None:
     """Remove the workspace's outputs (mk-out/). The cache is left alone."""
     workspace = _workspace()

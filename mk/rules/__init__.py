@@ -2,6 +2,7 @@
 
 from mk.engine.rule_api import Rule
 from mk.rules import archive, filegroup, genrule, layer, rootfs, write_file
+from mk.rules.deb import rule as deb
 
 RULES: dict[str, Rule] = {
     r.name: r
@@ -14,5 +15,6 @@ RULES: dict[str, Rule] = {
         archive.TAR_RULE,
         archive.CPIO_RULE,
         archive.OCI_RULE,
+        deb.RULE,
     )
 }

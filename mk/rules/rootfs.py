@@ -21,13 +21,16 @@ def param_strings(io: ActionIO, key: str) -> list[str]:
 
 
 def tree_inputs(ctx: RuleContext, attr: str) -> tuple[Artifact, ...]:
-    """The tree manifests named by a label attribute; anything else is an error."""
-    trees = ctx.files(attr)
-    for artifact in trees:
-        if not artifact.path.endswith(TREE_SUFFIX):
-            raise MkError(f"{ctx.label}: '{artifact.path}' in '{attr}' is not a tree; "
-                          "name `layer` or `rootfs` targets there")
-    return trees
+    """The tree manifest of each target named by a label attribute (a `deb_packages` target also
+    gives an SBOM, which is skipped); a target that gives no tree is an error."""
+    trees: list[Artifact] = []
+    for dep in ctx.deps.get(attr, ()):
+        found = [f for f in dep.files if f.path.endswith(TREE_SUFFIX)]
+        if not found:
+            raise MkError(f"{ctx.label}: '{dep.text}' in '{attr}' is not a tree; "
+                          "name `layer`, `rootfs` or `deb_packages` targets there")
+        trees += found
+    return tuple(dict.fromkeys(trees))
 
 
 def merge_layers(io: ActionIO) -> None:

@@ -1,0 +1,198 @@
+"""deb_packages: Debian packages from a lockfile, fetched by sha256 and merged into one tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+
+from mk.cache.tree import Entry, Kind, Tree, TreeError, check_symlink, dest_path, merge
+from mk.engine.actions import Action, ActionIO, Artifact
+from mk.engine.errors import MkError
+from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
+from mk.rules.deb.debfile import MERGED_DIRS, DebError, read_deb
+from mk.rules.deb.download import DownloadError, download
+from mk.rules.deb.dpkg import InstalledPackage, database
+from mk.rules.deb.lockfile import LockedPackage, Lockfile, Manifest
+from mk.rules.deb.sbom import spdx
+from mk.rules.rootfs import TREE_SUFFIX, param_strings
+
+DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+def manifest(ctx_attrs: dict[str, object]) -> Manifest:
+    def strings(name: str) -> tuple[str, ...]:
+        value = ctx_attrs[name]
+        assert isinstance(value, list)
+        return tuple(str(v) for v in value)
+
+    return Manifest(strings("suites"), strings("components"), str(ctx_attrs["architecture"]),
+                    tuple(sorted(strings("packages"))), tuple(sorted(strings("excludes"))))
+
+
+def lock_path(name: str, attrs: dict[str, object]) -> str:
+    return str(attrs["lock"]) or f"{name}.lock.json"
+
+
+# ---- actions ---------------------------------------------------------------------------------
+
+
+def fetch(io: ActionIO) -> None:
+    """Fixed-output download: the key is the expected sha256, checked before anything is kept."""
+    p = io.params
+    url = f"{io.source_url(str(p['archive']))}/{p['path']}"
+    out = next(iter(io.outputs.values()))
+    try:
+        download(url, out, sha256=str(p["sha256"]), size=int(str(p["size"])))
+    except DownloadError as e:
+        hint = " (this version has left the mirror: run `mk lock` again)" if e.not_found else ""
+        raise ValueError(f"{e}{hint}") from None
+
+
+def extract(io: ActionIO) -> None:
+    (deb,) = io.inputs.values()
+    tree_out = next(path for name, path in io.outputs.items() if name.endswith(TREE_SUFFIX))
+    meta_out = next(path for name, path in io.outputs.items() if name.endswith(".dpkg.json"))
+    try:
+        with open(deb, "rb") as f:
+            contents = read_deb(f, io.cas, os.path.basename(str(io.params["deb"])))
+    except DebError as e:
+        raise ValueError(str(e)) from None
+    tree_out.write_bytes(contents.tree.encode())
+    meta = {"control": contents.control, "md5sums": contents.md5sums, "conffiles": contents.conffiles,
+            "paths": list(contents.paths)}
+    meta_out.write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+
+
+def combine(io: ActionIO) -> None:
+    """All packages' trees, then merged-/usr links, alternatives and the dpkg database."""
+    names = param_strings(io, "packages")
+    trees, installed = [], []
+    for name in names:
+        trees.append(Tree.decode(io.inputs[f"{io.params['prefix']}{name}{TREE_SUFFIX}"].read_bytes()))
+        meta = json.loads(io.inputs[f"{io.params['prefix']}{name}.dpkg.json"].read_text(encoding="utf-8"))
+        installed.append(InstalledPackage(name, meta["control"], meta["md5sums"], meta["conffiles"],
+                                          tuple(meta["paths"])))
+    extra = [Entry(d, Kind.SYMLINK, 0o777, target=f"usr/{d}") for d in MERGED_DIRS if _has_dir(trees, f"usr/{d}")]
+    alternatives = io.params["alternatives"]
+    assert isinstance(alternatives, list)
+    for link, target in alternatives:
+        name = posixpath.basename(str(link))
+        extra.append(Entry(f"etc/alternatives/{name}", Kind.SYMLINK, 0o777, target=str(target)))
+        extra.append(Entry(str(link), Kind.SYMLINK, 0o777, target=f"/etc/alternatives/{name}"))
+    extra += database(installed, io.cas)
+    try:
+        tree = merge([*trees, Tree.build(extra)])
+    except TreeError as e:
+        raise ValueError(str(e)) from None
+    next(iter(io.outputs.values())).write_bytes(tree.encode())
+
+
+def _has_dir(trees: list[Tree], path: str) -> bool:
+    return any(e.path == path and e.kind is Kind.DIR for t in trees for e in t.entries)
+
+
+def write_text(io: ActionIO) -> None:
+    next(iter(io.outputs.values())).write_text(str(io.params["text"]), encoding="utf-8")
+
+
+# ---- analysis --------------------------------------------------------------------------------
+
+
+def analyze(ctx: RuleContext) -> TargetInfo:
+    lock = read_lockfile(ctx)
+    name = ctx.label.name
+    prefix = f"{name}.debs/"
+    extracted: list[Artifact] = []
+    for package in lock.packages:
+        deb = ctx.output(f"{prefix}{_deb_name(package)}")
+        ctx.add_action(Action(
+            owner=ctx.label, mnemonic="DebFetch", version=1, inputs=(), outputs=(deb,),
+            params={"archive": package.archive, "path": package.path, "sha256": package.sha256, "size": package.size},
+            function=fetch,
+        ))
+        tree = ctx.output(f"{prefix}{package.name}{TREE_SUFFIX}")
+        meta = ctx.output(f"{prefix}{package.name}.dpkg.json")
+        ctx.add_action(Action(
+            owner=ctx.label, mnemonic="DebExtract", version=1, inputs=(deb,), outputs=(tree, meta),
+            params={"deb": _deb_name(package)}, function=extract,
+        ))
+        extracted += [tree, meta]
+    out = ctx.output(name + TREE_SUFFIX)
+    package_prefix = f"{ctx.label.package}/{prefix}" if ctx.label.package else prefix
+    ctx.add_action(Action(
+        owner=ctx.label, mnemonic="DebMerge", version=1, inputs=tuple(extracted), outputs=(out,),
+        params={"packages": [p.name for p in lock.packages], "prefix": package_prefix,
+                "alternatives": _alternatives(ctx)},
+        function=combine,
+    ))
+    sbom = ctx.output(f"{name}.spdx.json")
+    distro = ctx.strings("suites")[0] if ctx.strings("suites") else "debian"
+    ctx.add_action(Action(
+        owner=ctx.label, mnemonic="Sbom", version=1, inputs=(), outputs=(sbom,),
+        params={"text": spdx(str(ctx.label), lock.packages, ctx.source_date_epoch, distro)}, function=write_text,
+    ))
+    return TargetInfo(files=(out, sbom))
+
+
+def read_lockfile(ctx: RuleContext) -> Lockfile:
+    path = lock_path(ctx.label.name, dict(ctx.attrs))
+    shown = f"{ctx.label.package}/{path}".lstrip("/")
+    text = ctx.read_source(path)
+    if text is None:
+        raise MkError(f"deb_packages {ctx.label}: no lockfile '{shown}'; run `mk lock {ctx.label}` to create it")
+    try:
+        lock = Lockfile.loads(text)
+    except ValueError as e:
+        raise MkError(f"deb_packages {ctx.label}: lockfile '{shown}' is unreadable ({e}); "
+                      f"run `mk lock {ctx.label}` to rewrite it") from None
+    if lock.manifest_digest != manifest(dict(ctx.attrs)).digest():
+        raise MkError(f"deb_packages {ctx.label}: lockfile '{shown}' is stale (the package list, suites or excludes "
+                      f"changed since it was written); run `mk lock {ctx.label}`")
+    return lock
+
+
+def _deb_name(p: LockedPackage) -> str:
+    return f"{p.name}_{p.version.replace(':', '%3a')}_{p.architecture}.deb"
+
+
+def _alternatives(ctx: RuleContext) -> list[list[str]]:
+    value = ctx.attrs["alternatives"]
+    assert isinstance(value, dict)
+    links = []
+    for link, target in sorted(value.items()):
+        try:
+            path = dest_path(link)
+            check_symlink(path, target)
+        except TreeError as e:
+            raise MkError(f"deb_packages {ctx.label}: alternative {e}") from None
+        links.append([path, target])
+    return links
+
+
+RULE = Rule(
+    name="deb_packages",
+    doc=(
+        "Debian packages, resolved by `mk lock` into a lockfile checked into the workspace, each fetched by "
+        "its sha256 and unpacked (safely, without running maintainer scripts) into one tree with Debian 12's "
+        "merged /usr and a dpkg database. Outputs `NAME.tree` (for `rootfs`, `layer`s and images) and "
+        "`NAME.spdx.json`, an SPDX 2.3 SBOM. Maintainer scripts are not run: declare what they would have "
+        "done (users and groups in a `layer`, `update-alternatives` links in `alternatives`). A build whose "
+        "manifest no longer matches the lockfile stops and asks for `mk lock`."
+    ),
+    attrs=(
+        Attr("packages", AttrType.STRING_LIST, "Package names, optionally pinned as 'name=version'.", mandatory=True),
+        Attr("suites", AttrType.STRING_LIST, "Suites to resolve from; the newest version wins.",
+             default=["bookworm", "bookworm-updates", "bookworm-security"]),
+        Attr("components", AttrType.STRING_LIST, "Archive components.", default=["main"]),
+        Attr("architecture", AttrType.STRING, "Debian architecture.", default="amd64"),
+        Attr("excludes", AttrType.STRING_LIST, "Packages never installed, even when something depends on them.",
+             default=[]),
+        Attr("lock", AttrType.STRING, "The lockfile, relative to the package; default NAME.lock.json.", default=""),
+        Attr("keyring", AttrType.STRING, "OpenPGP keyring that signs the archives' Release files (used by "
+             "`mk lock`); relative paths are from the workspace root.", default=DEFAULT_KEYRING),
+        Attr("alternatives", AttrType.STRING_DICT, "update-alternatives links: link -> target, e.g. "
+             "{'/usr/bin/editor': '/usr/bin/vim.basic'}.", default={}),
+    ),
+    analyze=analyze,
+)
