@@ -281,3 +281,41 @@ def test_build_deb_makes_a_valid_package(tmp_path: Path) -> None:
     path.write_bytes(build_deb(Deb("x", members=[Member("./usr/bin/x", b"x")])))
     listing = subprocess.run(["dpkg-deb", "-c", str(path)], capture_output=True, text=True, check=True).stdout
     assert "./usr/bin/x" in listing
+
+
+def test_packages_already_in_the_store_are_not_downloaded_again(
+    workspace: WorkspaceFactory, repo: Repo, http_repo: tuple[str, type[_Handler]]
+) -> None:
+    import shutil
+
+    url, handler = http_repo
+    ws = workspace({"os/BUILD": BUILD.format(keyring=repo.keyring)}, name="again")
+    env = {"MK_DEBIAN_MIRROR": url}
+    assert ws.mk("lock", "//os:base", env=env).code == 0
+    ws.build("//os:base", env=env)
+    shutil.rmtree(ws.cache_dir / "ac")  # a cold action cache over a warm content store
+    (ws.root / "mk-out/os/base.tree").unlink()
+    handler.drop_debs = True  # any download would now fail
+    result = ws.build("//os:base", env=env)
+    assert parse_summary(result.out).executed == 12
+    assert (ws.root / "mk-out/os/base.tree").is_file()
+
+
+@pytest.mark.mirror
+def test_real_mirror_openssh_server_and_busybox(workspace: WorkspaceFactory) -> None:
+    """Against the Debian archive this machine's apt sources (or MK_DEBIAN_MIRROR) name."""
+    ws = workspace({"os/BUILD": 'deb_packages(name = "base", packages = ["openssh-server", "busybox-static"])\n'},
+                   name="mirror")
+    result = ws.mk("lock", "//os:base", timeout=600)
+    assert result.code == 0, result.err
+    names = {p["name"] for p in json.loads(ws.read("os/base.lock.json"))["packages"]}
+    assert {"openssh-server", "busybox-static", "libc6", "libssl3"} <= names
+    result = ws.mk("build", "//os:base", timeout=600)
+    assert result.code == 0, result.err
+    tree = Tree.decode((ws.root / "mk-out/os/base.tree").read_bytes())
+    entries = {e.path: e for e in tree.entries}
+    assert entries["usr/sbin/sshd"].kind is Kind.FILE and entries["usr/sbin/sshd"].mode == 0o755
+    assert entries["usr/bin/busybox"].kind is Kind.FILE
+    assert entries["sbin"].target == "usr/sbin"
+    status = _blob(ws, entries["var/lib/dpkg/status"].digest)
+    assert "Package: openssh-server\nStatus: install ok installed\n" in status

@@ -10,6 +10,7 @@ from mk.cache.tree import Entry, Kind, Tree, TreeError, check_symlink, dest_path
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
+from mk.rules.deb import known_debs
 from mk.rules.deb.debfile import MERGED_DIRS, DebError, read_deb
 from mk.rules.deb.download import DownloadError, download
 from mk.rules.deb.dpkg import InstalledPackage, database
@@ -38,15 +39,23 @@ def lock_path(name: str, attrs: dict[str, object]) -> str:
 
 
 def fetch(io: ActionIO) -> None:
-    """Fixed-output download: the key is the expected sha256, checked before anything is kept."""
+    """Fixed-output download: the key is the expected sha256, checked before anything is kept.
+
+    A .deb already in the content store (from another target, or before its action result was
+    collected) is copied from there instead of downloaded again; see `known_debs`.
+    """
     p = io.params
-    url = f"{io.source_url(str(p['archive']))}/{p['path']}"
+    sha256, size = str(p["sha256"]), int(str(p["size"]))
     out = next(iter(io.outputs.values()))
+    if known_debs.copy(io.cas, sha256, out):
+        return
+    url = f"{io.source_url(str(p['archive']))}/{p['path']}"
     try:
-        download(url, out, sha256=str(p["sha256"]), size=int(str(p["size"])))
+        download(url, out, sha256=sha256, size=size)
     except DownloadError as e:
         hint = " (this version has left the mirror: run `mk lock` again)" if e.not_found else ""
         raise ValueError(f"{e}{hint}") from None
+    known_debs.remember(io.cas, sha256, out)
 
 
 def extract(io: ActionIO) -> None:
