@@ -15,6 +15,9 @@ from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree, TreeError, check_symlink, normalise
 
 
+_IN_MEMORY = 16 << 20  # members up to this size are read whole rather than streamed
+
+
 class UnsafeArchiveError(ValueError):
     pass
 
@@ -60,7 +63,12 @@ def _entry(
     if member.isreg():
         data = archive.extractfile(member)
         assert data is not None
-        digest, size = cas.put_stream(data)  # type: ignore[arg-type]
+        if member.size <= _IN_MEMORY:
+            # Hash first: a blob already in the store (the common case) is then not compressed again.
+            content = data.read()
+            digest, size = cas.put_bytes(content), len(content)
+        else:
+            digest, size = cas.put_stream(data)  # type: ignore[arg-type]
         if size != member.size:
             raise UnsafeArchiveError(f"{what}: member '{member.name}' is truncated")
         return Entry(path, Kind.FILE, mode, uid, gid, digest=digest, size=size)
