@@ -319,3 +319,21 @@ def test_real_mirror_openssh_server_and_busybox(workspace: WorkspaceFactory) -> 
     assert entries["sbin"].target == "usr/sbin"
     status = _blob(ws, entries["var/lib/dpkg/status"].digest)
     assert "Package: openssh-server\nStatus: install ok installed\n" in status
+
+
+def test_package_tree_and_sbom_are_reproducible(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
+    import subprocess
+
+    from conftest import MK, mk_env
+
+    outputs = []
+    for name, jobs, umask, tz in (("one", "1", 0o022, "UTC"), ("deep/er/two", "2", 0o077, "Asia/Kathmandu")):
+        ws = deb_workspace(workspace, repo, name=name)
+        assert ws.mk("lock", "//os:base").code == 0
+        result = subprocess.run([MK, "build", "-j", jobs, "//os:base", "//os:base_tar"], cwd=ws.root,
+                                env=mk_env(tmp_path / f"cache-{jobs}", {"TZ": tz}), umask=umask,
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        outputs.append({p: (ws.root / "mk-out/os" / p).read_bytes()
+                        for p in ("base.tree", "base.spdx.json", "base_tar.tar")})
+    assert outputs[0] == outputs[1]
