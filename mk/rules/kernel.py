@@ -1,0 +1,147 @@
+"""kernel: a kernel image and the modules an image needs, with their whole dependency closure.
+
+The closure comes from each module's own `.modinfo` section (`depends=`), read straight from the
+ELF file, so it does not need `depmod` or the `modules.dep` a package's postinst would write.
+mk writes `modules.dep` for the image and `etc/mk/modules.load`: the modules in load order,
+dependencies first (`virtio_ring` before `virtio` before `virtio_pci` and `virtio_net`).
+"""
+
+from __future__ import annotations
+
+import lzma
+import posixpath
+import re
+import struct
+
+from mk.cache.cas import ContentStore
+from mk.cache.tree import Entry, Kind, Tree
+from mk.engine.actions import Action, ActionIO
+from mk.engine.errors import MkError, did_you_mean
+from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
+from mk.rules.rootfs import TREE_SUFFIX, param_strings, read_tree, tree_inputs
+
+LOAD_ORDER = "etc/mk/modules.load"
+_MODULE = re.compile(r"^usr/lib/modules/([^/]+)/(.+\.ko(?:\.xz|\.zst)?)$")
+
+
+def modinfo_depends(elf: bytes) -> list[str]:
+    """The `depends=` list of a kernel module's .modinfo section (64-bit little-endian ELF)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise ValueError("not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize) for i in range(shnum)]
+    names_offset = sections[shstrndx][4]
+    for name, _type, _flags, _addr, offset, size in sections:
+        end = elf.index(b"\0", names_offset + name)
+        if elf[names_offset + name:end] == b".modinfo":
+            for field in elf[offset:offset + size].split(b"\0"):
+                if field.startswith(b"depends="):
+                    return [d for d in field[8:].decode().split(",") if d]
+            return []
+    raise ValueError("no .modinfo section")
+
+
+def _module_bytes(cas: ContentStore, entry: Entry) -> bytes:
+    data = cas.read_bytes(entry.digest)
+    if entry.path.endswith(".xz"):
+        return lzma.decompress(data)
+    if entry.path.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 30)
+    return data
+
+
+def _name(path: str) -> str:
+    return posixpath.basename(path).split(".ko")[0].replace("-", "_")
+
+
+def select(io: ActionIO) -> None:
+    tree = read_tree(io, str(io.params["packages"]))
+    kernels = [e for e in tree.entries if re.fullmatch(r"boot/vmlinuz-.+", e.path) and e.kind is Kind.FILE]
+    if len(kernels) != 1:
+        raise ValueError(f"expected one boot/vmlinuz-* in the packages, found {len(kernels)}")
+    release = kernels[0].path.removeprefix("boot/vmlinuz-")
+    modules = {}
+    for e in tree.entries:
+        m = _MODULE.match(e.path)
+        if m and m.group(1) == release and e.kind is Kind.FILE:
+            modules[_name(e.path)] = e
+    builtin = _builtin(io.cas, tree, release)
+    order: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(name: str, needed_by: str) -> None:
+        if name in order or name in builtin:
+            return
+        if name not in modules:
+            hint = did_you_mean(name, modules)
+            raise ValueError(f"module '{name}' (needed by {needed_by}) is not in kernel {release}{hint}")
+        if name in visiting:
+            raise ValueError(f"module dependency cycle through '{name}'")
+        visiting.add(name)
+        for dependency in sorted(modinfo_depends(_module_bytes(io.cas, modules[name]))):
+            visit(dependency.replace("-", "_"), name)
+        visiting.discard(name)
+        order.append(name)
+
+    for wanted in param_strings(io, "modules"):
+        visit(wanted.replace("-", "_"), "the kernel rule")
+    base = f"usr/lib/modules/{release}"
+    depends = {n: sorted(modinfo_depends(_module_bytes(io.cas, modules[n]))) for n in order}
+    modules_dep = "".join(
+        f"{modules[n].path.removeprefix(base + '/')}:"
+        + "".join(f" {modules[d.replace('-', '_')].path.removeprefix(base + '/')}" for d in depends[n]
+                  if d.replace("-", "_") in modules)
+        + "\n"
+        for n in sorted(order)
+    )
+    load = "".join(f"/{modules[n].path}\n" for n in order)
+    entries = [modules[n] for n in order]
+    generated = ((f"{base}/modules.dep", modules_dep), (LOAD_ORDER, load), ("etc/mk/kernel.release", release + "\n"))
+    for path, text in generated:
+        data = text.encode()
+        entries.append(Entry(path, Kind.FILE, 0o644, digest=io.cas.put_bytes(data), size=len(data)))
+    outputs = dict(io.outputs)
+    vmlinuz = next(p for k, p in outputs.items() if k.endswith(".vmlinuz"))
+    with open(vmlinuz, "wb") as out:
+        io.cas.copy_to(kernels[0].digest, out)
+    next(p for k, p in outputs.items() if k.endswith(TREE_SUFFIX)).write_bytes(Tree.build(entries).encode())
+
+
+def _builtin(cas: ContentStore, tree: Tree, release: str) -> set[str]:
+    entry = next((e for e in tree.entries if e.path == f"usr/lib/modules/{release}/modules.builtin"), None)
+    if entry is None:
+        return set()
+    return {_name(line) for line in cas.read_bytes(entry.digest).decode().splitlines() if line}
+
+
+def analyze(ctx: RuleContext) -> TargetInfo:
+    (packages,) = tree_inputs(ctx, "packages") or (None,)
+    if packages is None:
+        raise MkError(f"kernel {ctx.label}: 'packages' must name a deb_packages target with a linux-image package")
+    vmlinuz = ctx.output(f"{ctx.label.name}.vmlinuz")
+    modules = ctx.output(f"{ctx.label.name}.modules{TREE_SUFFIX}")
+    ctx.add_action(Action(
+        owner=ctx.label, mnemonic="KernelModules", version=1, inputs=(packages,), outputs=(vmlinuz, modules),
+        params={"packages": packages.path, "modules": sorted(ctx.strings("modules"))}, function=select,
+    ))
+    return TargetInfo(files=(vmlinuz, modules))
+
+
+RULE = Rule(
+    name="kernel",
+    doc=(
+        "A kernel from a Debian linux-image package and the `modules` an image needs, with every module they "
+        "depend on (read from each module's .modinfo, so no depmod). Outputs `NAME.vmlinuz` and "
+        "`NAME.modules.tree`, which holds the modules, a `modules.dep`, `/etc/mk/kernel.release` and "
+        "`/etc/mk/modules.load` (load order, dependencies first), which the `image` rule's init uses."
+    ),
+    attrs=(
+        Attr("packages", AttrType.LABEL, "A deb_packages target that includes a linux-image package.", mandatory=True),
+        Attr("modules", AttrType.STRING_LIST, "Modules to load at boot, e.g. ['virtio_pci', 'virtio_net'].",
+             default=[]),
+    ),
+    analyze=analyze,
+)
