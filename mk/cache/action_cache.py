@@ -64,8 +64,8 @@ def _hex(value: object) -> str:
 
 
 class ActionCache:
-    def __init__(self, root: Path) -> None:
-        self.root = root / "ac"
+    def __init__(self, root: Path, name: str = "ac") -> None:
+        self.root = root / name
         self._prefix = str(self.root) + "/"  # plain strings: this is the no-op build's hot path
 
     def path(self, key: str) -> Path:

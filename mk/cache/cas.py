@@ -12,10 +12,10 @@ import contextlib
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -54,6 +54,18 @@ class MissingBlobError(Exception):
         self.digest = digest
 
 
+class BlobFetcher(Protocol):
+    """Where missing blobs can come from (a remote cache): each fetched blob is verified."""
+
+    def fetch(self, digest: str) -> bool:
+        """Put the blob into the store; False when it cannot be had."""
+        ...
+
+    def fetch_many(self, digests: Iterable[str]) -> None:
+        """Fetch several blobs in parallel, as far as possible (failures show later, on read)."""
+        ...
+
+
 def digest_bytes(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
@@ -70,6 +82,27 @@ class ContentStore:
     def __init__(self, root: Path) -> None:
         self.root = root / "cas"
         self._prefix = str(self.root) + "/"  # plain strings: this is the no-op build's hot path
+        self.fetcher: BlobFetcher | None = None  # a remote cache: blobs missing here are read from it
+        self.written: list[str] | None = None  # set on a tracking() view: every digest put through it
+
+    def tracking(self) -> ContentStore:
+        """A view of this store that records in `written` the digest of every blob put through it
+        (whether or not it was already here), so an action's blobs can all be uploaded."""
+        view = ContentStore(self.root.parent)
+        view.fetcher = self.fetcher
+        view.written = []
+        return view
+
+    def _record(self, digest: str) -> None:
+        if self.written is not None:
+            self.written.append(digest)
+
+    def prefetch(self, digests: Iterable[str]) -> None:
+        """Fetch missing blobs from the remote in parallel before they are read one by one."""
+        if self.fetcher is not None:
+            missing = [d for d in dict.fromkeys(digests) if not self.has(d)]
+            if missing:
+                self.fetcher.fetch_many(missing)
 
     def path(self, digest: str) -> Path:
         return Path(self._where(digest))
@@ -85,6 +118,7 @@ class ContentStore:
         if not self.has(digest):
             with atomic_writer(self.path(digest)) as out:
                 out.write(_zstd().ZstdCompressor(level=_ZSTD_LEVEL).compress(data))
+        self._record(digest)
         return digest
 
     def put_file(self, source: Path) -> str:
@@ -93,6 +127,7 @@ class ContentStore:
         if not self.has(digest):
             with open(source, "rb") as src, atomic_writer(self.path(digest)) as out:
                 _streaming_compressor().copy_stream(src, out)
+        self._record(digest)
         return digest
 
     def put_stream(self, source: BinaryIO) -> tuple[str, int]:
@@ -121,6 +156,7 @@ class ContentStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
+        self._record(digest)
         return digest, size
 
     def put_compressed(self, digest: str, compressed: bytes) -> None:
@@ -130,6 +166,35 @@ class ContentStore:
             raise CorruptBlobError(digest, self.path(digest))
         with atomic_writer(self.path(digest)) as out:
             out.write(compressed)
+
+    def put_compressed_stream(self, digest: str, chunks: Iterable[bytes]) -> int:
+        """Store a blob arriving compressed in chunks (a download), verifying it as it comes in.
+
+        Memory stays flat whatever the blob's size or compression ratio; nothing lands unless the
+        bytes decompress to content named `digest`. Returns the compressed size.
+        """
+        zstandard = _zstd()
+        hasher = blake3.blake3()
+        size = 0
+
+        class _Hasher:
+            def write(self, data: bytes) -> int:
+                hasher.update(data)
+                return len(data)
+
+        try:
+            with atomic_writer(self.path(digest)) as out:
+                checker = zstandard.ZstdDecompressor().stream_writer(_Hasher(), closefd=False)
+                for chunk in chunks:
+                    size += len(chunk)
+                    out.write(chunk)
+                    checker.write(chunk)
+                checker.flush()
+                if hasher.hexdigest() != digest:
+                    raise CorruptBlobError(digest, self.path(digest))
+        except zstandard.ZstdError:
+            raise CorruptBlobError(digest, self.path(digest)) from None
+        return size
 
     def read_bytes(self, digest: str) -> bytes:
         parts: list[bytes] = []
@@ -147,13 +212,20 @@ class ContentStore:
         hasher = blake3.blake3()
         zstandard = _zstd()
         try:
-            with open(path, "rb") as f:
+            f = open(path, "rb")  # noqa: SIM115 (closed below; the retry needs it outside `with`)
+        except FileNotFoundError:
+            if self.fetcher is None or not self.fetcher.fetch(digest):
+                raise MissingBlobError(digest) from None
+            try:
+                f = open(path, "rb")  # noqa: SIM115
+            except FileNotFoundError:
+                raise MissingBlobError(digest) from None
+        try:
+            with f:
                 reader = zstandard.ZstdDecompressor().stream_reader(f)
                 while chunk := reader.read(_CHUNK):
                     hasher.update(chunk)
                     yield chunk
-        except FileNotFoundError:
-            raise MissingBlobError(digest) from None
         except zstandard.ZstdError:
             self._drop(path)
             raise CorruptBlobError(digest, path) from None

@@ -17,6 +17,8 @@ class CacheStats:
     blob_bytes: int
     actions: int
     action_bytes: int
+    remote_results: int = 0  # results verified from a remote cache (see cache.remote)
+    remote_result_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,15 @@ class VerifyReport:
 def stats(cache: LocalCache) -> CacheStats:
     blob_sizes = [_size(cache.cas.path(d)) for d in cache.cas.digests()]
     action_sizes = [_size(cache.ac.path(k)) for k in cache.ac.all_keys()]
-    return CacheStats(len(blob_sizes), sum(blob_sizes), len(action_sizes), sum(action_sizes))
+    remote_sizes = [_size(p) for p in _remote_results(cache)]
+    return CacheStats(len(blob_sizes), sum(blob_sizes), len(action_sizes), sum(action_sizes),
+                      len(remote_sizes), sum(remote_sizes))
+
+
+def _remote_results(cache: LocalCache) -> list[Path]:
+    """Results remembered from remote caches: `remote-ac/<namespace>/<2 hex>/<key>`."""
+    root = cache.root / "remote-ac"
+    return sorted(p for p in root.glob("*/*/*") if not p.name.startswith(".tmp-")) if root.is_dir() else []
 
 
 def gc(cache: LocalCache, max_size: int) -> GcReport:
@@ -57,6 +67,9 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
             result = cache.ac.get(key)
             for digest in [o.digest for o in result.outputs] + [result.log_digest] if result else []:
                 last_used[digest] = max(last_used.get(digest, 0), st.st_mtime_ns)
+        for path in _remote_results(cache):  # their blobs may be only on the remote: nothing to check
+            st = path.stat()
+            files.append((st.st_mtime_ns, st.st_size, path))
         for digest in cache.cas.digests():
             path = cache.cas.path(digest)
             st = path.stat()
@@ -108,7 +121,7 @@ def verify(cache: LocalCache) -> VerifyReport:
 def _remove_temp_files(cache: LocalCache) -> tuple[int, int]:
     """Temp files of writers that were killed. Under the exclusive lock no writer is running."""
     removed = freed = 0
-    for folder in (cache.cas.root, cache.ac.root):
+    for folder in (cache.cas.root, cache.ac.root, cache.root / "remote-ac"):
         for temp in folder.glob("**/.tmp-*") if folder.is_dir() else ():
             freed += _size(temp)
             temp.unlink(missing_ok=True)

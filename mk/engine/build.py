@@ -20,13 +20,14 @@ from mk.engine.errors import Location, MkError
 from mk.engine.execute import Executor
 from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
-from mk.engine.outputs import place
+from mk.engine.outputs import place, up_to_date
 from mk.engine.rebuilder import Rebuilder
 from mk.engine.report import Reporter, Summary
 from mk.engine.scheduler import ScheduleResult, run_actions
 from mk.engine.workspace import OUTPUT_DIR, Workspace
 
 if TYPE_CHECKING:
+    from mk.cache.remote import RemoteCache, RemoteConfig
     from mk.engine.targets import ConfiguredTarget
 
 # A corrupt blob found mid-build is deleted; the next attempt rebuilds whatever needed it.
@@ -39,6 +40,8 @@ class BuildOptions:
     keep_going: bool = False
     force: bool = False
     events: TextIO | None = None
+    output_groups: tuple[str, ...] = ()  # extra outputs to build, e.g. ("tar",) for an image
+    remote: RemoteConfig | None = None  # a shared remote cache (see engine.remote_config)
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,13 @@ class Graph:
     sources: tuple[SourceFile, ...]
 
 
-def analyse(workspace: Workspace, graph_cache: GraphCache, patterns: Sequence[str]) -> Graph:
-    """The analysed graph, reused from the last build when no BUILD, .bzl or source moved."""
+def analyse(
+    workspace: Workspace, graph_cache: GraphCache, patterns: Sequence[str], groups: Sequence[str] = ()
+) -> Graph:
+    """The analysed graph, reused from the last build when no BUILD, .bzl or source moved.
+
+    Only the actions that the requested files need are kept (an image's `tar` format is not
+    built unless its output group is asked for)."""
     cached = graph_cache.load(Graph)
     if cached is not None:
         return cached
@@ -89,19 +97,48 @@ def analyse(workspace: Workspace, graph_cache: GraphCache, patterns: Sequence[st
                     f"'{out.path}' is an output of both {producers[out.path].owner} and {action.owner}"
                 )
             producers[out.path] = action
+    requested_files = tuple(dict.fromkeys(f for t in requested for f in _files(t, groups)))
+    needed = _needed(requested_files, producers)
+    actions = tuple(a for a in actions if id(a) in needed)
     for action in actions:  # computed now, so the cached graph carries them
         _ = action.static_key, action.sorted_inputs
-    requested_files = tuple(dict.fromkeys(f for t in requested for f in t.info.files))
-    graph = Graph(len(targets), requested_files, actions, _source_files(targets))
+    graph = Graph(len(targets), requested_files, actions, _source_files(targets, actions, requested_files))
     graph_cache.save(graph, loader.observed)
     return graph
 
 
-def _source_files(targets: Sequence[ConfiguredTarget]) -> tuple[SourceFile, ...]:
+def _files(configured: ConfiguredTarget, groups: Sequence[str]) -> list[Artifact]:
+    files = list(configured.info.files)
+    for group in groups:
+        if group not in configured.info.groups:
+            known = ", ".join(sorted(configured.info.groups)) or "none"
+            raise MkError(f"{configured.target.label} has no output group '{group}' (it has: {known})",
+                          configured.target.location)
+        files += configured.info.groups[group]
+    return files
+
+
+def _needed(files: Sequence[Artifact], producers: dict[str, Action]) -> set[int]:
+    """ids of the actions that `files` depend on, directly or not."""
+    needed: set[int] = set()
+    stack = [producers[f.path] for f in files if not f.is_source]
+    while stack:
+        action = stack.pop()
+        if id(action) not in needed:
+            needed.add(id(action))
+            stack.extend(producers[i.path] for i in action.inputs if not i.is_source)
+    return needed
+
+
+def _source_files(
+    targets: Sequence[ConfiguredTarget], actions: Sequence[Action], requested: Sequence[Artifact]
+) -> tuple[SourceFile, ...]:
+    """The source files the kept actions read, or that were requested, with who uses them."""
+    used = {i.path for a in actions for i in a.inputs if i.is_source} | {f.path for f in requested if f.is_source}
     sources: dict[str, SourceFile] = {}
     for configured in targets:
         for artifact in [i for a in configured.actions for i in a.inputs] + list(configured.info.files):
-            if artifact.is_source and artifact.path not in sources:
+            if artifact.is_source and artifact.path in used and artifact.path not in sources:
                 target = configured.target
                 sources[artifact.path] = SourceFile(artifact.path, str(target.label), target.location)
     return tuple(sources.values())
@@ -111,16 +148,17 @@ def build(
     workspace: Workspace, cache: LocalCache, patterns: Sequence[str], options: BuildOptions
 ) -> BuildResult:
     started = time.perf_counter()
-    graph_cache = GraphCache(cache.root, workspace.root, list(patterns))
-    graph = analyse(workspace, graph_cache, patterns)
+    graph_cache = GraphCache(cache.root, workspace.root, [*patterns, *(f"group:{g}" for g in options.output_groups)])
+    graph = analyse(workspace, graph_cache, patterns, options.output_groups)
     recent = RecentResults(graph_cache.results_file)
     cache.sweep_stale_scratch()
     stats = cache.stat_cache(workspace.root)
+    remote = _open_remote(cache, options)
     with cache.lock():
         try:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    schedule, outputs = _attempt(workspace, cache, stats, graph, recent, options)
+                    schedule, outputs = _attempt(workspace, cache, stats, graph, recent, options, remote)
                     break
                 except (CorruptBlobError, MissingBlobError) as e:
                     if attempt == _ATTEMPTS:
@@ -128,6 +166,8 @@ def build(
                     print(f"mk: warning: {e}; rebuilding what needed it", file=sys.stderr)
         finally:
             stats.save()
+            if remote is not None:
+                _close_remote(cache, remote)
     summary = Summary(
         targets=graph.target_count,
         actions=len(graph.actions),
@@ -139,15 +179,34 @@ def build(
     return BuildResult(summary, outputs, schedule)
 
 
+def _open_remote(cache: LocalCache, options: BuildOptions) -> RemoteCache | None:
+    """The remote cache, if one is configured; blobs missing locally are then read from it."""
+    if options.remote is None or options.force:
+        return None
+    from mk.cache.remote import RemoteCache
+
+    remote = RemoteCache(options.remote, cache)
+    cache.cas.fetcher = remote
+    return remote
+
+
+def _close_remote(cache: LocalCache, remote: RemoteCache) -> None:
+    """Wait for the uploads (unless interrupted) and say what was transferred."""
+    cache.cas.fetcher = None
+    remote.close(wait=not isinstance(sys.exc_info()[1], KeyboardInterrupt))
+    if (line := remote.report()) is not None:
+        print(line, file=sys.stderr)
+
+
 def _attempt(
     workspace: Workspace, cache: LocalCache, stats: StatCache, graph: Graph, recent: RecentResults,
-    options: BuildOptions,
+    options: BuildOptions, remote: RemoteCache | None = None,
 ) -> tuple[ScheduleResult, tuple[str, ...]]:
     sources = _hash_sources(workspace, stats, graph)
     tools = sorted({t for a in graph.actions for t in a.host_tools})
     tool_digests = {t: _tool_digest(stats, t) for t in tools}
     executor = Executor(cache, workspace.root, _source_urls(workspace))
-    rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force)
+    rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force, remote=remote)
     reporter = Reporter(len(graph.actions), options.events)
     schedule = run_actions(
         graph.actions, sources, rebuilder, options.jobs, options.keep_going,
@@ -161,6 +220,9 @@ def _attempt(
     artifacts = dict.fromkeys(graph.requested_files)
     if schedule.failures:  # --keep-going: still place what was built, as Bazel does
         artifacts = dict.fromkeys(a for a in artifacts if a.path in schedule.files)
+    if remote is not None:  # download what must be placed in parallel, rather than one by one
+        cache.cas.prefetch(schedule.files[a.path].digest for a in artifacts if not a.is_source
+                           and not up_to_date(workspace.output_dir, a.path, schedule.files[a.path], stats))
     outputs = tuple(_publish(workspace, cache, stats, schedule, a) for a in artifacts)
     return schedule, outputs
 

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from mk.cache.cas import ContentStore
+from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.engine.scheduler import ScheduleResult
 
 _REPORT_LIMIT = 20_000
@@ -43,8 +43,11 @@ def diffoscope(cas: ContentStore, mismatch: Mismatch, scratch: Path) -> str | No
     for which, digest in (("reference", mismatch.reference), ("rebuilt", mismatch.rebuilt)):
         folder = scratch / which
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / name, "wb") as out:
-            cas.copy_to(digest, out)
+        try:
+            with open(folder / name, "wb") as out:
+                cas.copy_to(digest, out)
+        except (MissingBlobError, CorruptBlobError):
+            return None  # e.g. a remote hit whose bytes were never downloaded
         files.append(str(folder / name))
     result = subprocess.run([tool, "--text", "-", *files], capture_output=True, text=True, check=False)
     return result.stdout[:_REPORT_LIMIT]

@@ -19,6 +19,8 @@ from mk.engine.errors import MkError
 from mk.engine.workspace import Workspace, find_workspace
 
 if TYPE_CHECKING:
+    from mk.cache.remote import RemoteConfig
+    from mk.engine.build import BuildResult
     from mk.engine.scheduler import ScheduleResult
 
 EXIT_BUILD_FAILED = 1
@@ -68,8 +70,20 @@ def cli() -> None:
 @click.option("--json-events", type=click.Path(dir_okay=False, path_type=Path),
               help="Write one JSON object per action to FILE.")
 @click.option("--check", is_flag=True, help="Rebuild every action ignoring the cache and compare the bytes.")
-def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None, check: bool) -> None:
+@click.option("--no-remote-upload", is_flag=True, help="Only read the remote cache (as MK_REMOTE_UPLOAD=0).")
+def build(
+    targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None, check: bool,
+    no_remote_upload: bool,
+) -> None:
     """Build TARGETS and print the paths of their outputs."""
+    _build_and_report(targets, jobs, keep_going, json_events, check, no_remote_upload)
+
+
+def _build_and_report(
+    targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None, check: bool,
+    no_remote_upload: bool, groups: tuple[str, ...] = (),
+) -> tuple[Workspace, BuildResult]:
+    """Build, print the outputs and the summary line; exit unless the build succeeded."""
     from mk.engine.build import BuildOptions
     from mk.engine.build import build as run_build
     from mk.engine.report import Summary
@@ -80,10 +94,14 @@ def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Pa
         try:
             workspace = _workspace()  # inside: a bad mk.toml still ends with the summary line
             cache = _cache(workspace)
-            result = run_build(workspace, cache, targets, BuildOptions(jobs=jobs, keep_going=keep_going, events=events))
+            remote = _remote(workspace, upload=False if no_remote_upload else None)
+            options = BuildOptions(jobs=jobs, keep_going=keep_going, events=events, remote=remote,
+                                   output_groups=groups)
+            result = run_build(workspace, cache, targets, options)
             if check and not result.schedule.failures:
                 reference = result
-                result = run_build(workspace, cache, targets, BuildOptions(jobs=jobs, force=True, events=events))
+                forced = BuildOptions(jobs=jobs, force=True, events=events, output_groups=groups)
+                result = run_build(workspace, cache, targets, forced)
                 differs = _report_check(cache, reference.schedule, result.schedule)
         except MkError as e:
             print(str(e), file=sys.stderr)
@@ -92,12 +110,59 @@ def build(targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Pa
     prefix = os.path.relpath(workspace.root)
     sys.stdout.write("".join(f"{os.path.join(prefix, path) if prefix != '.' else path}\n" for path in result.outputs))
     for _action, error in result.schedule.failures:
-        print(f"error: {error}", file=sys.stderr)
+        print(error if isinstance(error, MkError) else f"error: {error}", file=sys.stderr)
     if skipped := len(result.schedule.skipped):
         print(f"mk: {skipped} actions not run because something they need failed", file=sys.stderr)
     print(result.summary.line())
     if result.schedule.failures or differs:
         sys.exit(EXIT_BUILD_FAILED)
+    return workspace, result
+
+
+IMAGE_FORMATS = {"kernel+initrd": (), "tar": ("tar",), "oci": ("oci",)}
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--format", "formats", multiple=True, type=click.Choice(sorted(IMAGE_FORMATS)),
+              help="Extra formats besides kernel+initrd (repeatable).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True)
+def image(target: str, formats: tuple[str, ...], jobs: int) -> None:
+    """Build the image TARGET into mk-out/<pkg>/<name>/."""
+    groups = tuple(g for f in formats for g in IMAGE_FORMATS[f])
+    _build_and_report((target,), jobs, False, None, False, False, groups)
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--publish", "-p", multiple=True, metavar="HOST:GUEST", help="Forward 127.0.0.1:HOST to the guest.")
+@click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="An OpenSSH public key to authorize at boot (never stored in the image).")
+@click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto", show_default=True)
+@click.option("--mem", default="512M", show_default=True, help="Guest memory.")
+@click.option("--cpus", type=click.IntRange(min=1), default=1, show_default=True)
+def run(target: str, publish: tuple[str, ...], ssh_key: Path | None, accel: str, mem: str, cpus: int) -> None:
+    """Build the image TARGET and boot it in QEMU, with the serial console on this terminal."""
+    from mk.engine import vm
+
+    options = vm.VmOptions(mem=mem, cpus=cpus, accel=accel, publish=tuple(vm.parse_publish(p) for p in publish),
+                           ssh_key=vm.read_ssh_key(ssh_key) if ssh_key else None)
+    vm.qemu_binary()  # fail before building when QEMU is missing
+    workspace, result = _build_and_report((target,), os.cpu_count() or 1, False, None, False, False)
+    kernels = [path for path in result.outputs if path.endswith("/kernel")]
+    if len(kernels) != 1:
+        raise MkError(f"{target} is not an image target (it has no kernel output)")
+    image_dir = workspace.root / os.path.dirname(kernels[0])
+    sys.exit(vm.boot(image_dir, options, _cache(workspace).root / "vm"))
+
+
+def _remote(workspace: Workspace, upload: bool | None) -> RemoteConfig | None:
+    """The remote cache settings; nothing about remotes is even imported when none is set."""
+    if not (os.environ.get("MK_REMOTE_CACHE", workspace.settings.remote_cache or "")).strip():
+        return None
+    from mk.engine.remote_config import resolve
+
+    return resolve(workspace.settings, os.environ, upload)
 
 
 def _report_check(cache: LocalCache, reference: ScheduleResult, rebuilt: ScheduleResult) -> bool:
@@ -181,7 +246,7 @@ def clean() -> None:
 
 @cli.group()
 def cache() -> None:
-    """Look after the local cache (MK_CACHE_DIR)."""
+    """Look after the local cache (MK_CACHE_DIR), make signing keys, serve a remote cache."""
 
 
 def _optional_workspace() -> Workspace | None:
@@ -201,7 +266,9 @@ def stats() -> None:
     click.echo(f"cache: {local.root}")
     click.echo(f"blobs: {s.blobs} ({_human(s.blob_bytes)})")
     click.echo(f"action results: {s.actions} ({_human(s.action_bytes)})")
-    click.echo(f"total: {_human(s.blob_bytes + s.action_bytes)}")
+    if s.remote_results:
+        click.echo(f"results from remote caches: {s.remote_results} ({_human(s.remote_result_bytes)})")
+    click.echo(f"total: {_human(s.blob_bytes + s.action_bytes + s.remote_result_bytes)}")
 
 
 @cache.command()
@@ -233,6 +300,56 @@ def verify() -> None:
     click.echo(f"checked {report.blobs_checked} blobs: {corrupt} corrupt, {dropped} action results dropped")
     if report.corrupt_blobs or report.broken_actions:
         sys.exit(EXIT_BUILD_FAILED)
+
+
+@cache.command()
+@click.argument("name", type=click.Path(dir_okay=False, path_type=Path))
+def keygen(name: Path) -> None:
+    """Write an ed25519 key pair: NAME.key (secret) and NAME.pub (the line MK_TRUSTED_KEYS takes)."""
+    from mk.cache.signing import SigningKeyError, write_key_pair
+
+    try:
+        key_file, pub_file, public = write_key_pair(name)
+    except (SigningKeyError, OSError) as e:
+        raise MkError(f"mk cache keygen: {e}") from None
+    click.echo(f"secret key: {key_file} (keep it secret: set MK_SIGNING_KEY to its path where results are uploaded)")
+    click.echo(f"public key: {pub_file}; add this line to trusted_keys in mk.toml or to MK_TRUSTED_KEYS:")
+    click.echo(public.line())
+
+
+@cache.command()
+@click.argument("storage", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8090, show_default=True,
+              help="Port to listen on (0: any free port; the URL is printed).")
+@click.option("--read-only", is_flag=True, help="Refuse uploads.")
+@click.option("--token", envvar="MK_CACHE_SERVE_TOKEN", help="Require this bearer token (or basic-auth password); "
+              "also read from MK_CACHE_SERVE_TOKEN, which keeps it out of `ps`.")
+@click.option("--max-size", help="Evict least recently used entries beyond this size, e.g. 20G.")
+def serve(storage: Path, host: str, port: int, read_only: bool, token: str | None, max_size: str | None) -> None:
+    """Serve a remote cache from STORAGE over HTTP (GET/HEAD/PUT on /cas/DIGEST and /ac/KEY)."""
+    from mk.cache import maintenance
+    from mk.cache.server import ServerOptions, make_server
+
+    try:
+        limit = maintenance.parse_size(max_size) if max_size is not None else None
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--max-size") from None
+    options = ServerOptions(storage.resolve(), host, port, read_only, token or None, limit)
+    try:
+        server = make_server(options)
+    except OSError as e:
+        raise MkError(f"mk cache serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
+    mode = "read-only" if read_only else "read-write"
+    extras = (", token required" if token else "") + (f", at most {_human(limit)}" if limit else "")
+    click.echo(f"mk cache serve: {server.url}/ ({mode}{extras}) storing in {options.storage}")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def _human(size: int) -> str:

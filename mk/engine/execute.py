@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mk.cache.action_cache import ActionResult, OutputFile
-from mk.cache.cas import digest_file
+from mk.cache.cas import ContentStore, digest_file
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest
 from mk.engine.actions import Action, ActionIO
@@ -67,10 +67,16 @@ class Executor:
         self.source_url = source_url
         self.processes = RunningProcesses()
 
-    def run(self, action: Action, key: str, inputs: Mapping[str, FileDigest]) -> ActionResult:
+    def run(
+        self, action: Action, key: str, inputs: Mapping[str, FileDigest], written: list[str] | None = None
+    ) -> ActionResult:
+        """Run the action; with `written`, the digest of every blob it stored is appended there
+        (tree contents as well as outputs), so that all of them can be uploaded."""
+        store = self.cache.cas.tracking() if written is not None else self.cache.cas
         with self.cache.scratch_dir(key[:20]) as scratch:
             execroot = scratch / "execroot"
             execroot.mkdir()
+            self.cache.cas.prefetch(inputs[a.path].digest for a in action.inputs if not a.is_source)
             for artifact in action.inputs:
                 self._materialise(artifact.path, artifact.is_source, inputs[artifact.path], execroot)
             for artifact in action.outputs:
@@ -78,8 +84,10 @@ class Executor:
             if action.command is not None:
                 log = self._run_command(action, execroot, scratch)
             else:
-                log = self._run_function(action, execroot, scratch)
+                log = self._run_function(action, execroot, scratch, store)
             outputs = tuple(self._collect(action, a.path, execroot) for a in action.outputs)
+            if written is not None:
+                written.extend(store.written or ())
             return ActionResult(outputs, 0, self.cache.cas.put_bytes(log))
 
     def _materialise(self, path: str, is_source: bool, want: FileDigest, execroot: Path) -> None:
@@ -138,7 +146,7 @@ class Executor:
             )
         return out + err
 
-    def _run_function(self, action: Action, execroot: Path, scratch: Path) -> bytes:
+    def _run_function(self, action: Action, execroot: Path, scratch: Path, store: ContentStore) -> bytes:
         assert action.function is not None
         work = scratch / "work"
         work.mkdir()
@@ -146,7 +154,7 @@ class Executor:
             inputs={a.path: execroot / a.path for a in action.inputs},
             outputs={a.path: execroot / a.path for a in action.outputs},
             params=action.params,
-            cas=self.cache.cas,
+            cas=store,
             scratch=work,
             source_url=self.source_url,
         )

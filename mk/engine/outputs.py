@@ -9,14 +9,19 @@ from mk.cache.fsutil import atomic_writer
 from mk.cache.stat_cache import FileDigest, StatCache
 
 
+def up_to_date(out_dir: Path, path: str, want: FileDigest, stats: StatCache) -> bool:
+    """Whether `out_dir/path` already holds the blob `want` (asked of the stat cache)."""
+    try:
+        return stats.digest(f"{out_dir}/{path}") == want  # a string: this runs for every output
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return False
+
+
 def place(out_dir: Path, path: str, want: FileDigest, cas: ContentStore, stats: StatCache) -> None:
     """Make `out_dir/path` hold the blob `want`; a file already up to date is left untouched."""
-    target = f"{out_dir}/{path}"  # a string: this runs for every output of every no-op build
-    try:
-        if stats.digest(target) == want:
-            return
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        pass
+    if up_to_date(out_dir, path, want, stats):
+        return
+    target = f"{out_dir}/{path}"
     with atomic_writer(Path(target), 0o755 if want.executable else 0o644) as out:
         cas.copy_to(want.digest, out)
     stats.record_written(target, want)

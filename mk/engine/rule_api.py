@@ -63,9 +63,14 @@ class Dep:
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """What analysis of a target gives to its dependents and to `mk build`."""
+    """What analysis of a target gives to its dependents and to `mk build`.
+
+    `groups` are extra outputs built only when asked for by name (Bazel's output groups), such
+    as the `tar` and `oci` formats of an image.
+    """
 
     files: tuple[Artifact, ...]
+    groups: Mapping[str, tuple[Artifact, ...]] = field(default_factory=dict)
 
 
 class RuleContext:

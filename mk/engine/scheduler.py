@@ -6,6 +6,7 @@ already there, and hands the rest to a pool of worker threads.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -101,8 +102,9 @@ def run_actions(
                         pool = stack.enter_context(
                             cf.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="mk-worker")
                         )
-                    on_start(action)
-                    running[pool.submit(rebuilder.execute, action, key, inputs)] = action
+                    # Told when the action really runs: the rebuilder may find it in a remote cache first.
+                    started = functools.partial(on_start, action)
+                    running[pool.submit(rebuilder.execute, action, key, inputs, started)] = action
                 if not running:
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)

@@ -16,12 +16,16 @@ class Settings:
     source_date_epoch: int = 0
     cache_dir: str | None = None
     remote_cache: str | None = None
+    remote_upload: bool = True  # False: the remote cache is only read
     trusted_keys: tuple[str, ...] = ()
     debian_mirror: str | None = None
     debian_security_mirror: str | None = None
 
 
-_KNOWN = {"source_date_epoch", "cache_dir", "remote_cache", "trusted_keys", "debian_mirror", "debian_security_mirror"}
+_KNOWN = {
+    "source_date_epoch", "cache_dir", "remote_cache", "remote_upload", "trusted_keys", "debian_mirror",
+    "debian_security_mirror",
+}
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,14 @@ def _read_settings(path: Path) -> Settings:
     keys = raw.get("trusted_keys", [])
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise MkError("trusted_keys must be a list of strings", Location(MARKER, 1, 1))
+    remote_upload = raw.get("remote_upload", True)
+    if not isinstance(remote_upload, bool):
+        raise MkError("remote_upload must be true or false", Location(MARKER, 1, 1))
     return Settings(
         source_date_epoch=epoch,
         cache_dir=_opt_str(raw, "cache_dir"),
         remote_cache=_opt_str(raw, "remote_cache"),
+        remote_upload=remote_upload,
         trusted_keys=tuple(keys),
         debian_mirror=_opt_str(raw, "debian_mirror"),
         debian_security_mirror=_opt_str(raw, "debian_security_mirror"),

@@ -1,7 +1,7 @@
 """Built-in rules, one module per rule family. `RULES` is what BUILD files can call."""
 
 from mk.engine.rule_api import Rule
-from mk.rules import archive, filegroup, genrule, kernel, layer, rootfs, write_file
+from mk.rules import archive, filegroup, genrule, image, kernel, layer, rootfs, write_file
 from mk.rules.deb import rule as deb
 
 RULES: dict[str, Rule] = {
@@ -17,5 +17,6 @@ RULES: dict[str, Rule] = {
         archive.OCI_RULE,
         deb.RULE,
         kernel.RULE,
+        image.RULE,
     )
 }

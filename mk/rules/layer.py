@@ -44,12 +44,13 @@ def build_layer(io: ActionIO) -> None:
 
 
 def _account_files(cas: ContentStore, users: list[list[object]], groups: list[list[object]]) -> list[Entry]:
-    """/etc/passwd, /etc/group and /etc/shadow (every password locked), sorted by id."""
+    """/etc/passwd, /etc/group and /etc/shadow, sorted by id. No account has a password: "*" lets
+    nobody log in by password but, unlike a locked "!", still lets sshd accept keys."""
     if not users and not groups:
         return []
     passwd = "".join(f"{n}:x:{u}:{g}:{gecos}:{home}:{shell}\n" for u, n, g, gecos, home, shell in sorted(
         (_int(u), str(n), _int(g), str(gecos), str(home), str(shell)) for n, u, g, gecos, home, shell in users))
-    shadow = "".join(f"{n}:!:1::::::\n" for _, n in sorted((_int(u), str(n)) for n, u, *_ in users))
+    shadow = "".join(f"{n}:*:1::::::\n" for _, n in sorted((_int(u), str(n)) for n, u, *_ in users))
     group = "".join(f"{n}:x:{g}:{members}\n" for g, n, members in sorted(
         (_int(g), str(n), str(m)) for n, g, m in groups))
     files = []
@@ -210,7 +211,7 @@ RULE = Rule(
         Attr("modes", AttrType.STRING_DICT, "Path -> octal mode, e.g. {'/usr/bin/tool': '0755'}.", default={}),
         Attr("owners", AttrType.STRING_DICT, "Path -> 'uid:gid' (numeric).", default={}),
         Attr("users", AttrType.STRING_LIST, "Accounts as 'name:uid:gid:gecos:home:shell'; writes /etc/passwd and "
-             "/etc/shadow with locked passwords.", default=[]),
+             "/etc/shadow with no passwords (key logins only).", default=[]),
         Attr("groups", AttrType.STRING_LIST, "Groups as 'name:gid' or 'name:gid:member,member'; writes /etc/group.",
              default=[]),
         Attr("tars", AttrType.LABEL_LIST, "Tarballs (any compression) to import first; later content wins.",

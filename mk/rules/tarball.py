@@ -14,7 +14,6 @@ from typing import BinaryIO
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree, TreeError, check_symlink, normalise
 
-
 _IN_MEMORY = 16 << 20  # members up to this size are read whole rather than streamed
 
 

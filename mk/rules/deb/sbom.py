@@ -54,3 +54,28 @@ def spdx(name: str, packages: Iterable[LockedPackage], epoch: int, distro: str) 
 def _ref(text: str) -> str:
     """SPDX identifiers allow letters, digits, '.' and '-'."""
     return "".join(c if c.isalnum() or c in ".-" else "-" for c in text)
+
+
+def merge_documents(name: str, documents: list[str], epoch: int) -> str:
+    """One SPDX document describing every package of several (an image made of package sets)."""
+    packages: dict[str, dict[str, object]] = {}
+    for text in documents:
+        for package in json.loads(text).get("packages", []):
+            packages[str(package["SPDXID"])] = package
+    ordered = [packages[key] for key in sorted(packages)]
+    created = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fingerprint = hashlib.sha256(json.dumps(ordered, sort_keys=True).encode()).hexdigest()
+    document = {
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": name,
+        "documentNamespace": f"https://spdx.org/spdxdocs/mk-{_ref(name)}-{fingerprint}",
+        "creationInfo": {"created": created, "creators": ["Tool: mk"]},
+        "packages": ordered,
+        "relationships": [
+            {"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": p["SPDXID"]}
+            for p in ordered
+        ],
+    }
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"

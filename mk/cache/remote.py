@@ -1,0 +1,381 @@
+"""The shared remote cache: signed action results and blobs over HTTP, never trusted blindly.
+
+What the build sees:
+
+- `lookup(key)`: the action result stored remotely for `key`, if a trusted key signed it for
+  that very key (see `signing`). Its output blobs are *not* downloaded: a hit costs one small
+  GET ("build without the bytes"). Accepted results are remembered under the local cache's
+  `remote-ac/` folder (namespaced by the remote and the trusted keys), so the next build finds
+  them with no network at all: `remembered(key)`.
+- `fetch(digest)`: called by the content store when a blob it is asked for is missing, so only
+  the blobs something reads (an action's inputs, a requested output) are downloaded. Each is
+  verified against its digest as it streams in.
+- `upload(key, result, blobs)`: after an action ran, its output blobs, its log and every other
+  blob it stored (tree contents) are uploaded in the background, then its signed result, never
+  before its blobs are all there.
+
+Failure policy: the remote can make a build slower but never wrong or failed. A result that is
+unsigned, wrongly signed, signed by an untrusted key or malformed is ignored (one warning per
+build) and the action runs locally. A server that is unreachable, hangs past the timeout,
+answers 5xx or truncates a body is given up on for the rest of the build after one warning (a
+circuit breaker). A blob that the remote lacks or serves with wrong bytes also stops all remote
+*reads* for the rest of the process: the build's retry (see engine.build) then rebuilds locally
+whatever needed it, without any remote result.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TextIO
+
+import blake3
+
+from mk.cache.action_cache import ActionCache, ActionResult
+from mk.cache.cas import CorruptBlobError
+from mk.cache.local import LocalCache
+from mk.cache.signing import PublicKey, SecretKey, UntrustedResultError, sign, verify
+
+if TYPE_CHECKING:
+    import concurrent.futures as cf
+
+    from mk.cache.http import HttpStore
+
+# An action result is small; anything bigger is not one.
+_MAX_RESULT_BYTES = 16 << 20
+# Blobs smaller than this are PUT without asking first (a HEAD costs as much as the upload).
+_HEAD_FIRST_BYTES = 256 << 10
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """Where the remote cache is and how to talk to it; credentials are kept out of `url`."""
+
+    url: str  # base URL without credentials, no trailing slash
+    upload: bool = True  # read-write (with a signing key) or read-only
+    token: str | None = None  # bearer token
+    basic_auth: tuple[str, str] | None = None  # user, password
+    signing_key: SecretKey | None = None
+    trusted_keys: tuple[PublicKey, ...] = ()
+    timeout: float = 10.0  # seconds, for connecting and for each read
+    connections: int = 8  # parallel transfers (and pooled connections)
+
+    def headers(self) -> dict[str, str]:
+        if self.token:
+            return {"Authorization": f"Bearer {self.token}"}
+        if self.basic_auth:
+            import urllib3
+
+            return urllib3.make_headers(basic_auth=f"{self.basic_auth[0]}:{self.basic_auth[1]}")
+        return {}
+
+    def redact(self, text: str) -> str:
+        """`text` with every credential replaced by '***' (for every message that may be shown)."""
+        secrets = [self.token] if self.token else []
+        if self.basic_auth:
+            import base64
+
+            user, password = self.basic_auth
+            secrets += [password, base64.b64encode(f"{user}:{password}".encode()).decode()]
+        for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def namespace(self) -> str:
+        """Names the folder of remembered results: changing the remote or the keys starts afresh."""
+        material = [self.url, *sorted(k.line() for k in self.trusted_keys)]
+        if self.signing_key is not None:
+            material.append(blake3.blake3(self.signing_key.line().encode()).hexdigest())
+        return blake3.blake3("\n".join(material).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TransferStats:
+    hits: int = 0
+    misses: int = 0
+    rejected: int = 0
+    blobs_down: int = 0
+    bytes_down: int = 0
+    blobs_up: int = 0
+    bytes_up: int = 0
+    results_up: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def line(self, url: str) -> str:
+        return (
+            f"mk: remote cache {url}: {self.hits} hits, {self.misses} misses, {self.rejected} rejected; "
+            f"downloaded {self.blobs_down} blobs ({_human(self.bytes_down)}); "
+            f"uploaded {self.blobs_up} blobs ({_human(self.bytes_up)}) and {self.results_up} results"
+        )
+
+
+class RemoteCache:
+    def __init__(self, config: RemoteConfig, local: LocalCache, stream: TextIO | None = None) -> None:
+        self.config = config
+        self.local = local
+        self.stream = stream
+        self.mirror = ActionCache(local.root / "remote-ac", config.namespace())
+        self.stats = TransferStats()
+        self._trusted: tuple[PublicKey, ...] | None = None
+        self._lock = threading.Lock()
+        self._http: HttpStore | None = None
+        self._warned: set[str] = set()
+        self._dead = False  # the circuit breaker: no more requests of any kind
+        self._reads_off = False  # a blob went missing or bad: no more remote results or blobs
+        self._uploads_off = not config.upload or config.signing_key is None
+        self._fetch_locks: dict[str, threading.Lock] = {}
+        self._bad_remote_blobs: set[str] = set()
+        self._blob_uploads: dict[str, cf.Future[bool]] = {}
+        self._result_uploads: list[cf.Future[None]] = []
+        self._pools: dict[str, cf.ThreadPoolExecutor] = {}
+        self._can_read = bool(config.trusted_keys or config.signing_key)
+        if not self._can_read:
+            self._warn("keys", "no trusted keys (trusted_keys in mk.toml or MK_TRUSTED_KEYS), so no result "
+                               "from it can be used")
+
+    # ---- state ------------------------------------------------------------------------------
+
+    @property
+    def reading(self) -> bool:
+        return self._can_read and not self._dead and not self._reads_off
+
+    @property
+    def uploading(self) -> bool:
+        return not self._uploads_off and not self._dead
+
+    def _warn(self, kind: str, message: str) -> None:
+        with self._lock:
+            if kind in self._warned:
+                return
+            self._warned.add(kind)
+        text = self.config.redact(f"mk: warning: remote cache {self.config.url}: {message}")
+        print(text, file=self.stream or sys.stderr, flush=True)
+
+    def _trip(self, reason: str) -> None:
+        """The server does not answer properly: stop asking it anything for the rest of the build."""
+        self._dead = True
+        self.stats.errors.append(reason)
+        self._warn("dead", f"{reason}; carrying on without it for the rest of this build")
+
+    def _lose_reads(self, reason: str) -> None:
+        self._reads_off = True
+        self.stats.errors.append(reason)
+        self._warn("blob", f"{reason}; not using its results for the rest of this build "
+                           "(what needed them is rebuilt locally)")
+
+    def _client(self) -> HttpStore:
+        with self._lock:
+            if self._http is None:
+                from mk.cache.http import HttpStore
+
+                self._http = HttpStore(self.config.url, self.config.headers(), self.config.timeout,
+                                       self.config.connections, self.config.redact)
+            return self._http
+
+    def _pool(self, name: str) -> cf.ThreadPoolExecutor:
+        import concurrent.futures as cf  # (a build that needs no transfer never loads it)
+
+        with self._lock:
+            pool = self._pools.get(name)
+            if pool is None:
+                pool = cf.ThreadPoolExecutor(self.config.connections, thread_name_prefix=f"mk-remote-{name}")
+                self._pools[name] = pool
+            return pool
+
+    def _trust(self) -> tuple[PublicKey, ...]:
+        if self._trusted is None:
+            own = (self.config.signing_key.public(),) if self.config.signing_key else ()
+            self._trusted = tuple(self.config.trusted_keys) + own
+        return self._trusted
+
+    # ---- action results ---------------------------------------------------------------------
+
+    def remembered(self, key: str) -> ActionResult | None:
+        """A result this machine got from the remote and verified before; no network."""
+        if not self.reading:
+            return None
+        result = self.mirror.get(key)
+        if result is not None:
+            self.mirror.touch(key)  # for least-recently-used garbage collection
+        return result
+
+    def lookup(self, key: str) -> ActionResult | None:
+        """The remote's result for `key` if a trusted key signed it for this key; else None."""
+        if not self.reading:
+            return None
+        from mk.cache.http import TransportError
+
+        try:
+            envelope = self._client().get("ac", key, _MAX_RESULT_BYTES)
+        except TransportError as e:
+            self._trip(str(e))
+            return None
+        if envelope is None:
+            with self._lock:
+                self.stats.misses += 1
+            return None
+        try:
+            result = verify(envelope, key, self._trust())
+        except UntrustedResultError as e:
+            with self._lock:
+                self.stats.rejected += 1
+            self._warn("untrusted", f"ignoring action results not signed by a trusted key "
+                                    f"(first: {key[:16]}…: {e}); those actions run locally")
+            return None
+        with self._lock:
+            self.stats.hits += 1
+        self.mirror.put(key, result)
+        return result
+
+    # ---- blobs ------------------------------------------------------------------------------
+
+    def fetch(self, digest: str) -> bool:
+        """Download a blob into the local content store, verified; False if it cannot be had."""
+        if not self.reading:
+            return False
+        with self._lock:
+            lock = self._fetch_locks.setdefault(digest, threading.Lock())
+        with lock:  # two threads asking for one blob download it once
+            if self.local.cas.has(digest):
+                return True
+            if not self.reading:
+                return False
+            return self._download(digest)
+
+    def _download(self, digest: str) -> bool:
+        from mk.cache.http import TransportError
+
+        try:
+            with self._client().stream("cas", digest) as chunks:
+                if chunks is None:
+                    self._lose_reads(f"blob {digest[:16]}… is missing")
+                    return False
+                size = self.local.cas.put_compressed_stream(digest, chunks)
+        except TransportError as e:
+            self._trip(str(e))
+            return False
+        except CorruptBlobError:
+            with self._lock:
+                self._bad_remote_blobs.add(digest)
+            self._lose_reads(f"blob {digest[:16]}… has the wrong bytes")
+            return False
+        except OSError as e:  # the local disk, not the remote
+            self._warn("local", f"cannot store a downloaded blob: {e}")
+            return False
+        with self._lock:
+            self.stats.blobs_down += 1
+            self.stats.bytes_down += size
+        return True
+
+    def fetch_many(self, digests: Iterable[str]) -> None:
+        wanted = [d for d in digests if not self.local.cas.has(d)]
+        if not self.reading or not wanted:
+            return
+        if len(wanted) == 1:
+            self.fetch(wanted[0])
+            return
+        for future in [self._pool("down").submit(self.fetch, d) for d in wanted]:
+            future.result()
+
+    # ---- uploads ----------------------------------------------------------------------------
+
+    def upload(self, key: str, result: ActionResult, blobs: Sequence[str] = ()) -> None:
+        """Upload an executed action's blobs, then its signed result, in the background."""
+        if not self.uploading:
+            return
+        digests = dict.fromkeys([*(o.digest for o in result.outputs), result.log_digest, *blobs])
+        futures = [self._upload_blob(d) for d in digests]
+        future = self._pool("results").submit(self._put_result, key, result, futures)
+        with self._lock:
+            self._result_uploads.append(future)
+
+    def _upload_blob(self, digest: str) -> cf.Future[bool]:
+        """Each blob is uploaded once per build, however many actions stored it."""
+        pool = self._pool("up")
+        with self._lock:
+            future = self._blob_uploads.get(digest)
+            if future is None:
+                future = self._blob_uploads[digest] = pool.submit(self._put_blob, digest)
+        return future
+
+    def _put_blob(self, digest: str) -> bool:
+        from mk.cache.http import TransportError
+
+        if not self.uploading:
+            return False
+        path = self.local.cas.path(digest)
+        try:
+            size = os.stat(path).st_size
+            client = self._client()
+            if size >= _HEAD_FIRST_BYTES and digest not in self._bad_remote_blobs and client.head("cas", digest):
+                return True
+            with open(path, "rb") as body:
+                client.put("cas", digest, body, size)
+        except TransportError as e:
+            self._upload_failed(e)
+            return False
+        except OSError:
+            return False  # gone from the local store (a concurrent gc); its result is not uploaded
+        with self._lock:
+            self.stats.blobs_up += 1
+            self.stats.bytes_up += size
+        return True
+
+    def _put_result(self, key: str, result: ActionResult, blobs: list[cf.Future[bool]]) -> None:
+        from mk.cache.http import TransportError
+
+        if not all(f.result() for f in blobs) or not self.uploading:
+            return  # never a result whose blobs the remote may lack
+        assert self.config.signing_key is not None
+        envelope = sign(self.config.signing_key, key, result)
+        try:
+            self._client().put("ac", key, envelope, len(envelope))
+        except TransportError as e:
+            self._upload_failed(e)
+            return
+        with self._lock:
+            self.stats.results_up += 1
+
+    def _upload_failed(self, error: Exception) -> None:
+        status = getattr(error, "status", None)
+        if status in (401, 403, 405):  # a read-only server, or a token that may only read
+            self._uploads_off = True
+            self._warn("refused", f"refuses uploads ({error}); not uploading for the rest of this build")
+        else:
+            self._trip(str(error))
+
+    # ---- end of build -----------------------------------------------------------------------
+
+    def close(self, wait: bool = True) -> None:
+        """Finish the uploads (each bounded by the timeouts), then release connections."""
+        if wait:
+            with self._lock:
+                pending = list(self._result_uploads)
+            for future in pending:
+                future.exception()
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.shutdown(wait=wait, cancel_futures=not wait)
+        if self._http is not None:
+            self._http.close()
+
+    def report(self) -> str | None:
+        """One line on what was transferred, or None when the remote was not asked anything."""
+        s = self.stats
+        if not (s.hits or s.misses or s.rejected or s.blobs_down or s.blobs_up or s.results_up or s.errors):
+            return None
+        return self.config.redact(s.line(self.config.url))
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+

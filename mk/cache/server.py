@@ -1,0 +1,248 @@
+"""`mk cache serve`: a small HTTP cache server, for one machine or a small team.
+
+It speaks the same protocol as nginx with WebDAV or bazel-remote: GET, HEAD and PUT on
+`.../cas/<digest>` and `.../ac/<key>` (any path prefix is accepted, so the base URL may have
+one). Storage uses the local cache's layout (`cas/<2 hex>/<digest>`, `ac/<2 hex>/<key>`).
+
+- A CAS upload is verified while it streams to disk: it must be zstd that decompresses to bytes
+  whose blake3 is the digest in the URL, or it is refused (400) and nothing is stored.
+- Action results are stored as sent. The server does not check their signatures: clients do,
+  against their own trusted keys, so a server cannot be trusted into anything.
+- `token`: every request must carry `Authorization: Bearer TOKEN`, or basic auth whose password
+  is TOKEN (the user name is ignored).
+- `read_only`: PUT is refused (403).
+- `max_size`: when stored entries exceed it, the least recently used (read or written) are
+  deleted until they fit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import contextlib
+import hmac
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from mk.cache.cas import ContentStore, CorruptBlobError
+from mk.cache.fsutil import atomic_writer
+
+_ROUTE = re.compile(r"^(?:/[^?#]*)?/(cas|ac)/([0-9a-f]{64})$")
+_MAX_RESULT_BYTES = 16 << 20
+_CHUNK = 1 << 20
+_KINDS = ("cas", "ac")
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    storage: Path
+    host: str = "127.0.0.1"
+    port: int = 8090
+    read_only: bool = False
+    token: str | None = None
+    max_size: int | None = None  # bytes
+
+
+class Storage:
+    """The entries on disk, with their sizes in least-recently-used order."""
+
+    def __init__(self, root: Path, max_size: int | None) -> None:
+        self.root = root
+        self.max_size = max_size
+        self.cas = ContentStore(root)
+        self._lock = threading.Lock()
+        self._entries: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.total = 0
+        found = []
+        for kind in _KINDS:
+            for path in (root / kind).glob("*/*"):
+                if path.name.startswith(".tmp-"):
+                    path.unlink(missing_ok=True)  # a PUT that was cut off by a restart
+                    continue
+                st = path.stat()
+                found.append((st.st_mtime_ns, f"{kind}/{path.name}", st.st_size))
+        for _, name, size in sorted(found):
+            self._entries[name] = size
+            self.total += size
+
+    def path(self, kind: str, name: str) -> Path:
+        return self.root / kind / name[:2] / name
+
+    def used(self, kind: str, name: str) -> None:
+        with self._lock:
+            if f"{kind}/{name}" in self._entries:
+                self._entries.move_to_end(f"{kind}/{name}")
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(kind, name))  # the order survives a restart
+
+    def added(self, kind: str, name: str) -> None:
+        size = os.stat(self.path(kind, name)).st_size
+        with self._lock:
+            self.total += size - self._entries.pop(f"{kind}/{name}", 0)
+            self._entries[f"{kind}/{name}"] = size
+            while self.max_size is not None and self.total > self.max_size and len(self._entries) > 1:
+                oldest, old_size = self._entries.popitem(last=False)
+                self.total -= old_size
+                old_kind, _, old_name = oldest.partition("/")
+                self.path(old_kind, old_name).unlink(missing_ok=True)
+
+
+class CacheServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, options: ServerOptions, handler: type[BaseHTTPRequestHandler] | None = None) -> None:
+        self.options = options
+        self.storage = Storage(options.storage, options.max_size)
+        super().__init__((options.host, options.port), handler or Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: clients pool their connections
+    server_version = "mk-cache"
+    timeout = 60  # a client that stops sending frees its thread
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms stall
+    server: CacheServer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet: a build makes thousands of requests
+
+    def do_GET(self) -> None:
+        self._read(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._read(send_body=False)
+
+    def _route(self) -> tuple[str, str] | None:
+        if not self._authorised():
+            if self.command == "PUT":
+                self._discard_body()
+            self._reply(401, b"unauthorised\n", {"WWW-Authenticate": 'Bearer realm="mk"'})
+            return None
+        match = _ROUTE.match(self.path)
+        if match is None:
+            if self.command == "PUT":
+                self._discard_body()
+            self._reply(404, b"not a cache path\n")
+            return None
+        return match.group(1), match.group(2)
+
+    def _authorised(self) -> bool:
+        token = self.server.options.token
+        if token is None:
+            return True
+        header = self.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer":
+            given = value.strip()
+        elif scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value.strip(), validate=True).decode().partition(":")[2]
+            except (binascii.Error, ValueError):
+                return False
+        else:
+            return False
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _read(self, send_body: bool) -> None:
+        route = self._route()
+        if route is None:
+            return
+        kind, name = route
+        storage = self.server.storage
+        try:
+            f = open(storage.path(kind, name), "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            self._reply(404, b"")
+            return
+        with f:
+            size = os.fstat(f.fileno()).st_size
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            if send_body:
+                shutil.copyfileobj(f, self.wfile, _CHUNK)
+        storage.used(kind, name)
+
+    def do_PUT(self) -> None:
+        route = self._route()
+        if route is None:
+            return
+        kind, name = route
+        if self.server.options.read_only:
+            self._discard_body()
+            self._reply(403, b"this cache is read-only\n")
+            return
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self.close_connection = True
+            self._reply(411, b"Content-Length required\n")
+            return
+        size = int(length)
+        limit = self.server.options.max_size
+        if (kind == "ac" and size > _MAX_RESULT_BYTES) or (limit is not None and size > limit):
+            self.close_connection = True
+            self._reply(413, b"too large\n")
+            return
+        storage = self.server.storage
+        try:
+            if kind == "cas":
+                storage.cas.put_compressed_stream(name, self._body(size))
+            else:
+                with atomic_writer(storage.path(kind, name)) as out:
+                    for chunk in self._body(size):
+                        out.write(chunk)
+        except CorruptBlobError:
+            self.close_connection = True  # the body may not have been read to its end
+            self._reply(400, b"the body is not the zstd-compressed blob named in the URL\n")
+            return
+        except (ConnectionError, TimeoutError, EOFError):
+            self.close_connection = True  # the client went away mid-upload; nothing was stored
+            return
+        storage.added(kind, name)
+        self._reply(201, b"")
+
+    def _body(self, size: int) -> Iterator[bytes]:
+        left = size
+        while left:
+            chunk = self.rfile.read(min(_CHUNK, left))
+            if not chunk:
+                raise EOFError("request body cut short")
+            left -= len(chunk)
+            yield chunk
+
+    def _discard_body(self) -> None:
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) <= _MAX_RESULT_BYTES:
+            with contextlib.suppress(OSError, EOFError):
+                for _ in self._body(int(length)):
+                    pass
+        else:
+            self.close_connection = True
+
+    def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+
+def make_server(options: ServerOptions) -> CacheServer:
+    options.storage.mkdir(parents=True, exist_ok=True)
+    return CacheServer(options)

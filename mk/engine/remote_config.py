@@ -1,0 +1,97 @@
+"""Which remote cache a build uses, and how: the workspace settings, overridden by the environment.
+
+| Variable | Setting | Meaning |
+|---|---|---|
+| MK_REMOTE_CACHE | remote_cache | base URL (http or https); empty turns the remote off |
+| MK_REMOTE_UPLOAD | remote_upload | `0` makes the remote read-only (`mk build --no-remote-upload` too) |
+| MK_SIGNING_KEY | - | path of the secret key that signs uploaded results (needed to upload) |
+| MK_TRUSTED_KEYS | trusted_keys | public keys (`NAME:BASE64`) whose signed results are accepted |
+| MK_REMOTE_TOKEN | - | bearer token |
+| MK_REMOTE_USER, MK_REMOTE_PASSWORD | - | basic auth (or `https://user:password@host/` in the URL) |
+| MK_REMOTE_TIMEOUT | - | seconds allowed for connecting and for each read (default 10) |
+
+Credentials come only from the environment (or the URL), never from mk.toml, which is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from mk.cache.remote import RemoteConfig
+from mk.cache.signing import SigningKeyError, load_secret_key, parse_public_keys
+from mk.engine.errors import MkError
+from mk.engine.workspace import Settings
+
+_FALSE = {"0", "false", "no", "off"}
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def resolve(settings: Settings, env: Mapping[str, str], upload: bool | None = None) -> RemoteConfig | None:
+    """The remote cache configuration, or None when no remote is configured.
+
+    `upload` is the command-line choice (None: not given).
+    """
+    raw_url = env.get("MK_REMOTE_CACHE", settings.remote_cache or "").strip()
+    if not raw_url:
+        return None
+    url, basic_auth = _split_credentials(raw_url)
+    if upload is None:
+        upload = _flag(env["MK_REMOTE_UPLOAD"], "MK_REMOTE_UPLOAD") if "MK_REMOTE_UPLOAD" in env \
+            else settings.remote_upload
+    signing_key = None
+    if key_path := env.get("MK_SIGNING_KEY", "").strip():
+        try:
+            signing_key = load_secret_key(Path(key_path))
+        except SigningKeyError as e:
+            raise MkError(f"MK_SIGNING_KEY: {e}") from None
+    trusted = env["MK_TRUSTED_KEYS"].split(",") if "MK_TRUSTED_KEYS" in env else list(settings.trusted_keys)
+    try:
+        trusted_keys = parse_public_keys(trusted)
+    except SigningKeyError as e:
+        where = "MK_TRUSTED_KEYS" if "MK_TRUSTED_KEYS" in env else "trusted_keys in mk.toml"
+        raise MkError(f"{where}: {e}") from None
+    if user := env.get("MK_REMOTE_USER"):
+        basic_auth = (user, env.get("MK_REMOTE_PASSWORD", ""))
+    timeout = env.get("MK_REMOTE_TIMEOUT", "10")
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds <= 3600:
+        raise MkError(f"MK_REMOTE_TIMEOUT must be a number of seconds, got '{timeout}'")
+    return RemoteConfig(
+        url=url,
+        upload=upload,
+        token=env.get("MK_REMOTE_TOKEN") or None,
+        basic_auth=basic_auth,
+        signing_key=signing_key,
+        trusted_keys=trusted_keys,
+        timeout=seconds,
+    )
+
+
+def _flag(value: str, name: str) -> bool:
+    if value.strip().lower() in _FALSE:
+        return False
+    if value.strip().lower() in _TRUE:
+        return True
+    raise MkError(f"{name} must be 0 or 1, got '{value}'")
+
+
+def _split_credentials(raw: str) -> tuple[str, tuple[str, str] | None]:
+    """('https://u:p@host/x/', ...) -> ('https://host/x', ('u', 'p')); the URL is checked."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = raw if "@" not in raw else "(an URL with credentials)"
+        raise MkError(f"the remote cache must be an http:// or https:// URL, got '{shown}'")
+    if parts.query or parts.fragment:
+        raise MkError("the remote cache URL may not have a query or a fragment")
+    basic_auth = None
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, netloc = netloc.rsplit("@", 1)
+        user, _, password = userinfo.partition(":")
+        basic_auth = (unquote(user), unquote(password))
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), basic_auth
