@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(python3 python3-venv python3-pip bash coreutils git tar gzip xz-utils zstd cpio bubblewrap skopeo umoci nginx gnupg gpgv debian-archive-keyring dpkg)
+SYSTEM_PACKAGES=(python3 python3-venv python3-pip bash coreutils git tar gzip xz-utils zstd cpio bubblewrap skopeo umoci nginx gnupg gpgv debian-archive-keyring dpkg qemu-system-x86 openssh-client mmdebstrap)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -22,7 +22,7 @@ if ((${#missing[@]})); then
     fi
     echo "setup: installing ${missing[*]}"
     $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 python=${PYTHON:-python3}
