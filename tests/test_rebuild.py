@@ -499,3 +499,10 @@ def test_query_of_a_missing_target(graph_ws: Workspace) -> None:
     assert result.code == 2
     assert result.err == "error: target '//pkg:tpo' does not exist (did you mean '//pkg:top'?)\n"
     assert graph_ws.mk("query", "deps", "//pkg:...").code == 2
+
+
+def test_a_bare_name_equal_to_the_target_means_the_source_file(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"p/BUILD": 'genrule(name = "motd", srcs = ["motd"], outs = ["motd.out"], cmd = "cp $< $@")\n',
+                    "p/motd": "hello\n"})
+    ws.build("//p:motd")
+    assert ws.read("mk-out/p/motd.out") == "hello\n"

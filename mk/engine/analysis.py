@@ -61,6 +61,12 @@ class Analyzer:
             pkg = self.loader.package(label.package)
         except MkError as e:
             raise MkError(f"{target.rule.name} {target.label} depends on '{text}': {e.message}", where) from None
+        path = f"{label.package}/{label.name}".lstrip("/")
+        # layer(name = "motd", files = {"/etc/motd": "motd"}): a bare name that is the target itself
+        # means the source file of that name, not a dependency cycle.
+        names_itself = label == target.label and not text.startswith((":", "//"))
+        if names_itself and self.loader.observed.is_file(self.loader.root / path):
+            return Dep(text, None, (Artifact(path, is_source=True),))
         if label.name in pkg.targets:
             try:
                 return Dep(text, label, self.analyze(label).info.files)
@@ -70,10 +76,8 @@ class Analyzer:
                 raise
         if label.name in pkg.outputs:
             owner = Label(label.package, pkg.outputs[label.name])
-            path = f"{label.package}/{label.name}".lstrip("/")
             self.analyze(owner)
             return Dep(text, owner, (Artifact(path, is_source=False),))
-        path = f"{label.package}/{label.name}".lstrip("/")
         if self.loader.has_package(os.path.dirname(path)) and os.path.dirname(path) != label.package:
             raise MkError(
                 f"{target.rule.name} {target.label}: '{text}' crosses into package "
