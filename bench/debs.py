@@ -106,8 +106,11 @@ def bench(work: Path, runs: int) -> int:
     return 0
 
 
-def export_debs(cache: Path, lock: dict[str, list[dict[str, str]]], repo: Path) -> list[Path]:
-    """The locked .debs out of mk's store, plus a Packages index so mmdebstrap can use them."""
+def export_debs(cache: Path, lock: dict[str, list[dict[str, str]]], repo: Path, only_these: bool = False) -> list[Path]:
+    """The locked .debs out of mk's store, plus a Packages index so mmdebstrap can use them.
+
+    With `only_these`, the index drops dependency fields, so apt takes exactly this set even
+    where the lockfile excluded a dependency (as mk's examples exclude maintainer-script tools)."""
     sys.path.insert(0, str(REPO))
     from mk.cache.cas import ContentStore
     from mk.rules.deb import known_debs
@@ -120,6 +123,9 @@ def export_debs(cache: Path, lock: dict[str, list[dict[str, str]]], repo: Path) 
         if not known_debs.copy(cas, package["sha256"], deb):
             sys.exit(f"{package['name']} is not in mk's store")
         control = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True, check=True).stdout
+        if only_these:
+            dependency = ("Depends:", "Pre-Depends:", "Recommends:", "Suggests:", "Breaks:", "Conflicts:")
+            control = "".join(line + "\n" for line in control.splitlines() if not line.startswith(dependency))
         data = deb.read_bytes()
         paragraphs.append(control.rstrip("\n") + f"\nFilename: ./{deb.name}\nSize: {len(data)}\n"
                           f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
