@@ -656,3 +656,20 @@ def test_remembered_results_are_not_trusted_once_their_entry_is_gone(chain: Work
     assert executed_labels(events) == ["//pkg:use"]
     assert chain.read("mk-out/pkg/use.txt").endswith("\n")
     assert_cache_is_sound(chain.cache_dir)
+
+
+def test_gc_keeps_results_whole_including_the_files_of_a_tree(workspace: WorkspaceFactory, tmp_path: Path) -> None:
+    ws = workspace({"p/BUILD": 'layer(name = "l", files = {"/etc/data": "data.txt"})\ntar(name = "t", src = ":l")\n',
+                    "p/data.txt": "content of a file that lives only inside the tree\n"})
+    events = tmp_path / "e.jsonl"
+    ws.build("//p:t", events=events)
+    data_blob = blob_path(ws.cache_dir, b"content of a file that lives only inside the tree\n")
+    assert data_blob.is_file()
+    assert ws.mk("cache", "gc", "--max-size", "10G").code == 0
+    assert data_blob.is_file()  # referenced through the layer's tree
+    data_blob.unlink()  # lost anyway: gc must then drop the layer's result, not keep a hollow one
+    assert ws.mk("cache", "gc", "--max-size", "10G").code == 0
+    (ws.root / "mk-out/p/t.tar").unlink()
+    ws.build("//p:t", events=events)
+    assert "//p:l" in executed_labels(events)
+    assert (ws.root / "mk-out/p/t.tar").is_file()
