@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -133,6 +132,8 @@ class ContentStore:
     def put_stream(self, source: BinaryIO) -> tuple[str, int]:
         """Store bytes read from a stream; returns (digest, size). Memory use stays flat."""
         self.root.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
         fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         hasher = blake3.blake3()
         size = 0

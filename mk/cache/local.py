@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,7 +50,7 @@ class LocalCache:
         base = self.root / "tmp"
         base.mkdir(exist_ok=True)
         path = base / f"{os.getpid()}-{name}"
-        shutil.rmtree(path, ignore_errors=True)
+        _rmtree_writable(path)
         path.mkdir()
         try:
             yield path
@@ -84,4 +83,6 @@ def _rmtree_writable(path: Path) -> None:
     for dirpath, _dirs, _files in os.walk(path):
         with contextlib.suppress(OSError):
             os.chmod(dirpath, 0o755)
+    import shutil  # on the way out only: a no-op build never needs it
+
     shutil.rmtree(path, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,14 @@ class Action:
     def describe(self) -> str:
         return f"{self.mnemonic} {self.owner}"
 
+    def __reduce__(self) -> tuple[Callable[[dict[str, object]], Action], tuple[dict[str, object]]]:
+        # In the analysis cache the function is kept by name, so loading a cached graph imports
+        # no rule module (and none of what rules import) until an action actually runs.
+        state = dict(self.__dict__)  # the fields, and the cached key parts
+        if self.function is not None and not isinstance(self.function, LazyFunction):
+            state["function"] = LazyFunction(self.function.__module__, self.function.__qualname__)
+        return (_restore_action, (state,))
+
     @functools.cached_property
     def static_key(self) -> bytes:
         """The part of the key fixed at analysis time; computed once and kept with the graph."""
@@ -82,6 +91,26 @@ class Action:
     @functools.cached_property
     def sorted_inputs(self) -> tuple[str, ...]:
         return tuple(sorted(a.path for a in self.inputs))
+
+
+class LazyFunction:
+    """A module-level function named by module and name, imported when first called."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self, io: ActionIO) -> None:
+        function: Callable[[ActionIO], None] = getattr(importlib.import_module(self.module), self.name)
+        function(io)
+
+    def __reduce__(self) -> tuple[type[LazyFunction], tuple[str, str]]:
+        return (LazyFunction, (self.module, self.name))
+
+
+def _restore_action(state: dict[str, object]) -> Action:
+    action = object.__new__(Action)
+    action.__dict__.update(state)
+    return action
 
 
 def canonical(value: object) -> object:

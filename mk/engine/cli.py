@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -240,6 +239,8 @@ def lock(target: str) -> None:
 def clean() -> None:
     """Remove the workspace's outputs (mk-out/). The cache is left alone."""
     workspace = _workspace()
+    import shutil
+
     shutil.rmtree(workspace.output_dir, ignore_errors=True)
     click.echo(f"removed {os.path.relpath(workspace.output_dir)}")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -27,6 +26,12 @@ from mk.engine.errors import MkError
 
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
 _STDERR_TAIL = 4000
+
+
+def copyfile(source: Path, target: Path) -> None:
+    import shutil  # only when an action runs
+
+    shutil.copyfile(source, target)
 
 
 class ActionFailed(MkError):
@@ -94,7 +99,7 @@ class Executor:
         target = execroot / path
         target.parent.mkdir(parents=True, exist_ok=True)
         if is_source:
-            shutil.copyfile(self.root / path, target)
+            copyfile(self.root / path, target)
             if digest_file(target) != want.digest:
                 raise MkError(f"source file '{path}' changed while the build was running; run mk again")
         else:

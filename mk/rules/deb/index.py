@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from debian import deb822
-
 from mk.engine.errors import MkError
 from mk.rules.deb.download import DownloadError, download
 from mk.rules.deb.mirrors import Mirrors, archive_of
@@ -90,6 +88,8 @@ def _verified_release(dist_url: str, keyring: Path, suite: str) -> str:
 
 
 def _sha256_table(release: str) -> dict[str, tuple[str, int]]:
+    from debian import deb822  # python-debian is slow to import: only `mk lock` needs it
+
     paragraph = deb822.Release(release)
     return {entry["name"]: (entry["sha256"], int(entry["size"])) for entry in paragraph.get("SHA256", [])}
 
@@ -117,6 +117,8 @@ def _sha256(path: Path) -> str:
 
 
 def _parse(index: bytes, archive: str, suite: str) -> Iterator[Candidate]:
+    from debian import deb822
+
     for p in deb822.Deb822.iter_paragraphs(io.BytesIO(index), fields=_FIELDS, use_apt_pkg=False):
         source = p.get("Source", p["Package"]).split(" ")[0]
         yield Candidate(

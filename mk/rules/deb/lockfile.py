@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from mk.rules.deb.index import Candidate
+if TYPE_CHECKING:
+    from mk.rules.deb.index import Candidate
 
 FORMAT = 1
 
