@@ -13,8 +13,7 @@ from mk.rules.deb.lockfile import LockedPackage
 
 def spdx(name: str, packages: Iterable[LockedPackage], epoch: int, distro: str) -> str:
     ordered = sorted(packages, key=lambda p: (p.name, p.architecture))
-    created = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    spdx_packages = [
+    spdx_packages: list[dict[str, object]] = [
         {
             "SPDXID": f"SPDXRef-Package-{_ref(p.name)}-{_ref(p.architecture)}",
             "name": p.name,
@@ -33,22 +32,7 @@ def spdx(name: str, packages: Iterable[LockedPackage], epoch: int, distro: str) 
         }
         for p in ordered
     ]
-    # The namespace must be unique per document: derive it from the content, not from a clock.
-    fingerprint = hashlib.sha256(json.dumps(spdx_packages, sort_keys=True).encode()).hexdigest()
-    document = {
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": name,
-        "documentNamespace": f"https://spdx.org/spdxdocs/mk-{_ref(name)}-{fingerprint}",
-        "creationInfo": {"created": created, "creators": ["Tool: mk"]},
-        "packages": spdx_packages,
-        "relationships": [
-            {"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": p["SPDXID"]}
-            for p in spdx_packages
-        ],
-    }
-    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+    return _document(name, spdx_packages, epoch)
 
 
 def _ref(text: str) -> str:
@@ -62,9 +46,13 @@ def merge_documents(name: str, documents: list[str], epoch: int) -> str:
     for text in documents:
         for package in json.loads(text).get("packages", []):
             packages[str(package["SPDXID"])] = package
-    ordered = [packages[key] for key in sorted(packages)]
+    return _document(name, [packages[key] for key in sorted(packages)], epoch)
+
+
+def _document(name: str, packages: list[dict[str, object]], epoch: int) -> str:
     created = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    fingerprint = hashlib.sha256(json.dumps(ordered, sort_keys=True).encode()).hexdigest()
+    # The namespace must be unique per document: derive it from the content, not from a clock.
+    fingerprint = hashlib.sha256(json.dumps(packages, sort_keys=True).encode()).hexdigest()
     document = {
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -72,10 +60,10 @@ def merge_documents(name: str, documents: list[str], epoch: int) -> str:
         "name": name,
         "documentNamespace": f"https://spdx.org/spdxdocs/mk-{_ref(name)}-{fingerprint}",
         "creationInfo": {"created": created, "creators": ["Tool: mk"]},
-        "packages": ordered,
+        "packages": packages,
         "relationships": [
             {"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": p["SPDXID"]}
-            for p in ordered
+            for p in packages
         ],
     }
     return json.dumps(document, indent=2, sort_keys=True) + "\n"
