@@ -207,7 +207,7 @@ def test_run_arguments_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_accel_auto_without_kvm_is_tcg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm.Path, "exists", lambda self: False if str(self) == "/dev/kvm" else Path.is_file(self))
+    monkeypatch.setattr(Path, "exists", lambda self: False if str(self) == "/dev/kvm" else Path.is_file(self))
     assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == "tcg"
     assert vm.choose_accel("kvm", tmp_path, tmp_path / "state") == "kvm"
     with pytest.raises(MkError, match="choose tcg, kvm or auto"):

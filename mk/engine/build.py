@@ -18,6 +18,7 @@ from mk.cache.stat_cache import FileDigest, StatCache
 from mk.engine.actions import Action, Artifact
 from mk.engine.errors import Location, MkError
 from mk.engine.execute import Executor
+from mk.engine.explain import ExplainLog, material
 from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
 from mk.engine.outputs import place, up_to_date
@@ -28,6 +29,7 @@ from mk.engine.workspace import OUTPUT_DIR, Workspace
 
 if TYPE_CHECKING:
     from mk.cache.remote import RemoteCache, RemoteConfig
+    from mk.engine.profile import Profiler
     from mk.engine.targets import ConfiguredTarget
 
 # A corrupt blob found mid-build is deleted; the next attempt rebuilds whatever needed it.
@@ -42,6 +44,7 @@ class BuildOptions:
     events: TextIO | None = None
     output_groups: tuple[str, ...] = ()  # extra outputs to build, e.g. ("tar",) for an image
     remote: RemoteConfig | None = None  # a shared remote cache (see engine.remote_config)
+    profiler: Profiler | None = None  # --profile: records when and where each action ran
 
 
 @dataclass(frozen=True)
@@ -207,13 +210,18 @@ def _attempt(
     tool_digests = {t: _tool_digest(stats, t) for t in tools}
     executor = Executor(cache, workspace.root, _source_urls(workspace))
     rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force, remote=remote)
-    reporter = Reporter(len(graph.actions), options.events)
-    schedule = run_actions(
-        graph.actions, sources, rebuilder, options.jobs, options.keep_going,
-        reporter.finished, reporter.started,
-    )
+    reporter = Reporter(len(graph.actions), options.events, profiler=options.profiler)
+    try:
+        schedule = run_actions(
+            graph.actions, sources, rebuilder, options.jobs, options.keep_going,
+            reporter.finished, reporter.started,
+        )
+    finally:
+        reporter.close()
     if not schedule.failures and not options.force:
         recent.save({o.key: o.result for o in schedule.outcomes})
+    if not options.force:
+        _record_explain(cache, workspace, schedule, tool_digests)
     corrupt = [e for _, e in schedule.failures if isinstance(e, CorruptBlobError | MissingBlobError)]
     if corrupt:
         raise corrupt[0]
@@ -225,6 +233,18 @@ def _attempt(
                            and not up_to_date(workspace.output_dir, a.path, schedule.files[a.path], stats))
     outputs = tuple(_publish(workspace, cache, stats, schedule, a) for a in artifacts)
     return schedule, outputs
+
+
+def _record_explain(
+    cache: LocalCache, workspace: Workspace, schedule: ScheduleResult, tools: dict[str, str]
+) -> None:
+    """Remember the key material of what this build considered, for `mk explain`."""
+    considered = [o.action for o in schedule.outcomes] + [a for a, _ in schedule.failures]
+    executed = [o.action for o in schedule.outcomes if o.status == "executed"] + [a for a, _ in schedule.failures]
+    if not considered:
+        return
+    log = ExplainLog(cache.root, workspace.root)
+    log.record(((a, material(a, schedule.files, tools)) for a in considered), executed)
 
 
 def _publish(

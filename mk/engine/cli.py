@@ -70,23 +70,30 @@ def cli() -> None:
               help="Write one JSON object per action to FILE.")
 @click.option("--check", is_flag=True, help="Rebuild every action ignoring the cache and compare the bytes.")
 @click.option("--no-remote-upload", is_flag=True, help="Only read the remote cache (as MK_REMOTE_UPLOAD=0).")
+@click.option("--profile", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a Chrome trace-event JSON of the build to FILE (opens in Perfetto).")
 def build(
     targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None, check: bool,
-    no_remote_upload: bool,
+    no_remote_upload: bool, profile: Path | None,
 ) -> None:
     """Build TARGETS and print the paths of their outputs."""
-    _build_and_report(targets, jobs, keep_going, json_events, check, no_remote_upload)
+    _build_and_report(targets, jobs, keep_going, json_events, check, no_remote_upload, profile=profile)
 
 
 def _build_and_report(
     targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None, check: bool,
-    no_remote_upload: bool, groups: tuple[str, ...] = (),
+    no_remote_upload: bool, groups: tuple[str, ...] = (), profile: Path | None = None,
 ) -> tuple[Workspace, BuildResult]:
     """Build, print the outputs and the summary line; exit unless the build succeeded."""
     from mk.engine.build import BuildOptions
     from mk.engine.build import build as run_build
     from mk.engine.report import Summary
 
+    profiler = None
+    if profile is not None:
+        from mk.engine.profile import Profiler
+
+        profiler = Profiler()
     started = time.perf_counter()
     differs = False
     with _events_file(json_events) as events:
@@ -95,8 +102,12 @@ def _build_and_report(
             cache = _cache(workspace)
             remote = _remote(workspace, upload=False if no_remote_upload else None)
             options = BuildOptions(jobs=jobs, keep_going=keep_going, events=events, remote=remote,
-                                   output_groups=groups)
-            result = run_build(workspace, cache, targets, options)
+                                   output_groups=groups, profiler=profiler)
+            try:
+                result = run_build(workspace, cache, targets, options)
+            finally:
+                if profile is not None and profiler is not None:
+                    profiler.write(profile)
             if check and not result.schedule.failures:
                 reference = result
                 forced = BuildOptions(jobs=jobs, force=True, events=events, output_groups=groups)
@@ -194,11 +205,12 @@ def _events_file(path: Path | None) -> Iterator[TextIO | None]:
 
 
 @cli.command()
-@click.argument("kind", type=click.Choice(["deps", "rdeps"]))
+@click.argument("kind", type=click.Choice(["deps", "rdeps", "graph"]))
 @click.argument("target")
-@click.option("--output", type=click.Choice(["label", "dot"]), default="label", show_default=True)
+@click.option("--output", type=click.Choice(["label", "dot", "svg"]), default="label", show_default=True,
+              help="svg needs graphviz's `dot`.")
 def query(kind: str, target: str, output: str) -> None:
-    """Print the dependencies (deps) or dependents (rdeps) of TARGET."""
+    """Print the dependencies (deps), dependents (rdeps) or dependency edges (graph) of TARGET."""
     from mk.engine import query as q
     from mk.engine.analysis import Analyzer
     from mk.engine.loader import Loader
@@ -210,10 +222,79 @@ def query(kind: str, target: str, output: str) -> None:
     if len(roots) != 1:
         raise MkError(f"query needs exactly one target; '{target}' matches {len(roots)}")
     root = roots[0]
-    universe = [root] if kind == "deps" else loader.expand("//...")
+    universe = [root] if kind != "rdeps" else loader.expand("//...")
     edges = q.dependency_edges(loader, analyzer, universe)
-    nodes = q.deps(edges, root) if kind == "deps" else q.rdeps(edges, root)
-    click.echo(q.to_dot(edges, nodes) if output == "dot" else "".join(f"{n}\n" for n in nodes), nl=False)
+    nodes = q.rdeps(edges, root) if kind == "rdeps" else q.deps(edges, root)
+    if output == "label":
+        text = q.to_edges(edges, nodes) if kind == "graph" else "".join(f"{n}\n" for n in nodes)
+        click.echo(text, nl=False)
+    elif output == "dot":
+        click.echo(q.to_dot(edges, nodes), nl=False)
+    else:
+        sys.stdout.buffer.write(q.to_svg(q.to_dot(edges, nodes)))
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True)
+@click.option("--run", "run_vm", is_flag=True, help="Boot the image target after each successful rebuild.")
+@click.option("--publish", "-p", multiple=True, metavar="HOST:GUEST", help="With --run: forward 127.0.0.1:HOST.")
+@click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path), help="With --run: key to authorize.")
+@click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto", show_default=True)
+def watch(targets: tuple[str, ...], jobs: int, run_vm: bool, publish: tuple[str, ...], ssh_key: Path | None,
+          accel: str) -> None:
+    """Build TARGETS, then rebuild whenever a file they depend on changes (Ctrl-C stops)."""
+    from mk.engine import vm
+    from mk.engine.watch import watch as run_watch
+
+    workspace = _workspace()
+    rebooter: vm.Rebooter | None = None
+
+    def reboot(result: BuildResult) -> None:
+        nonlocal rebooter
+        kernels = [path for path in result.outputs if path.endswith("/kernel")]
+        if len(kernels) != 1:
+            print("mk watch: --run needs exactly one image target; not booting", file=sys.stderr)
+            return
+        if rebooter is None:
+            options = vm.VmOptions(accel=accel, publish=tuple(vm.parse_publish(p) for p in publish),
+                                   ssh_key=vm.read_ssh_key(ssh_key) if ssh_key else None)
+            rebooter = vm.Rebooter(workspace.root / os.path.dirname(kernels[0]), options, _cache(workspace).root / "vm")
+        print("mk watch: booting the image", file=sys.stderr, flush=True)
+        rebooter.reboot()
+
+    if run_vm:
+        vm.qemu_binary()  # fail now when QEMU is missing
+    try:
+        run_watch(workspace, _cache(workspace), targets, jobs, after_success=reboot if run_vm else None)
+    except KeyboardInterrupt:
+        print("mk watch: stopped", file=sys.stderr)
+    finally:
+        if rebooter is not None:
+            rebooter.stop()
+
+
+@cli.command()
+@click.argument("target")
+def explain(target: str) -> None:
+    """Say why each action of TARGET's closure ran in the last build."""
+    from mk.engine import query as q
+    from mk.engine.analysis import Analyzer
+    from mk.engine.explain import ExplainLog
+    from mk.engine.explain import explain as explain_lines
+    from mk.engine.loader import Loader
+
+    workspace = _workspace()
+    loader = Loader(workspace)
+    analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
+    roots = loader.expand(target)
+    edges = q.dependency_edges(loader, analyzer, roots)
+    labels = {str(label) for root in roots for label in q.deps(edges, root)}
+    lines = explain_lines(ExplainLog(_cache(workspace).root, workspace.root).last_build(), labels)
+    if not lines:
+        click.echo(f"mk explain: no action of {target} ran in the last build")
+    for line in lines:
+        click.echo(line)
 
 
 @cli.command()

@@ -106,5 +106,14 @@ class GraphCache:
         data = (_FORMAT, time.time_ns(), _code_fingerprint(), observations.seen, graph)
         write_atomic(self.file, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
 
+    def observed(self) -> dict[str, bool] | None:
+        """The paths the last saved analysis looked at (True: its content or listing), or None."""
+        try:
+            with open(self.file, "rb") as f:
+                _version, _recorded_at, _code, seen, _graph = pickle.load(f)
+            return {str(path): bool(whole) for path, (whole, _signature) in seen.items()}
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
+            return None
+
     def forget(self) -> None:
         self.file.unlink(missing_ok=True)

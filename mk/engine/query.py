@@ -1,8 +1,12 @@
-"""`mk query deps|rdeps`: questions about the target graph, as text or Graphviz dot."""
+"""`mk query deps|rdeps|graph`: questions about the target graph, as text, Graphviz dot or SVG."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 from mk.engine.analysis import Analyzer
+from mk.engine.errors import MkError
 from mk.engine.labels import Label
 from mk.engine.loader import Loader
 
@@ -45,3 +49,24 @@ def to_dot(edges: Edges, nodes: list[Label]) -> str:
                 lines.append(f'  "{source}" -> "{target}";')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def to_edges(edges: Edges, nodes: list[Label]) -> str:
+    """One `target -> dep` line per edge between `nodes`; a node with no edge stands alone."""
+    keep = set(nodes)
+    lines = []
+    for source in nodes:
+        targets = sorted(t for t in edges.get(source, ()) if t in keep)
+        lines += [f"{source} -> {target}" for target in targets] or [str(source)]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def to_svg(dot: str) -> bytes:
+    """Render `dot` with graphviz."""
+    program = shutil.which("dot")
+    if program is None:
+        raise MkError("--output svg needs graphviz's `dot`; on Debian: apt-get install graphviz")
+    proc = subprocess.run([program, "-Tsvg"], input=dot.encode(), capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise MkError(f"dot -Tsvg failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout

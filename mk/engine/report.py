@@ -6,10 +6,14 @@ import json
 import sys
 import threading
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from mk.engine.actions import Action
 from mk.engine.rebuilder import Outcome
+
+if TYPE_CHECKING:
+    from mk.engine.profile import Profiler
+    from mk.engine.progress import LiveProgress
 
 
 @dataclass(frozen=True)
@@ -31,21 +35,50 @@ class Summary:
 
 
 class Reporter:
-    """Prints a line per executed action and writes one JSON object per action to --json-events."""
+    """Shows progress and writes one JSON object per action to --json-events.
 
-    def __init__(self, total_actions: int, events: TextIO | None, stream: TextIO = sys.stderr) -> None:
+    On a terminal, progress is a live view (see progress.py); elsewhere (CI, pipes) it is one
+    plain line per action that runs.
+    """
+
+    def __init__(
+        self, total_actions: int, events: TextIO | None, stream: TextIO = sys.stderr, profiler: Profiler | None = None,
+        live: bool | None = None,
+    ) -> None:
         self.total = total_actions
+        self.profiler = profiler
         self.events = events
         self.stream = stream
         self.done = 0
         self._lock = threading.Lock()
+        self._live_wanted = stream.isatty() if live is None else live
+        self._live: LiveProgress | None = None
 
     def started(self, action: Action) -> None:
+        if self.profiler is not None:
+            self.profiler.started(action)
         with self._lock:
-            print(f"[{self.done}/{self.total}] {action.describe()}", file=self.stream)
+            if self._live_wanted:
+                if self._live is None:
+                    from mk.engine.progress import LiveProgress
+
+                    self._live = LiveProgress(self.total, self.stream)
+                    self._live.executed, self._live.cached = 0, self.done
+                self._live.started(action)
+            else:
+                print(f"[{self.done}/{self.total}] {action.describe()}", file=self.stream)
+
+    def close(self) -> None:
+        """Take the live view off the terminal, before the summary line is printed."""
+        if self._live is not None:
+            self._live.close()
 
     def finished(self, outcome: Outcome) -> None:
+        if self.profiler is not None:
+            self.profiler.finished(outcome)
         with self._lock:
+            if self._live is not None:
+                self._live.finished(outcome)
             self.done += 1
             if self.events is not None:
                 event = {

@@ -114,6 +114,31 @@ def _kvm_boots(image: Path) -> bool:
     return b"Linux version" in seen
 
 
+class Rebooter:
+    """Keeps one VM of an image running in the background; `reboot()` replaces it (mk watch --run)."""
+
+    def __init__(self, image: Path, options: VmOptions, state_dir: Path) -> None:
+        self.image, self.options, self.state_dir = image, options, state_dir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def reboot(self) -> None:
+        self.stop()
+        accel = choose_accel(self.options.accel, self.image, self.state_dir)
+        # Its own session: the terminal's Ctrl-C reaches mk, which then stops the VM itself.
+        self.process = subprocess.Popen(command(self.image, self.options, accel), stdin=subprocess.DEVNULL,
+                                        start_new_session=True)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
 def boot(image: Path, options: VmOptions, state_dir: Path) -> int:
     """Run the VM in the foreground until it powers off (or Ctrl-C); returns QEMU's exit status."""
     for name in ("kernel", "initrd.img", "cmdline"):

@@ -1,0 +1,133 @@
+"""`mk explain`: why each action of the last build ran.
+
+After every build the key material of each action that executed (its input digests, the digest
+of each parameter, of its command, of the host tools, and its version) is recorded in a small
+msgpack file per workspace, together with the material the same action had the time before.
+An action is identified by owner label, mnemonic and first output path, which survive any
+change to what goes into its key. `mk explain` compares the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import msgpack
+
+from mk.cache.fsutil import write_atomic
+from mk.cache.stat_cache import FileDigest
+from mk.engine.actions import Action, canonical
+
+_FORMAT = 1
+Material = dict[str, object]
+
+
+def identity(action: Action) -> str:
+    first = action.outputs[0].path if action.outputs else ""
+    return f"{action.owner}|{action.mnemonic}|{first}"
+
+
+def _digest(value: object) -> str:
+    return blake3.blake3(msgpack.packb(canonical(value))).hexdigest()
+
+
+def material(action: Action, files: Mapping[str, FileDigest], tools: Mapping[str, str]) -> Material:
+    """What went into the action's key, in a form that can be compared part by part."""
+    return {
+        "version": action.version,
+        "inputs": {a.path: f"{files[a.path].digest}:{int(files[a.path].executable)}"
+                   for a in action.inputs if a.path in files},
+        "params": {str(k): _digest(v) for k, v in action.params.items()},
+        "command": _digest(list(action.command)) if action.command is not None else None,
+        "tools": {t: tools[t] for t in action.host_tools if t in tools},
+    }
+
+
+@dataclass(frozen=True)
+class Entry:
+    label: str
+    mnemonic: str
+    output: str
+    now: Material
+    before: Material | None
+
+
+class ExplainLog:
+    """`<cache>/explain/<workspace>.msgpack`: the last material seen of every action, and the
+    actions that executed in the last build with their material then and before."""
+
+    def __init__(self, cache_root: Path, workspace_root: Path) -> None:
+        name = blake3.blake3(str(workspace_root).encode()).hexdigest()[:32]
+        self.file = cache_root / "explain" / f"{name}.msgpack"
+
+    def _load(self) -> tuple[dict[str, Material], list[dict[str, object]]]:
+        try:
+            data = msgpack.unpackb(self.file.read_bytes())
+            if isinstance(data, dict) and data.get("format") == _FORMAT:
+                return dict(data["seen"]), list(data["last"])
+        except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException):
+            pass
+        return {}, []
+
+    def record(self, seen_now: Iterable[tuple[Action, Material]], executed: Iterable[Action]) -> None:
+        """Remember this build: the material of every action it considered, and which ran."""
+        seen, _ = self._load()
+        current = {identity(a): m for a, m in seen_now}
+        last = []
+        for action in executed:
+            ident = identity(action)
+            if ident in current:
+                last.append({"id": ident, "now": current[ident], "before": seen.get(ident)})
+        seen.update(current)
+        write_atomic(self.file, msgpack.packb({"format": _FORMAT, "seen": seen, "last": last}))
+
+    def last_build(self) -> list[Entry]:
+        _, last = self._load()
+        entries = []
+        for item in last:
+            label, mnemonic, output = str(item["id"]).split("|", 2)
+            now, before = item["now"], item["before"]
+            assert isinstance(now, dict)
+            entries.append(Entry(label, mnemonic, output, now, before if isinstance(before, dict) else None))
+        return entries
+
+
+def _short(digest: object) -> str:
+    return f"{str(digest)[:8]}…" if digest is not None else "none"
+
+
+def reasons(entry: Entry) -> list[str]:
+    """Why the action ran, one phrase per difference from its previous material."""
+    before, now = entry.before, entry.now
+    if before is None:
+        return ["first build"]
+    found: list[str] = []
+    if before.get("version") != now.get("version"):
+        found.append(f"implementation version changed ({before.get('version')} -> {now.get('version')})")
+    for kind, noun in (("inputs", "input"), ("params", "parameter"), ("tools", "tool")):
+        old, new = before.get(kind) or {}, now.get(kind) or {}
+        assert isinstance(old, dict) and isinstance(new, dict)
+        for name in sorted(set(old) | set(new)):
+            shown = f"'{name}'" if kind == "params" else name
+            if name not in old:
+                found.append(f"{noun} {shown} added")
+            elif name not in new:
+                found.append(f"{noun} {shown} removed")
+            elif old[name] != new[name] and kind == "params":  # digests of values say nothing
+                found.append(f"{noun} {shown} changed")
+            elif old[name] != new[name]:
+                found.append(f"{noun} {shown} changed ({_short(old[name])} -> {_short(new[name])})")
+    if before.get("command") != now.get("command"):
+        found.append("command changed")
+    return found or ["nothing in its key changed (its result was no longer in the cache)"]
+
+
+def explain(entries: Iterable[Entry], labels: set[str]) -> list[str]:
+    """Lines for the entries owned by `labels`, in a stable order."""
+    lines: list[str] = []
+    for entry in sorted(entries, key=lambda e: (e.label, e.mnemonic, e.output)):
+        if entry.label in labels:
+            lines.extend(f"{entry.mnemonic} {entry.label}: {reason}" for reason in reasons(entry))
+    return lines

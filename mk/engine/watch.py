@@ -1,0 +1,176 @@
+"""`mk watch`: rebuild whenever something the targets depend on changes.
+
+The watch set is what the last analysis looked at (BUILD, .bzl and mk.toml files, folders it
+listed for glob() or //...) plus the source files the kept actions read. Folders are watched,
+not files (one inotify watch each); events for paths outside the set are dropped. The set is
+recomputed after every build, so an edited BUILD file adds or drops what it names.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from mk.cache.local import LocalCache
+from mk.engine.build import BuildOptions, BuildResult, analyse, build
+from mk.engine.errors import MkError
+from mk.engine.graph_cache import GraphCache
+from mk.engine.workspace import Workspace
+
+DEBOUNCE_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class WatchSet:
+    files: frozenset[str]  # absolute paths whose content (or existence) matters
+    folders: frozenset[str]  # absolute paths of folders whose list of entries matters
+
+    def folders_to_watch(self) -> set[str]:
+        wanted = {os.path.dirname(f) for f in self.files} | set(self.folders)
+        return {_existing_ancestor(folder) for folder in wanted}
+
+    def relevant(self, path: str, entries_changed: bool) -> bool:
+        return path in self.files or (entries_changed and os.path.dirname(path) in self.folders)
+
+
+def _existing_ancestor(folder: str) -> str:
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def watch_set(workspace: Workspace, cache: LocalCache, patterns: Sequence[str]) -> WatchSet | None:
+    """What the last build of `patterns` depended on, or None when it never got through analysis."""
+    graph_cache = GraphCache(cache.root, workspace.root, list(patterns))
+    observed = graph_cache.observed()
+    if observed is None:
+        return None
+    try:
+        graph = analyse(workspace, graph_cache, patterns)  # the cached graph: nothing changed since
+    except MkError:
+        return None
+    root = str(workspace.root)
+    files = {f"{root}/{s.path}" for s in graph.sources}
+    folders = set()
+    for path, whole in observed.items():
+        if whole and os.path.isdir(path):
+            folders.add(path)
+        else:
+            files.add(path)
+    return WatchSet(frozenset(files), frozenset(folders))
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, changes: queue.Queue[tuple[str, bool]]) -> None:
+        self.changes = changes
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if event.is_directory and event.event_type == "modified":
+            return
+        entries_changed = event.event_type in ("created", "deleted", "moved")
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if path:
+                self.changes.put((os.fsdecode(path), entries_changed))
+
+
+class Watcher:
+    def __init__(self, workspace: Workspace, cache: LocalCache, patterns: Sequence[str], jobs: int,
+                 out: TextIO = sys.stdout, after_success: Callable[[BuildResult], None] | None = None) -> None:
+        self.workspace, self.cache, self.patterns, self.jobs, self.out = workspace, cache, patterns, jobs, out
+        self.after_success = after_success  # `mk watch --run`: reboot the VM
+        self.changes: queue.Queue[tuple[str, bool]] = queue.Queue()
+        self.observer = Observer()
+        self.watches: dict[str, object] = {}
+        self.current: WatchSet | None = None
+        self.ignored = (str(workspace.output_dir) + os.sep, str(cache.root) + os.sep)
+
+    def say(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def run(self) -> None:
+        self.observer.start()
+        try:
+            self.rebuild()
+            while True:
+                changed = self.wait_for_changes()
+                shown = sorted(os.path.relpath(p, self.workspace.root) for p in changed)
+                self.say(f"mk watch: changed {', '.join(shown)}")
+                self.rebuild()
+        finally:
+            self.observer.stop()
+            self.observer.join()
+
+    def rebuild(self) -> None:
+        started = time.perf_counter()
+        try:
+            result = build(self.workspace, self.cache, self.patterns, BuildOptions(jobs=self.jobs))
+        except MkError as e:
+            print(str(e), file=sys.stderr, flush=True)
+            self.say("mk watch: build failed; waiting for the next change")
+        else:
+            for _action, error in result.schedule.failures:
+                print(error if isinstance(error, MkError) else f"error: {error}", file=sys.stderr, flush=True)
+            ran = [o.action.describe() for o in result.schedule.outcomes if o.status == "executed"]
+            self.say(result.summary.line())
+            self.say(f"mk watch: ran {', '.join(sorted(ran))}" if ran else "mk watch: nothing ran")
+            state = "failed" if result.schedule.failures else "done"
+            self.say(f"mk watch: {state} in {time.perf_counter() - started:.2f} s")
+            if not result.schedule.failures and self.after_success is not None:
+                self.after_success(result)  # a failed build leaves the previous VM running
+        self.rewatch()
+
+    def rewatch(self) -> None:
+        """Watch what the last build depended on (the previous set if analysis failed)."""
+        new = watch_set(self.workspace, self.cache, self.patterns)
+        if new is not None:
+            self.current = new
+        if self.current is None:
+            self.current = WatchSet(frozenset({str(self.workspace.root / "mk.toml")}), frozenset())
+        wanted = self.current.folders_to_watch()
+        for folder in set(self.watches) - wanted:
+            self.observer.unschedule(self.watches.pop(folder))  # type: ignore[arg-type]
+        for folder in sorted(wanted - set(self.watches)):
+            self.watches[folder] = self.observer.schedule(_Handler(self.changes), folder, recursive=False)
+        self.say(f"mk watch: watching {len(self.current.files)} files in {len(self.watches)} folders; "
+                 "Ctrl-C stops")
+
+    def _relevant(self, path: str, entries_changed: bool) -> bool:
+        if path.startswith(self.ignored) or self.current is None:
+            return False
+        return self.current.relevant(path, entries_changed)
+
+    def wait_for_changes(self) -> set[str]:
+        """Block until something relevant changes, then until things are quiet for a moment."""
+        changed: set[str] = set()
+        while not changed:
+            try:
+                path, entries = self.changes.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if self._relevant(path, entries):
+                changed.add(path)
+        while True:
+            try:
+                path, entries = self.changes.get(timeout=DEBOUNCE_SECONDS)
+            except queue.Empty:
+                return changed
+            if self._relevant(path, entries):
+                changed.add(path)
+
+
+def watch(
+    workspace: Workspace, cache: LocalCache, patterns: Sequence[str], jobs: int,
+    after_success: Callable[[BuildResult], None] | None = None,
+) -> None:
+    Watcher(workspace, cache, patterns, jobs, after_success=after_success).run()
+
