@@ -238,11 +238,14 @@ def _attempt(
 def _record_explain(
     cache: LocalCache, workspace: Workspace, schedule: ScheduleResult, tools: dict[str, str]
 ) -> None:
-    """Remember the key material of what this build considered, for `mk explain`."""
-    considered = [o.action for o in schedule.outcomes] + [a for a, _ in schedule.failures]
+    """Remember the key material of what this build considered, for `mk explain`.
+
+    A build that ran nothing records nothing: a no-op build must stay cheap, so `mk explain`
+    speaks of the last build that ran something."""
     executed = [o.action for o in schedule.outcomes if o.status == "executed"] + [a for a, _ in schedule.failures]
-    if not considered:
+    if not executed:
         return
+    considered = [o.action for o in schedule.outcomes] + [a for a, _ in schedule.failures]
     log = ExplainLog(cache.root, workspace.root)
     log.record(((a, material(a, schedule.files, tools)) for a in considered), executed)
 

@@ -277,7 +277,7 @@ def watch(targets: tuple[str, ...], jobs: int, run_vm: bool, publish: tuple[str,
 @cli.command()
 @click.argument("target")
 def explain(target: str) -> None:
-    """Say why each action of TARGET's closure ran in the last build."""
+    """Say why each action of TARGET's closure ran in the last build that ran something."""
     from mk.engine import query as q
     from mk.engine.analysis import Analyzer
     from mk.engine.explain import ExplainLog
