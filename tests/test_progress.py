@@ -34,6 +34,18 @@ def test_live_view_shows_running_actions_and_counts() -> None:
     assert "\x1b[" in drawn  # drawn with terminal control sequences, not plain lines
 
 
+def test_live_view_shows_the_bytes_the_remote_cache_moved() -> None:
+    from mk.cache.remote import TransferStats
+
+    stats = TransferStats(hits=3, blobs_down=2, bytes_down=3 << 20)
+    screen = io.StringIO()
+    reporter = Reporter(1, None, stream=screen, live=True, transfer=stats.brief)
+    reporter.started(action("fetch"))
+    time.sleep(0.4)
+    reporter.close()
+    assert "remote cache: 3 hits, down 3.0 MiB (2 blobs), up 0 B (0 blobs)" in screen.getvalue()
+
+
 def test_plain_lines_when_not_a_terminal(workspace: WorkspaceFactory) -> None:
     ws = workspace({"p/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo a > $@")\n'})
     result = ws.mk("build", "//p:a")

@@ -104,6 +104,11 @@ class TransferStats:
     results_up: int = 0
     errors: list[str] = field(default_factory=list)
 
+    def brief(self) -> str:
+        """For the live progress view: the bytes moved so far."""
+        return (f"remote cache: {self.hits} hits, down {_human(self.bytes_down)} ({self.blobs_down} blobs), "
+                f"up {_human(self.bytes_up)} ({self.blobs_up} blobs)")
+
     def line(self, url: str) -> str:
         return (
             f"mk: remote cache {url}: {self.hits} hits, {self.misses} misses, {self.rejected} rejected; "

@@ -210,7 +210,8 @@ def _attempt(
     tool_digests = {t: _tool_digest(stats, t) for t in tools}
     executor = Executor(cache, workspace.root, _source_urls(workspace))
     rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force, remote=remote)
-    reporter = Reporter(len(graph.actions), options.events, profiler=options.profiler)
+    transfer = remote.stats.brief if remote is not None else None
+    reporter = Reporter(len(graph.actions), options.events, profiler=options.profiler, transfer=transfer)
     try:
         schedule = run_actions(
             graph.actions, sources, rebuilder, options.jobs, options.keep_going,

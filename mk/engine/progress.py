@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
@@ -18,11 +19,12 @@ _SHOWN = 8  # running actions listed; more are counted
 
 
 class LiveProgress:
-    def __init__(self, total: int, stream: TextIO) -> None:
+    def __init__(self, total: int, stream: TextIO, transfer: Callable[[], str] | None = None) -> None:
         from rich.console import Console
         from rich.live import Live
 
         self.total = total
+        self.transfer = transfer  # the remote cache's bytes so far, when there is one
         self.running: dict[int, tuple[str, float]] = {}
         self.executed = self.cached = 0
         self._lock = threading.Lock()
@@ -57,4 +59,6 @@ class LiveProgress:
                 text.append(f"  {name}  {now - started:5.1f} s\n")
             if len(self.running) > _SHOWN:
                 text.append(f"  ... and {len(self.running) - _SHOWN} more\n")
+            if self.transfer is not None:
+                text.append(f"{self.transfer()}\n")
         return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
@@ -43,7 +44,7 @@ class Reporter:
 
     def __init__(
         self, total_actions: int, events: TextIO | None, stream: TextIO = sys.stderr, profiler: Profiler | None = None,
-        live: bool | None = None,
+        live: bool | None = None, transfer: Callable[[], str] | None = None,
     ) -> None:
         self.total = total_actions
         self.profiler = profiler
@@ -53,6 +54,7 @@ class Reporter:
         self._lock = threading.Lock()
         self._live_wanted = stream.isatty() if live is None else live
         self._live: LiveProgress | None = None
+        self._transfer = transfer
 
     def started(self, action: Action) -> None:
         if self.profiler is not None:
@@ -62,7 +64,7 @@ class Reporter:
                 if self._live is None:
                     from mk.engine.progress import LiveProgress
 
-                    self._live = LiveProgress(self.total, self.stream)
+                    self._live = LiveProgress(self.total, self.stream, self._transfer)
                     self._live.executed, self._live.cached = 0, self.done
                 self._live.started(action)
             else:
