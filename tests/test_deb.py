@@ -161,7 +161,7 @@ def test_tampered_index_is_refused(workspace: WorkspaceFactory, tmp_path: Path) 
         (repo.root / "dists/bookworm/main/binary-amd64" / name).write_bytes(b"Package: evil\n")
     result = deb_workspace(workspace, repo).mk("lock", "//os:base")
     assert result.code == 2
-    assert "main/binary-amd64/Packages.gz: got 14 bytes, expected" in result.err or "sha256 is" in result.err
+    assert "main/binary-amd64/Packages.gz: got 14 bytes, expected " in result.err
 
 
 @pytest.mark.parametrize(
@@ -186,7 +186,7 @@ def test_malicious_packages_are_refused(workspace: WorkspaceFactory, tmp_path: P
     assert result.code == 1, result
     assert "error: DebExtract //os:base failed: app_1.0_amd64.deb (data.tar.xz): " in result.err
     assert message in result.err
-    assert not list(tmp_path.rglob("evil")) or all(p.is_dir() for p in tmp_path.rglob("evil"))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p.name in ("evil", "shadow")]  # nothing escaped
     assert not (ws.root / "mk-out/os/base.tree").exists()
 
 
