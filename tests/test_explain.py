@@ -13,6 +13,7 @@ from mk.cache.local import LocalCache
 from mk.cache.stat_cache import StatCache
 from mk.engine.build import BuildOptions, build
 from mk.engine.workspace import find_workspace
+from mk.rules.families import registry
 
 BUILD = textwrap.dedent("""
     genrule(name = "a", srcs = ["a.txt"], outs = ["a.out"], cmd = "cp $< $@")
@@ -72,13 +73,13 @@ def test_changed_command_and_parameter(ws: Workspace) -> None:
 def test_changed_host_tool(ws: Workspace, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workspace = find_workspace(ws.root)
     cache = LocalCache(cache_dir)
-    build(workspace, cache, ["//pkg:a"], BuildOptions(jobs=1))
+    build(workspace, cache, ["//pkg:a"], BuildOptions(jobs=1), registry())
 
     def other_bash(stats: StatCache, tool: str) -> str:
         return "f" * 64
 
     monkeypatch.setattr(mk.engine.build, "_tool_digest", other_bash)
-    build(workspace, cache, ["//pkg:a"], BuildOptions(jobs=1))
+    build(workspace, cache, ["//pkg:a"], BuildOptions(jobs=1), registry())
     [line] = explain(ws, "//pkg:a")
     assert line.startswith("Genrule //pkg:a: tool /")
     assert line.endswith("changed (" + line.split("(")[1].split(" ")[0] + " -> ffffffff…)")

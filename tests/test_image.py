@@ -13,8 +13,8 @@ import zstandard
 from conftest import MK, WorkspaceFactory, mk_env
 from debrepo import Deb, Member, Repo
 
-from mk.engine import vm
 from mk.engine.errors import MkError
+from mk.rules import qemu as vm
 from mk.rules.kernel import modinfo_depends
 
 RELEASE = "6.1.0-1-test"

@@ -10,13 +10,14 @@ from conftest import MK, WorkspaceFactory, mk_env
 
 from mk.cache.action_cache import ActionResult
 from mk.engine.actions import Action, Artifact
+from mk.engine.keys import KeyMaterial
 from mk.engine.labels import Label
 from mk.engine.rebuilder import Outcome
 from mk.engine.report import Reporter
 
 
 def action(name: str) -> Action:
-    return Action(Label("pkg", name), "Genrule", 1, (), (Artifact(f"pkg/{name}.out", False),))
+    return Action(Label("pkg", name), "Genrule", (), (Artifact(f"pkg/{name}.out", False),))
 
 
 def test_live_view_shows_running_actions_and_counts() -> None:
@@ -25,7 +26,7 @@ def test_live_view_shows_running_actions_and_counts() -> None:
     slow, quick = action("slow"), action("quick")
     reporter.started(slow)
     reporter.started(quick)
-    reporter.finished(Outcome(quick, "k" * 64, ActionResult((), 0, "0" * 64), "executed", "local", 0.1))
+    reporter.finished(Outcome(quick, KeyMaterial(quick.static, (), ()), ActionResult((), 0, "0" * 64), "executed", "local", 0.1))
     time.sleep(0.4)  # at least one refresh of the live view
     reporter.close()
     drawn = screen.getvalue()

@@ -16,6 +16,7 @@ from mk.cache.cas import digest_file
 from mk.cache.local import LocalCache
 from mk.engine.build import BuildOptions, build
 from mk.engine.workspace import find_workspace
+from mk.rules.families import registry
 
 EXIT_BUILD_FAILED = 1
 
@@ -120,7 +121,7 @@ def _count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
 
 def _build_in_process(ws: Workspace) -> tuple[int, int]:
-    result = build(find_workspace(ws.root), LocalCache(ws.cache_dir), EVERYTHING, BuildOptions(jobs=2))
+    result = build(find_workspace(ws.root), LocalCache(ws.cache_dir), EVERYTHING, BuildOptions(jobs=2), registry())
     assert not result.schedule.failures
     return result.summary.executed, result.summary.cached_local
 

@@ -550,7 +550,7 @@ def test_no_http_or_crypto_import_without_network_use(
     """A build that needs nothing from the network loads neither urllib3 nor cryptography."""
     build(examples, tmp_path / "A", writer(served.url, keys))
     probe = (
-        "import sys\nfrom mk.engine.cli import main\n"
+        "import sys\nfrom mk.cli import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print('loaded:', 'urllib3' in sys.modules, 'cryptography' in sys.modules)\n"
     )

@@ -151,13 +151,12 @@ def test_run_reboots_the_vm_after_each_good_rebuild(workspace: WorkspaceFactory,
     qemu.write_text(f"#!/bin/sh\necho \"start $$ $*\" >> {log}\ntrap 'echo \"stop $$\" >> {log}; exit 0' TERM\n"
                     "while :; do sleep 0.1; done\n")
     qemu.chmod(0o755)
+    # A real image target (what --run starts is decided by its ImageInfo provider), made offline:
+    # its "kernel" and "busybox" are the motd file.
     image = textwrap.dedent("""
-        genrule(
-            name = "vm",
-            srcs = ["motd"],
-            outs = ["vm/kernel", "vm/initrd.img", "vm/cmdline"],
-            cmd = "cp $< pkg/vm/kernel; cp $< pkg/vm/initrd.img; echo console=ttyS0 > pkg/vm/cmdline",
-        )
+        layer(name = "base", files = {"/usr/bin/busybox": "motd", "/boot/vmlinuz-6.1.0-mk": "motd"})
+        kernel(name = "k", packages = ":base")
+        image(name = "vm", kernel = ":k", base = [":base"])
     """)
     ws = workspace({"pkg/BUILD": image, "pkg/motd": "one\n"})
     ws.age_sources()
@@ -181,7 +180,7 @@ def test_run_reboots_the_vm_after_each_good_rebuild(workspace: WorkspaceFactory,
         wait_for(lambda: len(starts()) == 2)
         first_pid = starts()[0].split()[1]
         assert f"stop {first_pid}" in log.read_text()  # the old VM was stopped before the new one
-        ws.write("pkg/BUILD", "genrule(name = \"vm\", srcs = [\"motd\"]\n")  # broken: no reboot
+        ws.write("pkg/BUILD", "image(name = \"vm\", kernel = \":k\"\n")  # broken: no reboot
         time.sleep(2)
         assert len(starts()) == 2
     finally:

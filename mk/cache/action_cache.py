@@ -16,15 +16,23 @@ from typing import NamedTuple
 
 import msgpack
 
+from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.cache.fsutil import write_atomic
+from mk.cache.tree import Tree, TreeError
+
+# An action result is small; anything bigger is not one (a remote or a server must refuse it).
+MAX_RESULT_BYTES = 16 << 20
 
 
 class OutputFile(NamedTuple):
-    """A named tuple rather than a dataclass: a no-op build makes one per output, and this is faster."""
+    """A named tuple rather than a dataclass: a no-op build makes one per output, and this is faster.
+
+    `tree`: the blob is a tree manifest, and the result also needs the blobs of its files."""
 
     path: str
     digest: str
     executable: bool
+    tree: bool = False
 
 
 @dataclass(frozen=True)
@@ -36,19 +44,39 @@ class ActionResult:
     def encode(self) -> bytes:
         packed: bytes = msgpack.packb(
             {
-                "outputs": [[o.path, o.digest, o.executable] for o in self.outputs],
+                "outputs": [[o.path, o.digest, o.executable, o.tree] for o in self.outputs],
                 "exit_code": self.exit_code,
                 "log": self.log_digest,
             }
         )
         return packed
 
+    def blobs(self, cas: ContentStore, log: bool = True) -> list[str]:
+        """Every blob this result needs: its outputs, its log, and the files of each tree it output
+        (a layer's file contents are not outputs themselves, but the layer is useless without
+        them). A tree that cannot be read adds nothing: its own digest, listed, is then found
+        missing or bad."""
+        digests = [o.digest for o in self.outputs] + ([self.log_digest] if log else [])
+        for output in self.outputs:
+            if output.tree and cas.has(output.digest):
+                try:
+                    digests += [e.digest for e in Tree.decode(cas.read_bytes(output.digest)).files()]
+                except (TreeError, CorruptBlobError, MissingBlobError):
+                    continue
+        return digests
+
+    def complete(self, cas: ContentStore) -> bool:
+        """Whether every blob it needs is in the store: its outputs, and the files of its trees
+        (those may also be on the remote cache the store reads from, if it has one)."""
+        outputs = {o.digest for o in self.outputs}
+        return all(cas.has(d) if d in outputs else cas.obtainable(d) for d in self.blobs(cas, log=False))
+
     @staticmethod
     def decode(data: bytes) -> ActionResult:
         """Parse an entry; raises ValueError on anything malformed (it may come from a remote)."""
         try:
             raw = msgpack.unpackb(data)
-            outputs = tuple(OutputFile(str(p), _hex(d), bool(x)) for p, d, x in raw["outputs"])
+            outputs = tuple(OutputFile(str(p), _hex(d), bool(x), bool(t)) for p, d, x, t in raw["outputs"])
             return ActionResult(outputs, int(raw["exit_code"]), _hex(raw["log"]))
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
             raise ValueError(f"malformed action result: {e}") from None

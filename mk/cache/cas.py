@@ -78,23 +78,14 @@ def digest_file(path: str | Path) -> str:
 
 
 class ContentStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, fetcher: BlobFetcher | None = None) -> None:
         self.root = root / "cas"
         self._prefix = str(self.root) + "/"  # plain strings: this is the no-op build's hot path
-        self.fetcher: BlobFetcher | None = None  # a remote cache: blobs missing here are read from it
-        self.written: list[str] | None = None  # set on a tracking() view: every digest put through it
+        self.fetcher = fetcher  # a remote cache: blobs missing here are read from it
 
-    def tracking(self) -> ContentStore:
-        """A view of this store that records in `written` the digest of every blob put through it
-        (whether or not it was already here), so an action's blobs can all be uploaded."""
-        view = ContentStore(self.root.parent)
-        view.fetcher = self.fetcher
-        view.written = []
-        return view
-
-    def _record(self, digest: str) -> None:
-        if self.written is not None:
-            self.written.append(digest)
+    def with_fetcher(self, fetcher: BlobFetcher) -> ContentStore:
+        """The same store, reading blobs it lacks from `fetcher` (a build's remote cache)."""
+        return ContentStore(self.root.parent, fetcher)
 
     def prefetch(self, digests: Iterable[str]) -> None:
         """Fetch missing blobs from the remote in parallel before they are read one by one."""
@@ -112,12 +103,16 @@ class ContentStore:
     def has(self, digest: str) -> bool:
         return os.path.isfile(self._where(digest))
 
+    def obtainable(self, digest: str) -> bool:
+        """Here, or possibly on the remote cache this store reads from (checked when it is read:
+        a build that finds it missing there rebuilds what made it)."""
+        return self.fetcher is not None or self.has(digest)
+
     def put_bytes(self, data: bytes) -> str:
         digest = digest_bytes(data)
         if not self.has(digest):
             with atomic_writer(self.path(digest)) as out:
                 out.write(_zstd().ZstdCompressor(level=_ZSTD_LEVEL).compress(data))
-        self._record(digest)
         return digest
 
     def put_file(self, source: Path) -> str:
@@ -126,7 +121,6 @@ class ContentStore:
         if not self.has(digest):
             with open(source, "rb") as src, atomic_writer(self.path(digest)) as out:
                 _streaming_compressor().copy_stream(src, out)
-        self._record(digest)
         return digest
 
     def put_stream(self, source: BinaryIO) -> tuple[str, int]:
@@ -157,7 +151,6 @@ class ContentStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
-        self._record(digest)
         return digest, size
 
     def put_compressed(self, digest: str, compressed: bytes) -> None:

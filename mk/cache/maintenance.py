@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mk.cache.action_cache import ActionResult
-from mk.cache.cas import CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
-from mk.cache.tree import Tree, TreeError
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
             st = path.stat()
             files.append((st.st_mtime_ns, st.st_size, path))
             result = cache.ac.get(key)
-            for digest in _blobs_of(cache, result) if result else []:
+            for digest in result.blobs(cache.cas) if result else []:
                 last_used[digest] = max(last_used.get(digest, 0), st.st_mtime_ns)
         for path in _remote_results(cache):  # their blobs may be only on the remote: nothing to check
             st = path.stat()
@@ -87,7 +85,7 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
             removed += 1
         for key in list(cache.ac.all_keys()):
             result = cache.ac.get(key)
-            if result is None or not all(cache.cas.has(d) for d in _blobs_of(cache, result, log=False)):
+            if result is None or not result.complete(cache.cas):
                 path = cache.ac.path(key)
                 with contextlib.suppress(FileNotFoundError):
                     size = path.stat().st_size
@@ -111,26 +109,13 @@ def verify(cache: LocalCache) -> VerifyReport:
         for key in list(cache.ac.all_keys()):
             try:
                 result = ActionResult.decode(cache.ac.path(key).read_bytes())
-                intact = all(cache.cas.has(o.digest) for o in result.outputs)
+                intact = result.complete(cache.cas)
             except ValueError:
                 intact = False
             if not intact:
                 broken.append(key)
                 cache.ac.delete(key)
         return VerifyReport(checked, tuple(corrupt), tuple(broken))
-
-
-def _blobs_of(cache: LocalCache, result: ActionResult, log: bool = True) -> list[str]:
-    """Every blob a result needs: its outputs, its log, and the files of any tree it output
-    (a layer's file contents are not outputs themselves, but the layer is useless without them)."""
-    digests = [o.digest for o in result.outputs] + ([result.log_digest] if log else [])
-    for output in result.outputs:
-        if output.path.endswith(".tree") and cache.cas.has(output.digest):
-            try:
-                digests += [e.digest for e in Tree.decode(cache.cas.read_bytes(output.digest)).files()]
-            except (TreeError, CorruptBlobError, MissingBlobError):
-                continue
-    return digests
 
 
 def _remove_temp_files(cache: LocalCache) -> tuple[int, int]:

@@ -34,18 +34,17 @@ from typing import TYPE_CHECKING, TextIO
 
 import blake3
 
-from mk.cache.action_cache import ActionCache, ActionResult
+from mk.cache.action_cache import MAX_RESULT_BYTES, ActionCache, ActionResult
 from mk.cache.cas import CorruptBlobError
 from mk.cache.local import LocalCache
 from mk.cache.signing import PublicKey, SecretKey, UntrustedResultError, sign, verify
+from mk.cache.units import human_size
 
 if TYPE_CHECKING:
     import concurrent.futures as cf
 
     from mk.cache.http import HttpStore
 
-# An action result is small; anything bigger is not one.
-_MAX_RESULT_BYTES = 16 << 20
 # Blobs smaller than this are PUT without asking first (a HEAD costs as much as the upload).
 _HEAD_FIRST_BYTES = 256 << 10
 
@@ -106,14 +105,14 @@ class TransferStats:
 
     def brief(self) -> str:
         """For the live progress view: the bytes moved so far."""
-        return (f"remote cache: {self.hits} hits, down {_human(self.bytes_down)} ({self.blobs_down} blobs), "
-                f"up {_human(self.bytes_up)} ({self.blobs_up} blobs)")
+        return (f"remote cache: {self.hits} hits, down {human_size(self.bytes_down)} ({self.blobs_down} blobs), "
+                f"up {human_size(self.bytes_up)} ({self.blobs_up} blobs)")
 
     def line(self, url: str) -> str:
         return (
             f"mk: remote cache {url}: {self.hits} hits, {self.misses} misses, {self.rejected} rejected; "
-            f"downloaded {self.blobs_down} blobs ({_human(self.bytes_down)}); "
-            f"uploaded {self.blobs_up} blobs ({_human(self.bytes_up)}) and {self.results_up} results"
+            f"downloaded {self.blobs_down} blobs ({human_size(self.bytes_down)}); "
+            f"uploaded {self.blobs_up} blobs ({human_size(self.bytes_up)}) and {self.results_up} results"
         )
 
 
@@ -214,7 +213,7 @@ class RemoteCache:
         from mk.cache.http import TransportError
 
         try:
-            envelope = self._client().get("ac", key, _MAX_RESULT_BYTES)
+            envelope = self._client().get("ac", key, MAX_RESULT_BYTES)
         except TransportError as e:
             self._trip(str(e))
             return None
@@ -374,13 +373,4 @@ class RemoteCache:
         if not (s.hits or s.misses or s.rejected or s.blobs_down or s.blobs_up or s.results_up or s.errors):
             return None
         return self.config.redact(s.line(self.config.url))
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
 

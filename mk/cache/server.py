@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from mk.cache.action_cache import MAX_RESULT_BYTES
 from mk.cache.cas import ContentStore, CorruptBlobError
 from mk.cache.fsutil import atomic_writer
 
 _ROUTE = re.compile(r"^(?:/[^?#]*)?/(cas|ac)/([0-9a-f]{64})$")
-_MAX_RESULT_BYTES = 16 << 20
 _CHUNK = 1 << 20
 _KINDS = ("cas", "ac")
 
@@ -193,7 +193,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         size = int(length)
         limit = self.server.options.max_size
-        if (kind == "ac" and size > _MAX_RESULT_BYTES) or (limit is not None and size > limit):
+        if (kind == "ac" and size > MAX_RESULT_BYTES) or (limit is not None and size > limit):
             self.close_connection = True
             self._reply(413, b"too large\n")
             return
@@ -226,7 +226,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         length = self.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) <= _MAX_RESULT_BYTES:
+        if length.isdigit() and int(length) <= MAX_RESULT_BYTES:
             with contextlib.suppress(OSError, EOFError):
                 for _ in self._body(int(length)):
                     pass

@@ -1,7 +1,7 @@
 """Remembers the digest of each source file against its (mtime_ns, size, inode, ctime_ns).
 
 A file is re-hashed only when that tuple changes, so a no-op build reads no file contents.
-An entry hashed within `_RACY_NS` of the file's mtime is not trusted next time: the file could
+An entry hashed within `RACY_NS` of the file's mtime is not trusted next time: the file could
 have been rewritten within one timestamp tick after we hashed it (git's "racily clean" case).
 """
 
@@ -18,7 +18,7 @@ import msgpack
 from mk.cache.cas import digest_file
 from mk.cache.fsutil import write_atomic
 
-_RACY_NS = 50_000_000
+RACY_NS = 50_000_000
 
 # path -> [mtime_ns, size, ino, ctime_ns, hashed_at_ns, digest, executable]
 _Entry = list[object]
@@ -58,7 +58,7 @@ class StatCache:
             and entry[2] == st.st_ino
             and entry[3] == st.st_ctime_ns
             and isinstance(entry[4], int)
-            and entry[4] - st.st_mtime_ns >= _RACY_NS
+            and entry[4] - st.st_mtime_ns >= RACY_NS
         ):
             return FileDigest(str(entry[5]), bool(entry[6]))
         hashed_at = time.time_ns()
@@ -70,17 +70,13 @@ class StatCache:
     def record_written(self, path: str | Path, digest: FileDigest) -> None:
         """Remember a file mk itself just wrote, so the next build need not read it back."""
         st = os.stat(path)
-        self._remember(str(path), st, st.st_mtime_ns + _RACY_NS, digest)
+        self._remember(str(path), st, st.st_mtime_ns + RACY_NS, digest)
 
     def _remember(self, key: str, st: os.stat_result, hashed_at: int, d: FileDigest) -> None:
         self._entries[key] = [
             st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, hashed_at, d.digest, d.executable
         ]
         self._dirty = True
-
-    def forget(self, path: str | Path) -> None:
-        if self._entries.pop(str(path), None) is not None:
-            self._dirty = True
 
     def save(self) -> None:
         if self._dirty:

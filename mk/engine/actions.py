@@ -1,32 +1,31 @@
-"""Actions: units of work with declared inputs and outputs, and their content-derived keys."""
+"""Actions: units of work with declared inputs and outputs (their keys are made in `keys`)."""
 
 from __future__ import annotations
 
 import functools
 import importlib
-import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import blake3
-import msgpack
-
 from mk.cache.cas import ContentStore
+from mk.cache.tree import Tree
+from mk.engine.keys import StaticMaterial, static_material
 from mk.engine.labels import Label
-
-# Bump when the meaning of a key changes (what goes into it, or how actions are executed).
-KEY_SCHEMA = 1
 
 Params = Mapping[str, object]
 
 
 @dataclass(frozen=True, order=True)
 class Artifact:
-    """A file, named by its path relative to the workspace root (sources and outputs alike)."""
+    """A file, named by its path relative to the workspace root (sources and outputs alike).
+
+    A tree artifact holds a tree manifest (see `mk.cache.tree`): its result then records that it
+    references the blobs of its files, which cache maintenance, verification and uploads follow."""
 
     path: str
     is_source: bool
+    is_tree: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,19 +42,43 @@ class ActionIO:
     scratch: Path
     source_url: Callable[[str], str]
 
+    def output(self, index: int = 0) -> Path:
+        """The path of the action's `index`-th declared output."""
+        return list(self.outputs.values())[index]
+
+    def string(self, key: str) -> str:
+        value = self.params[key]
+        assert isinstance(value, str), key
+        return value
+
+    def strings(self, key: str) -> list[str]:
+        value = self.params[key]
+        assert isinstance(value, list | tuple), key
+        return [str(v) for v in value]
+
+    def integer(self, key: str) -> int:
+        value = self.params[key]
+        assert isinstance(value, int), key
+        return value
+
+    def read_tree(self, path: str) -> Tree:
+        return Tree.decode(self.inputs[path].read_bytes())
+
+    def write_tree(self, tree: Tree, index: int = 0) -> None:
+        self.output(index).write_bytes(tree.encode())
+
 
 @dataclass(frozen=True)
 class Action:
     """Declared by a rule during analysis. Exactly one of `command` and `function` is set.
 
     `command` is an argv run in a scratch directory holding only the declared inputs;
-    `function` runs in-process. `version` names the implementation: change it whenever the
-    code behind `function` (or the way a rule builds `command`) changes meaning.
+    `function` runs in-process. The key covers the function's code (see `keys`), so text an
+    action writes must come through `params`, never from a module constant read at run time.
     """
 
     owner: Label
     mnemonic: str
-    version: int
     inputs: tuple[Artifact, ...]
     outputs: tuple[Artifact, ...]
     params: Params = field(default_factory=dict)
@@ -75,18 +98,12 @@ class Action:
         return (_restore_action, (state,))
 
     @functools.cached_property
-    def static_key(self) -> bytes:
+    def static(self) -> StaticMaterial:
         """The part of the key fixed at analysis time; computed once and kept with the graph."""
-        material = [
-            KEY_SCHEMA,
-            self.mnemonic,
-            self.version,
-            canonical(self.params),
-            list(self.command) if self.command is not None else None,
-            sorted(a.path for a in self.outputs),
-            platform_id(),
-        ]
-        return blake3.blake3(msgpack.packb(material)).digest()
+        function = self.function
+        if isinstance(function, LazyFunction):
+            function = function.resolve()
+        return static_material(self.mnemonic, function, self.params, self.command, tuple(a.path for a in self.outputs))
 
     @functools.cached_property
     def sorted_inputs(self) -> tuple[str, ...]:
@@ -99,9 +116,12 @@ class LazyFunction:
     def __init__(self, module: str, name: str) -> None:
         self.module, self.name = module, name
 
-    def __call__(self, io: ActionIO) -> None:
+    def resolve(self) -> Callable[[ActionIO], None]:
         function: Callable[[ActionIO], None] = getattr(importlib.import_module(self.module), self.name)
-        function(io)
+        return function
+
+    def __call__(self, io: ActionIO) -> None:
+        self.resolve()(io)
 
     def __reduce__(self) -> tuple[type[LazyFunction], tuple[str, str]]:
         return (LazyFunction, (self.module, self.name))
@@ -111,34 +131,3 @@ def _restore_action(state: dict[str, object]) -> Action:
     action = object.__new__(Action)
     action.__dict__.update(state)
     return action
-
-
-def canonical(value: object) -> object:
-    """A form of `value` whose msgpack encoding does not depend on dict insertion order."""
-    if isinstance(value, Mapping):
-        return [[str(k), canonical(value[k])] for k in sorted(value, key=str)]
-    if isinstance(value, list | tuple):
-        return [canonical(v) for v in value]
-    if isinstance(value, Label):
-        return str(value)
-    return value
-
-
-def platform_id() -> str:
-    return f"linux-{platform.machine()}"
-
-
-def action_key(
-    action: Action, input_digests: Mapping[str, str], tool_digests: Mapping[str, str]
-) -> str:
-    """blake3 over canonical msgpack of everything that can change an action's output.
-
-    Inputs enter by *content* digest, never by the key of the action that made them, so a
-    rebuilt input with unchanged bytes leaves this key unchanged (early cutoff).
-    """
-    material = [
-        action.static_key,
-        [[path, input_digests[path]] for path in action.sorted_inputs],
-        sorted(tool_digests.items()),
-    ]
-    return blake3.blake3(msgpack.packb(material)).hexdigest()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 from mk.engine.actions import Artifact
+from mk.engine.attrs import label_texts
 from mk.engine.errors import MkError
 from mk.engine.labels import Label, LabelError
 from mk.engine.loader import Loader
-from mk.engine.rule_api import AttrType, Dep, RuleContext
+from mk.engine.rule_api import Attr, Dep, Providers, RuleContext
 from mk.engine.targets import ConfiguredTarget, Target
 
 
@@ -30,19 +31,22 @@ class Analyzer:
         self._stack.append(label)
         try:
             deps = {
-                attr.name: [self._resolve(target, text) for text in _label_texts(target, attr.name, attr.type)]
+                attr.name: [self._checked(target, attr, self._resolve(target, text))
+                            for text in label_texts(target.attrs[attr.name])]
                 for attr in target.rule.attrs
-                if attr.type in _LABEL_TYPES
+                if attr.type.holds_labels
             }
             ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch, self.loader.read_source)
             try:
-                info = target.rule.analyze(ctx)
+                providers = Providers.of(target.rule.name, target.rule.analyze(ctx))
             except MkError as e:
                 raise MkError(e.message, e.location or target.location) from None
+            except ValueError as e:  # a value the rule cannot use, reported as the attribute checks do
+                raise MkError(f"{target.rule.name} {label}: {e}", target.location) from None
         finally:
             self._stack.pop()
         dep_labels = tuple(sorted({d.label for ds in deps.values() for d in ds if d.label}))
-        configured = ConfiguredTarget(target, info, tuple(ctx.actions), dep_labels)
+        configured = ConfiguredTarget(target, providers, tuple(ctx.actions), dep_labels)
         self.done[label] = configured
         return configured
 
@@ -69,7 +73,8 @@ class Analyzer:
             return Dep(text, None, (Artifact(path, is_source=True),))
         if label.name in pkg.targets:
             try:
-                return Dep(text, label, self.analyze(label).info.files)
+                providers = self.analyze(label).providers
+                return Dep(text, label, providers.default.files, providers)
             except MkError as e:
                 if e.location is None:
                     raise MkError(e.message, where) from None
@@ -93,23 +98,23 @@ class Analyzer:
             message = f"{target.rule.name} {target.label}: source file '{path}' does not exist"
         raise MkError(message, where)
 
+    def _checked(self, target: Target, attr: Attr, dep: Dep) -> Dep:
+        """`dep`, if it gives every provider `attr` requires; else an error naming both targets."""
+        missing = [p.__name__ for p in attr.providers if dep.providers is None or dep.providers.get(p) is None]
+        if not missing:
+            return dep
+        needs = " and ".join(missing)
+        if dep.providers is None:
+            what = f"'{dep.text}' is a file" if dep.label is None else f"'{dep.text}' is one output file of {dep.label}"
+            gives = f"{what}, which provides nothing"
+        else:
+            names = ", ".join(dep.providers.names()) or "only files"
+            gives = f"{dep.label} ({dep.providers.rule}) provides {names}"
+        raise MkError(f"{target.rule.name} {target.label}: attribute '{attr.name}' needs a target that provides "
+                      f"{needs}; {gives}", self.loader.find_string(target.location, dep.text))
+
     def _cycle(self, label: Label) -> MkError:
         cycle = [*self._stack[self._stack.index(label):], label]
         locations = {lbl: self.loader.package(lbl.package).targets[lbl.name].location for lbl in cycle}
         lines = [f"    {lbl}  ({locations[lbl]})" for lbl in cycle]
         return MkError("dependency cycle:\n" + "\n".join(lines), locations[label])
-
-
-_LABEL_TYPES = (AttrType.LABEL, AttrType.LABEL_LIST, AttrType.STRING_KEYED_LABEL_DICT)
-
-
-def _label_texts(target: Target, attr: str, kind: AttrType) -> list[str]:
-    """The label strings of an attribute; for a dict, its values in order."""
-    value = target.attrs[attr]
-    if kind is AttrType.LABEL:
-        return [value] if isinstance(value, str) and value else []
-    if kind is AttrType.STRING_KEYED_LABEL_DICT:
-        assert isinstance(value, dict)
-        return list(value.values())
-    assert isinstance(value, list)
-    return value

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from mk.cache.action_cache import RecentResults
-from mk.cache.cas import CorruptBlobError, MissingBlobError
+from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest, StatCache
 from mk.engine.actions import Action, Artifact
 from mk.engine.errors import Location, MkError
 from mk.engine.execute import Executor
-from mk.engine.explain import ExplainLog, material
+from mk.engine.explain import ExplainLog
 from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
 from mk.engine.outputs import place, up_to_date
 from mk.engine.rebuilder import Rebuilder
+from mk.engine.registry import Registry
 from mk.engine.report import Reporter, Summary
 from mk.engine.scheduler import ScheduleResult, run_actions
 from mk.engine.workspace import OUTPUT_DIR, Workspace
@@ -30,6 +30,7 @@ from mk.engine.workspace import OUTPUT_DIR, Workspace
 if TYPE_CHECKING:
     from mk.cache.remote import RemoteCache, RemoteConfig
     from mk.engine.profile import Profiler
+    from mk.engine.rule_api import Providers
     from mk.engine.targets import ConfiguredTarget
 
 # A corrupt blob found mid-build is deleted; the next attempt rebuilds whatever needed it.
@@ -52,6 +53,7 @@ class BuildResult:
     summary: Summary
     outputs: tuple[str, ...]  # relative to the workspace root
     schedule: ScheduleResult
+    providers: Mapping[str, Providers]  # of each requested target, by label
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,12 @@ class Graph:
     requested_files: tuple[Artifact, ...]
     actions: tuple[Action, ...]
     sources: tuple[SourceFile, ...]
+    providers: tuple[tuple[str, Providers], ...]  # of each requested target, by label
 
 
 def analyse(
-    workspace: Workspace, graph_cache: GraphCache, patterns: Sequence[str], groups: Sequence[str] = ()
+    workspace: Workspace, registry: Registry, graph_cache: GraphCache, patterns: Sequence[str],
+    groups: Sequence[str] = (),
 ) -> Graph:
     """The analysed graph, reused from the last build when no BUILD, .bzl or source moved.
 
@@ -84,7 +88,7 @@ def analyse(
     from mk.engine.analysis import Analyzer  # Starlark is needed only when the graph changed
     from mk.engine.loader import Loader
 
-    loader = Loader(workspace)
+    loader = Loader(workspace, registry.rules)
     analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
     labels: dict[Label, None] = {}
     for pattern in patterns:
@@ -104,20 +108,22 @@ def analyse(
     needed = _needed(requested_files, producers)
     actions = tuple(a for a in actions if id(a) in needed)
     for action in actions:  # computed now, so the cached graph carries them
-        _ = action.static_key, action.sorted_inputs
-    graph = Graph(len(targets), requested_files, actions, _source_files(targets, actions, requested_files))
+        _ = action.static, action.sorted_inputs
+    graph = Graph(len(targets), requested_files, actions, _source_files(targets, actions, requested_files),
+                  tuple((str(t.target.label), t.providers) for t in requested))
     graph_cache.save(graph, loader.observed)
     return graph
 
 
 def _files(configured: ConfiguredTarget, groups: Sequence[str]) -> list[Artifact]:
-    files = list(configured.info.files)
+    default = configured.providers.default
+    files = list(default.files)
     for group in groups:
-        if group not in configured.info.groups:
-            known = ", ".join(sorted(configured.info.groups)) or "none"
+        if group not in default.groups:
+            known = ", ".join(sorted(default.groups)) or "none"
             raise MkError(f"{configured.target.label} has no output group '{group}' (it has: {known})",
                           configured.target.location)
-        files += configured.info.groups[group]
+        files += default.groups[group]
     return files
 
 
@@ -140,7 +146,7 @@ def _source_files(
     used = {i.path for a in actions for i in a.inputs if i.is_source} | {f.path for f in requested if f.is_source}
     sources: dict[str, SourceFile] = {}
     for configured in targets:
-        for artifact in [i for a in configured.actions for i in a.inputs] + list(configured.info.files):
+        for artifact in [i for a in configured.actions for i in a.inputs] + list(configured.providers.default.files):
             if artifact.is_source and artifact.path in used and artifact.path not in sources:
                 target = configured.target
                 sources[artifact.path] = SourceFile(artifact.path, str(target.label), target.location)
@@ -148,11 +154,11 @@ def _source_files(
 
 
 def build(
-    workspace: Workspace, cache: LocalCache, patterns: Sequence[str], options: BuildOptions
+    workspace: Workspace, cache: LocalCache, patterns: Sequence[str], options: BuildOptions, registry: Registry
 ) -> BuildResult:
     started = time.perf_counter()
     graph_cache = GraphCache(cache.root, workspace.root, [*patterns, *(f"group:{g}" for g in options.output_groups)])
-    graph = analyse(workspace, graph_cache, patterns, options.output_groups)
+    graph = analyse(workspace, registry, graph_cache, patterns, options.output_groups)
     recent = RecentResults(graph_cache.results_file)
     cache.sweep_stale_scratch()
     stats = cache.stat_cache(workspace.root)
@@ -161,7 +167,8 @@ def build(
         try:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    schedule, outputs = _attempt(workspace, cache, stats, graph, recent, options, remote)
+                    schedule, outputs = _attempt(workspace, cache, stats, graph, recent, options, remote,
+                                                 registry.source_url(workspace.settings))
                     break
                 except (CorruptBlobError, MissingBlobError) as e:
                     if attempt == _ATTEMPTS:
@@ -179,7 +186,7 @@ def build(
         cached_remote=sum(o.status == "cached" and o.origin == "remote" for o in schedule.outcomes),
         seconds=time.perf_counter() - started,
     )
-    return BuildResult(summary, outputs, schedule)
+    return BuildResult(summary, outputs, schedule, dict(graph.providers))
 
 
 def _open_remote(cache: LocalCache, options: BuildOptions) -> RemoteCache | None:
@@ -188,14 +195,11 @@ def _open_remote(cache: LocalCache, options: BuildOptions) -> RemoteCache | None
         return None
     from mk.cache.remote import RemoteCache
 
-    remote = RemoteCache(options.remote, cache)
-    cache.cas.fetcher = remote
-    return remote
+    return RemoteCache(options.remote, cache)
 
 
 def _close_remote(cache: LocalCache, remote: RemoteCache) -> None:
     """Wait for the uploads (unless interrupted) and say what was transferred."""
-    cache.cas.fetcher = None
     remote.close(wait=not isinstance(sys.exc_info()[1], KeyboardInterrupt))
     if (line := remote.report()) is not None:
         print(line, file=sys.stderr)
@@ -203,12 +207,14 @@ def _close_remote(cache: LocalCache, remote: RemoteCache) -> None:
 
 def _attempt(
     workspace: Workspace, cache: LocalCache, stats: StatCache, graph: Graph, recent: RecentResults,
-    options: BuildOptions, remote: RemoteCache | None = None,
+    options: BuildOptions, remote: RemoteCache | None, source_url: Callable[[str], str],
 ) -> tuple[ScheduleResult, tuple[str, ...]]:
+    # Blobs missing here are read from the remote cache, if this build has one.
+    cas = cache.cas.with_fetcher(remote) if remote is not None else cache.cas
     sources = _hash_sources(workspace, stats, graph)
     tools = sorted({t for a in graph.actions for t in a.host_tools})
     tool_digests = {t: _tool_digest(stats, t) for t in tools}
-    executor = Executor(cache, workspace.root, _source_urls(workspace))
+    executor = Executor(cache, cas, workspace.root, source_url)
     rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force, remote=remote)
     transfer = remote.stats.brief if remote is not None else None
     reporter = Reporter(len(graph.actions), options.events, profiler=options.profiler, transfer=transfer)
@@ -222,7 +228,7 @@ def _attempt(
     if not schedule.failures and not options.force:
         recent.save({o.key: o.result for o in schedule.outcomes})
     if not options.force:
-        _record_explain(cache, workspace, schedule, tool_digests)
+        _record_explain(cache, workspace, schedule)
     corrupt = [e for _, e in schedule.failures if isinstance(e, CorruptBlobError | MissingBlobError)]
     if corrupt:
         raise corrupt[0]
@@ -230,15 +236,13 @@ def _attempt(
     if schedule.failures:  # --keep-going: still place what was built, as Bazel does
         artifacts = dict.fromkeys(a for a in artifacts if a.path in schedule.files)
     if remote is not None:  # download what must be placed in parallel, rather than one by one
-        cache.cas.prefetch(schedule.files[a.path].digest for a in artifacts if not a.is_source
+        cas.prefetch(schedule.files[a.path].digest for a in artifacts if not a.is_source
                            and not up_to_date(workspace.output_dir, a.path, schedule.files[a.path], stats))
-    outputs = tuple(_publish(workspace, cache, stats, schedule, a) for a in artifacts)
+    outputs = tuple(_publish(workspace, cas, stats, schedule, a) for a in artifacts)
     return schedule, outputs
 
 
-def _record_explain(
-    cache: LocalCache, workspace: Workspace, schedule: ScheduleResult, tools: dict[str, str]
-) -> None:
+def _record_explain(cache: LocalCache, workspace: Workspace, schedule: ScheduleResult) -> None:
     """Remember the key material of what this build considered, for `mk explain`.
 
     A build that ran nothing records nothing: a no-op build must stay cheap, so `mk explain`
@@ -246,32 +250,17 @@ def _record_explain(
     executed = [o.action for o in schedule.outcomes if o.status == "executed"] + [a for a, _ in schedule.failures]
     if not executed:
         return
-    considered = [o.action for o in schedule.outcomes] + [a for a, _ in schedule.failures]
-    log = ExplainLog(cache.root, workspace.root)
-    log.record(((a, material(a, schedule.files, tools)) for a in considered), executed)
+    ExplainLog(cache.root, workspace.root).record(schedule.considered, executed)
 
 
 def _publish(
-    workspace: Workspace, cache: LocalCache, stats: StatCache, schedule: ScheduleResult, artifact: Artifact
+    workspace: Workspace, cas: ContentStore, stats: StatCache, schedule: ScheduleResult, artifact: Artifact
 ) -> str:
     """Where the requested file can be found, relative to the workspace root."""
     if artifact.is_source:
         return artifact.path
-    place(workspace.output_dir, artifact.path, schedule.files[artifact.path], cache.cas, stats)
+    place(workspace.output_dir, artifact.path, schedule.files[artifact.path], cas, stats)
     return f"{OUTPUT_DIR}/{artifact.path}"
-
-
-def _source_urls(workspace: Workspace) -> Callable[[str], str]:
-    """Base URLs of download sources, found only if some action asks (reading apt sources costs)."""
-
-    @functools.cache
-    def lookup(name: str) -> str:
-        from mk.rules.deb.mirrors import find_mirrors
-
-        settings = workspace.settings
-        return find_mirrors(settings.debian_mirror, settings.debian_security_mirror).base(name)
-
-    return lookup
 
 
 def _hash_sources(workspace: Workspace, stats: StatCache, graph: Graph) -> dict[str, FileDigest]:

@@ -21,7 +21,8 @@ from mk.cache.action_cache import ActionResult, OutputFile
 from mk.cache.cas import ContentStore, digest_file
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest
-from mk.engine.actions import Action, ActionIO
+from mk.cache.tree import Tree, TreeError
+from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -66,22 +67,20 @@ class RunningProcesses:
 
 
 class Executor:
-    def __init__(self, cache: LocalCache, workspace_root: Path, source_url: Callable[[str], str]) -> None:
+    def __init__(
+        self, cache: LocalCache, cas: ContentStore, workspace_root: Path, source_url: Callable[[str], str]
+    ) -> None:
         self.cache = cache
+        self.cas = cas  # the local store, reading what it lacks from this build's remote cache (if any)
         self.root = workspace_root
         self.source_url = source_url
         self.processes = RunningProcesses()
 
-    def run(
-        self, action: Action, key: str, inputs: Mapping[str, FileDigest], written: list[str] | None = None
-    ) -> ActionResult:
-        """Run the action; with `written`, the digest of every blob it stored is appended there
-        (tree contents as well as outputs), so that all of them can be uploaded."""
-        store = self.cache.cas.tracking() if written is not None else self.cache.cas
+    def run(self, action: Action, key: str, inputs: Mapping[str, FileDigest]) -> ActionResult:
         with self.cache.scratch_dir(key[:20]) as scratch:
             execroot = scratch / "execroot"
             execroot.mkdir()
-            self.cache.cas.prefetch(inputs[a.path].digest for a in action.inputs if not a.is_source)
+            self.cas.prefetch(inputs[a.path].digest for a in action.inputs if not a.is_source)
             for artifact in action.inputs:
                 self._materialise(artifact.path, artifact.is_source, inputs[artifact.path], execroot)
             for artifact in action.outputs:
@@ -89,11 +88,9 @@ class Executor:
             if action.command is not None:
                 log = self._run_command(action, execroot, scratch)
             else:
-                log = self._run_function(action, execroot, scratch, store)
-            outputs = tuple(self._collect(action, a.path, execroot) for a in action.outputs)
-            if written is not None:
-                written.extend(store.written or ())
-            return ActionResult(outputs, 0, self.cache.cas.put_bytes(log))
+                log = self._run_function(action, execroot, scratch)
+            outputs = tuple(self._collect(action, a, execroot) for a in action.outputs)
+            return ActionResult(outputs, 0, self.cas.put_bytes(log))
 
     def _materialise(self, path: str, is_source: bool, want: FileDigest, execroot: Path) -> None:
         target = execroot / path
@@ -104,7 +101,7 @@ class Executor:
                 raise MkError(f"source file '{path}' changed while the build was running; run mk again")
         else:
             with open(target, "wb") as out:
-                self.cache.cas.copy_to(want.digest, out)
+                self.cas.copy_to(want.digest, out)
         os.chmod(target, 0o555 if want.executable else 0o444)
 
     def _run_command(self, action: Action, execroot: Path, scratch: Path) -> bytes:
@@ -151,7 +148,7 @@ class Executor:
             )
         return out + err
 
-    def _run_function(self, action: Action, execroot: Path, scratch: Path, store: ContentStore) -> bytes:
+    def _run_function(self, action: Action, execroot: Path, scratch: Path) -> bytes:
         assert action.function is not None
         work = scratch / "work"
         work.mkdir()
@@ -159,7 +156,7 @@ class Executor:
             inputs={a.path: execroot / a.path for a in action.inputs},
             outputs={a.path: execroot / a.path for a in action.outputs},
             params=action.params,
-            cas=store,
+            cas=self.cas,
             scratch=work,
             source_url=self.source_url,
         )
@@ -169,7 +166,8 @@ class Executor:
             raise ActionFailed(f"{action.describe()} failed: {e}") from e
         return b""
 
-    def _collect(self, action: Action, path: str, execroot: Path) -> OutputFile:
+    def _collect(self, action: Action, artifact: Artifact, execroot: Path) -> OutputFile:
+        path = artifact.path
         file = execroot / path
         try:
             st = os.lstat(file)
@@ -177,5 +175,20 @@ class Executor:
             raise ActionFailed(f"{action.describe()} did not create its declared output '{path}'") from None
         if not stat.S_ISREG(st.st_mode):
             raise ActionFailed(f"{action.describe()}: output '{path}' is not a regular file")
-        digest = self.cache.cas.put_file(file)
-        return OutputFile(path, digest, bool(st.st_mode & stat.S_IXUSR))
+        digest = self.cas.put_file(file)
+        output = OutputFile(path, digest, bool(st.st_mode & stat.S_IXUSR), artifact.is_tree)
+        if artifact.is_tree:
+            self._check_tree(action, output)
+        return output
+
+    def _check_tree(self, action: Action, output: OutputFile) -> None:
+        """A tree output must be a readable manifest whose every file is in the store: its result
+        is then complete, and everything it references can be uploaded and kept together."""
+        try:
+            tree = Tree.decode(self.cas.read_bytes(output.digest))
+        except TreeError as e:
+            raise ActionFailed(f"{action.describe()}: output '{output.path}' is not a tree: {e}") from None
+        missing = next((e.digest for e in tree.files() if not self.cas.obtainable(e.digest)), None)
+        if missing is not None:
+            raise ActionFailed(f"{action.describe()}: tree '{output.path}' names blob {missing}, "
+                               "which is not in the content store")

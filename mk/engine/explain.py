@@ -1,15 +1,15 @@
 """`mk explain`: why each action of the last build ran.
 
-After every build the key material of each action that executed (its input digests, the digest
-of each parameter, of its command, of the host tools, and its version) is recorded in a small
-msgpack file per workspace, together with the material the same action had the time before.
-An action is identified by owner label, mnemonic and first output path, which survive any
-change to what goes into its key. `mk explain` compares the two.
+After every build that ran something, the key material of each action it considered (the very
+`KeyMaterial` the rebuilder hashed into the key) is recorded in a small msgpack file per
+workspace, together with the material the same action had the time before. An action is
+identified by owner label, mnemonic and first output path, which survive any change to what
+goes into its key. `mk explain` compares the two, part by part.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,32 +17,16 @@ import blake3
 import msgpack
 
 from mk.cache.fsutil import write_atomic
-from mk.cache.stat_cache import FileDigest
-from mk.engine.actions import Action, canonical
+from mk.engine.actions import Action
+from mk.engine.keys import KeyMaterial
 
-_FORMAT = 1
+_FORMAT = 2
 Material = dict[str, object]
 
 
 def identity(action: Action) -> str:
     first = action.outputs[0].path if action.outputs else ""
     return f"{action.owner}|{action.mnemonic}|{first}"
-
-
-def _digest(value: object) -> str:
-    return blake3.blake3(msgpack.packb(canonical(value))).hexdigest()
-
-
-def material(action: Action, files: Mapping[str, FileDigest], tools: Mapping[str, str]) -> Material:
-    """What went into the action's key, in a form that can be compared part by part."""
-    return {
-        "version": action.version,
-        "inputs": {a.path: f"{files[a.path].digest}:{int(files[a.path].executable)}"
-                   for a in action.inputs if a.path in files},
-        "params": {str(k): _digest(v) for k, v in action.params.items()},
-        "command": _digest(list(action.command)) if action.command is not None else None,
-        "tools": {t: tools[t] for t in action.host_tools if t in tools},
-    }
 
 
 @dataclass(frozen=True)
@@ -71,10 +55,10 @@ class ExplainLog:
             pass
         return {}, []
 
-    def record(self, seen_now: Iterable[tuple[Action, Material]], executed: Iterable[Action]) -> None:
+    def record(self, seen_now: Iterable[tuple[Action, KeyMaterial]], executed: Iterable[Action]) -> None:
         """Remember this build: the material of every action it considered, and which ran."""
         seen, _ = self._load()
-        current = {identity(a): m for a, m in seen_now}
+        current = {identity(a): m.record() for a, m in seen_now}
         last = []
         for action in executed:
             ident = identity(action)
@@ -104,8 +88,10 @@ def reasons(entry: Entry) -> list[str]:
     if before is None:
         return ["first build"]
     found: list[str] = []
-    if before.get("version") != now.get("version"):
-        found.append(f"implementation version changed ({before.get('version')} -> {now.get('version')})")
+    if before.get("schema") != now.get("schema"):
+        found.append(f"key schema changed ({before.get('schema')} -> {now.get('schema')})")
+    if before.get("implementation") != now.get("implementation"):
+        found.append(_implementation_change(before.get("implementation"), now.get("implementation")))
     for kind, noun in (("inputs", "input"), ("params", "parameter"), ("tools", "tool")):
         old, new = before.get(kind) or {}, now.get(kind) or {}
         assert isinstance(old, dict) and isinstance(new, dict)
@@ -121,7 +107,18 @@ def reasons(entry: Entry) -> list[str]:
                 found.append(f"{noun} {shown} changed ({_short(old[name])} -> {_short(new[name])})")
     if before.get("command") != now.get("command"):
         found.append("command changed")
+    if before.get("outputs") != now.get("outputs"):
+        found.append("declared outputs changed")
+    if before.get("platform") != now.get("platform"):
+        found.append(f"platform changed ({before.get('platform')} -> {now.get('platform')})")
     return found or ["nothing in its key changed (its result was no longer in the cache)"]
+
+
+def _implementation_change(old: object, new: object) -> str:
+    if isinstance(old, list) and isinstance(new, list) and old[0] == new[0]:
+        return f"implementation {new[0]} changed ({_short(old[1])} -> {_short(new[1])})"
+    return f"implementation changed ({old[0] if isinstance(old, list) else 'a command'} -> " \
+        f"{new[0] if isinstance(new, list) else 'a command'})"
 
 
 def explain(entries: Iterable[Entry], labels: set[str]) -> list[str]:

@@ -18,8 +18,8 @@ from typing import TypeVar
 import blake3
 
 from mk.cache.fsutil import write_atomic
+from mk.cache.stat_cache import RACY_NS
 
-_RACY_NS = 50_000_000
 _FORMAT = 2
 Signature = tuple[int, ...] | None
 
@@ -96,7 +96,7 @@ class GraphCache:
         if version != _FORMAT or not isinstance(graph, kind) or code != _code_fingerprint():
             return None
         for path, (whole, signature) in seen.items():
-            if whole and signature is not None and signature[1] >= recorded_at - _RACY_NS:
+            if whole and signature is not None and signature[1] >= recorded_at - RACY_NS:
                 return None
             if _SIGNATURES[whole](path) != signature:
                 return None
@@ -114,6 +114,3 @@ class GraphCache:
             return {str(path): bool(whole) for path, (whole, _signature) in seen.items()}
         except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
             return None
-
-    def forget(self) -> None:
-        self.file.unlink(missing_ok=True)

@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import starlark as sl
 
+from mk.engine.attrs import output_names
 from mk.engine.errors import Location, MkError, did_you_mean
 from mk.engine.graph_cache import Observations
 from mk.engine.labels import Label, LabelError, Pattern
-from mk.engine.rule_api import AttrType, Rule
+from mk.engine.rule_api import Rule
 from mk.engine.targets import Target
 from mk.engine.workspace import MARKER, OUTPUT_DIR, Workspace
 from mk.globs import glob_regex
-from mk.rules import RULES
 
 BUILD_FILE = "BUILD"
 _FRAME = re.compile(r"^\s*\* (.+?):(\d+), in ", re.MULTILINE)
 # MULTILINE: an error raised inside a call comes after a "Traceback" block, not at the start.
 _STARLARK_SPAN = re.compile(r"^error: (.*?)\n\s*--> (.+?):(\d+):(\d+)", re.DOTALL | re.MULTILINE)
-_PRELUDE = "".join(
-    f"def {name}(**kwargs):\n    _mk_rule({name!r}, call_stack(strip_frames=1), kwargs)\n"
-    for name in sorted(RULES)
-)
+
+
+def _prelude(rules: Mapping[str, Rule]) -> str:
+    return "".join(f"def {name}(**kwargs):\n    _mk_rule({name!r}, call_stack(strip_frames=1), kwargs)\n"
+                   for name in sorted(rules))
 
 
 @dataclass
@@ -40,14 +42,15 @@ class Package:
 
 
 class Loader:
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, rules: Mapping[str, Rule]) -> None:
         self.root = workspace.root
+        self.rules = rules
         self.observed = Observations()
         self.observed.depends_on(workspace.root / MARKER)
         self._globals = sl.Globals.extended_by(
             [sl.LibraryExtension.StructType, sl.LibraryExtension.CallStack]
         )
-        self._prelude = sl.parse("<prelude>", _PRELUDE)
+        self._prelude = sl.parse("<prelude>", _prelude(rules))
         self._packages: dict[str, Package] = {}
         self._bzl_cache: dict[str, sl.FrozenModule] = {}
         self._lines: dict[str, list[str]] = {}
@@ -266,7 +269,7 @@ class Loader:
     def _rule_call(self, kind: str, stack: str, kwargs: dict[str, object]) -> None:
         location = self._call_location(stack)
         package = self._require_package(f"{kind}()")
-        rule = RULES[kind]
+        rule = self.rules[kind]
         name = kwargs.get("name")
         if not isinstance(name, str):
             raise self._fail(f"{kind}() needs a 'name' string attribute", location)
@@ -301,10 +304,15 @@ class Loader:
                 value = attr.default
             elif not attr.type.accepts(value):
                 raise self._fail(
-                    f"{rule.name} {label}: attribute '{attr.name}' must be a {attr.type.value}, "
+                    f"{rule.name} {label}: attribute '{attr.name}' must be a {attr.type.name}, "
                     f"got {_starlark_type(value)}",
                     location,
                 )
+            else:
+                try:
+                    value = attr.type.value_of(value)
+                except ValueError as e:
+                    raise self._fail(f"{rule.name} {label}: attribute '{attr.name}': {e}", location) from None
             attrs[attr.name] = value
         return attrs
 
@@ -321,14 +329,7 @@ class Loader:
 
 
 def _declared_outputs(rule: Rule, attrs: dict[str, object]) -> list[str]:
-    outs: list[str] = []
-    for attr in rule.attrs:
-        value = attrs[attr.name]
-        if attr.type is AttrType.OUTPUT and isinstance(value, str):
-            outs.append(value)
-        elif attr.type is AttrType.OUTPUT_LIST and isinstance(value, list):
-            outs.extend(value)
-    return outs
+    return [out for attr in rule.attrs if attr.type.holds_outputs for out in output_names(attrs[attr.name])]
 
 
 def _starlark_type(value: object) -> str:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Literal
 from mk.cache.action_cache import ActionResult, RecentResults
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest
-from mk.engine.actions import Action, action_key
+from mk.engine.actions import Action
 from mk.engine.execute import Executor
+from mk.engine.keys import KeyMaterial
 
 if TYPE_CHECKING:
     from mk.cache.remote import RemoteCache
@@ -23,11 +24,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Outcome:
     action: Action
-    key: str
+    material: KeyMaterial
     result: ActionResult
     status: Literal["executed", "cached"]
     origin: Literal["local", "remote"]
     seconds: float
+
+    @property
+    def key(self) -> str:
+        return self.material.key
 
 
 class Rebuilder:
@@ -47,12 +52,12 @@ class Rebuilder:
         self.force = force  # --check: run everything, whatever is cached
         self.remote = None if force else remote
 
-    def key(self, action: Action, inputs: Mapping[str, FileDigest]) -> str:
-        digests = {a.path: f"{inputs[a.path].digest}:{int(inputs[a.path].executable)}" for a in action.inputs}
-        tools = {t: self.tool_digests[t] for t in action.host_tools}
-        return action_key(action, digests, tools)
+    def material(self, action: Action, inputs: Mapping[str, FileDigest]) -> KeyMaterial:
+        files = tuple((path, f"{inputs[path].digest}:{int(inputs[path].executable)}") for path in action.sorted_inputs)
+        tools = tuple(sorted((t, self.tool_digests[t]) for t in action.host_tools))
+        return KeyMaterial(action.static, files, tools)
 
-    def cached(self, action: Action, key: str) -> Outcome | None:
+    def cached(self, action: Action, material: KeyMaterial) -> Outcome | None:
         """A result found without the network, or None.
 
         Either a local result whose every output blob is still present, or a result this machine
@@ -61,14 +66,21 @@ class Rebuilder:
         if self.force:
             return None
         started = time.perf_counter()
-        result = self._remembered(key) or self.cache.ac.get(key)
+        key = material.key
+        remembered = self._remembered(key)
+        result = remembered or self.cache.ac.get(key)
         if result is not None:
             # Blobs inherit recency from the results naming them (see cache.maintenance.gc).
             self.cache.ac.touch(key)
-            if all(self.cache.cas.has(o.digest) for o in result.outputs):
-                return Outcome(action, key, result, "cached", "local", time.perf_counter() - started)
+            # The last build's results were complete then; gc drops a result before any blob it
+            # needs, so only the outputs are checked for them. Any other result is checked whole,
+            # tree contents included.
+            complete = all(self.cache.cas.has(o.digest) for o in result.outputs) if remembered \
+                else result.complete(self.executor.cas)
+            if complete:
+                return Outcome(action, material, result, "cached", "local", time.perf_counter() - started)
         if self.remote is not None and (result := self.remote.remembered(key)) is not None:
-            return Outcome(action, key, result, "cached", "remote", time.perf_counter() - started)
+            return Outcome(action, material, result, "cached", "remote", time.perf_counter() - started)
         return None
 
     def _remembered(self, key: str) -> ActionResult | None:
@@ -79,19 +91,21 @@ class Rebuilder:
         return remembered[0]
 
     def execute(
-        self, action: Action, key: str, inputs: Mapping[str, FileDigest], on_start: Callable[[], None] | None = None
+        self, action: Action, material: KeyMaterial, inputs: Mapping[str, FileDigest],
+        on_start: Callable[[], None] | None = None,
     ) -> Outcome:
         """Ask the remote cache (on a worker thread: it is a network round trip), else run it
         (calling `on_start` first)."""
         started = time.perf_counter()
+        key = material.key
         if self.remote is not None and (result := self.remote.lookup(key)) is not None:
-            return Outcome(action, key, result, "cached", "remote", time.perf_counter() - started)
+            return Outcome(action, material, result, "cached", "remote", time.perf_counter() - started)
         if on_start is not None:
             on_start()
-        written: list[str] | None = [] if self.remote is not None and self.remote.uploading else None
-        result = self.executor.run(action, key, inputs, written)
+        result = self.executor.run(action, key, inputs)
         if not self.force:
             self.cache.ac.put(key, result)
-        if written is not None and self.remote is not None:
-            self.remote.upload(key, result, written)  # blobs first, then the signed result
-        return Outcome(action, key, result, "executed", "local", time.perf_counter() - started)
+        if self.remote is not None and self.remote.uploading:
+            # Blobs first (tree contents too), then the signed result.
+            self.remote.upload(key, result, result.blobs(self.cache.cas))
+        return Outcome(action, material, result, "executed", "local", time.perf_counter() - started)

@@ -1,43 +1,63 @@
-"""The rules API: a rule is an attribute schema plus an analysis function that declares actions.
+"""The rules API: a rule is an attribute schema plus an analysis function that declares actions
+and returns typed providers.
 
-The schema is the single source for attribute validation, the rule reference in BUILD.md, and
-the staleness test of that file.
+The schema is the single source for attribute validation and conversion (a rule receives typed
+values, never strings to parse), the rule reference in BUILD.md, and the staleness test of that
+file. Rules talk to each other only through providers: an attribute names the providers it needs,
+and analysis refuses a dependency that lacks them, naming both targets.
 """
 
 from __future__ import annotations
 
-import enum
+import builtins
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from mk.engine.actions import Action, Artifact
+from mk.engine.attrs import STRING, AttrType
 from mk.engine.labels import Label
 
+P = TypeVar("P", bound="Provider")
 
-class AttrType(enum.Enum):
-    STRING = "string"
-    STRING_LIST = "list of strings"
-    STRING_DICT = "dict of string to string"
-    BOOL = "bool"
-    INT = "int"
-    LABEL = "label"
-    LABEL_LIST = "list of labels"
-    OUTPUT = "output file name"
-    OUTPUT_LIST = "list of output file names"
-    STRING_KEYED_LABEL_DICT = "dict of string to label"
 
-    def accepts(self, value: object) -> bool:
-        if self in (AttrType.STRING, AttrType.LABEL, AttrType.OUTPUT):
-            return isinstance(value, str)
-        if self in (AttrType.STRING_LIST, AttrType.LABEL_LIST, AttrType.OUTPUT_LIST):
-            return isinstance(value, list) and all(isinstance(v, str) for v in value)
-        if self in (AttrType.STRING_DICT, AttrType.STRING_KEYED_LABEL_DICT):
-            return isinstance(value, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-            )
-        if self is AttrType.BOOL:
-            return isinstance(value, bool)
-        return isinstance(value, int) and not isinstance(value, bool)
+class Provider:
+    """Base of the frozen dataclasses a rule returns to describe what it gives its dependents."""
+
+
+@dataclass(frozen=True)
+class DefaultInfo(Provider):
+    """The files a target stands for, and extra outputs built only when asked for by name
+    (Bazel's output groups, such as the `tar` format of an image). Every target returns one."""
+
+    files: tuple[Artifact, ...]
+    groups: Mapping[str, tuple[Artifact, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Providers:
+    """What analysis of one target gave, by provider class."""
+
+    rule: str
+    by_type: Mapping[type[Provider], Provider]
+
+    @staticmethod
+    def of(rule: str, providers: Sequence[Provider]) -> Providers:
+        by_type = {type(p): p for p in providers}
+        if DefaultInfo not in by_type or len(by_type) != len(providers):
+            raise ValueError(f"rule {rule} must return one DefaultInfo and at most one of each provider")
+        return Providers(rule, by_type)
+
+    @property
+    def default(self) -> DefaultInfo:
+        return self.get(DefaultInfo)  # type: ignore[return-value]
+
+    def get(self, kind: type[P]) -> P | None:
+        found = self.by_type.get(kind)
+        return found if isinstance(found, kind) else None
+
+    def names(self) -> list[str]:
+        return sorted(t.__name__ for t in self.by_type if t is not DefaultInfo)
 
 
 @dataclass(frozen=True)
@@ -47,30 +67,32 @@ class Attr:
     doc: str
     default: object = None
     mandatory: bool = False
+    # Label attributes: what each target named must provide. (`builtins.type`: `type` is a field here.)
+    providers: tuple[builtins.type[Provider], ...] = ()
 
 
-NAME_ATTR = Attr("name", AttrType.STRING, "The target's name, unique within its package.", mandatory=True)
+NAME_ATTR = Attr("name", STRING, "The target's name, unique within its package.", mandatory=True)
 
 
 @dataclass(frozen=True)
 class Dep:
-    """One resolved entry of a label attribute: the files it stands for and who makes them."""
+    """One resolved entry of a label attribute: the files it stands for, who makes them, and
+    (for a target) its providers."""
 
     text: str  # as written in the BUILD file
     label: Label | None  # the target, or None for a source file
     files: tuple[Artifact, ...]
+    providers: Providers | None = None  # None for a source file or one output file of a target
 
+    def get(self, kind: type[P]) -> P:
+        """The provider an attribute required (analysis has checked that it is there)."""
+        found = self.find(kind)
+        assert found is not None, f"{self.text} lacks {kind.__name__}; declare it in the attribute's providers"
+        return found
 
-@dataclass(frozen=True)
-class TargetInfo:
-    """What analysis of a target gives to its dependents and to `mk build`.
-
-    `groups` are extra outputs built only when asked for by name (Bazel's output groups), such
-    as the `tar` and `oci` formats of an image.
-    """
-
-    files: tuple[Artifact, ...]
-    groups: Mapping[str, tuple[Artifact, ...]] = field(default_factory=dict)
+    def find(self, kind: type[P]) -> P | None:
+        """A provider the target may or may not give."""
+        return self.providers.get(kind) if self.providers else None
 
 
 class RuleContext:
@@ -109,16 +131,20 @@ class RuleContext:
                 seen[f] = None
         return tuple(seen)
 
+    def providers(self, name: str, kind: type[P]) -> list[P]:
+        """The `kind` provider of each target named by a label attribute that requires it."""
+        return [dep.get(kind) for dep in self.deps.get(name, ())]
+
     def read_source(self, name: str) -> str | None:
         """The text of a file of this package (None if missing), for rules whose analysis depends
         on a checked-in file such as a lockfile. Its content then invalidates the analysis cache."""
         path = f"{self.label.package}/{name}" if self.label.package else name
         return self._read_source(path)
 
-    def output(self, name: str) -> Artifact:
-        """The artifact for an output file of this target's package."""
+    def output(self, name: str, tree: bool = False) -> Artifact:
+        """The artifact for an output file of this target's package (`tree`: a tree manifest)."""
         prefix = f"{self.label.package}/" if self.label.package else ""
-        return Artifact(prefix + name, is_source=False)
+        return Artifact(prefix + name, is_source=False, is_tree=tree)
 
     def add_action(self, action: Action) -> None:
         self.actions.append(action)
@@ -129,20 +155,7 @@ class Rule:
     name: str
     doc: str
     attrs: tuple[Attr, ...]
-    analyze: Callable[[RuleContext], TargetInfo] = field(compare=False)
-
-    def attr(self, name: str) -> Attr | None:
-        return next((a for a in self.all_attrs() if a.name == name), None)
+    analyze: Callable[[RuleContext], Sequence[Provider]] = field(compare=False)
 
     def all_attrs(self) -> tuple[Attr, ...]:
         return (NAME_ATTR, *self.attrs)
-
-    def __reduce__(self) -> tuple[Callable[[str], Rule], tuple[str]]:
-        # Pickled (in the analysis cache) by name: the registry holds the code.
-        return (builtin_rule, (self.name,))
-
-
-def builtin_rule(name: str) -> Rule:
-    from mk.rules import RULES
-
-    return RULES[name]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mk.cache.stat_cache import FileDigest
 from mk.engine.actions import Action
+from mk.engine.keys import KeyMaterial
 from mk.engine.rebuilder import Outcome, Rebuilder
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ class ScheduleResult:
     failures: list[tuple[Action, BaseException]] = field(default_factory=list)
     skipped: list[Action] = field(default_factory=list)
     files: dict[str, FileDigest] = field(default_factory=dict)
+    # The key material of every action whose key was made (cached, run or failed), for explain.
+    considered: list[tuple[Action, KeyMaterial]] = field(default_factory=list)
 
 
 def run_actions(
@@ -88,8 +91,9 @@ def run_actions(
                     _, _, action = heapq.heappop(ready)
                     inputs = {i.path: state.files[i.path] for i in action.inputs}
                     try:
-                        key = rebuilder.key(action, inputs)
-                        hit = rebuilder.cached(action, key)
+                        material = rebuilder.material(action, inputs)
+                        state.considered.append((action, material))
+                        hit = rebuilder.cached(action, material)
                     except Exception as e:  # reported as this action's failure
                         fail(action, e)
                         continue
@@ -104,7 +108,7 @@ def run_actions(
                         )
                     # Told when the action really runs: the rebuilder may find it in a remote cache first.
                     started = functools.partial(on_start, action)
-                    running[pool.submit(rebuilder.execute, action, key, inputs, started)] = action
+                    running[pool.submit(rebuilder.execute, action, material, inputs, started)] = action
                 if not running:
                     break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)

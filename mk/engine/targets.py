@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from mk.engine.actions import Action
 from mk.engine.errors import Location
 from mk.engine.labels import Label
-from mk.engine.rule_api import Rule, TargetInfo
+from mk.engine.rule_api import Providers, Rule
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,6 @@ class Target:
 @dataclass(frozen=True)
 class ConfiguredTarget:
     target: Target
-    info: TargetInfo
+    providers: Providers
     actions: tuple[Action, ...]
     deps: tuple[Label, ...]

@@ -19,11 +19,10 @@ from typing import TextIO
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from mk.cache.local import LocalCache
-from mk.engine.build import BuildOptions, BuildResult, analyse, build
+from mk.engine.build import BuildOptions, BuildResult, analyse
 from mk.engine.errors import MkError
 from mk.engine.graph_cache import GraphCache
-from mk.engine.workspace import Workspace
+from mk.engine.session import Session
 
 DEBOUNCE_SECONDS = 0.1
 
@@ -47,14 +46,15 @@ def _existing_ancestor(folder: str) -> str:
     return folder
 
 
-def watch_set(workspace: Workspace, cache: LocalCache, patterns: Sequence[str]) -> WatchSet | None:
+def watch_set(session: Session, patterns: Sequence[str]) -> WatchSet | None:
     """What the last build of `patterns` depended on, or None when it never got through analysis."""
-    graph_cache = GraphCache(cache.root, workspace.root, list(patterns))
+    workspace = session.workspace
+    graph_cache = GraphCache(session.cache.root, workspace.root, list(patterns))
     observed = graph_cache.observed()
     if observed is None:
         return None
     try:
-        graph = analyse(workspace, graph_cache, patterns)  # the cached graph: nothing changed since
+        graph = analyse(workspace, session.registry, graph_cache, patterns)  # the cached graph: nothing changed since
     except MkError:
         return None
     root = str(workspace.root)
@@ -84,15 +84,16 @@ class _Handler(FileSystemEventHandler):
 
 
 class Watcher:
-    def __init__(self, workspace: Workspace, cache: LocalCache, patterns: Sequence[str], jobs: int,
+    def __init__(self, session: Session, patterns: Sequence[str], jobs: int,
                  out: TextIO = sys.stdout, after_success: Callable[[BuildResult], None] | None = None) -> None:
-        self.workspace, self.cache, self.patterns, self.jobs, self.out = workspace, cache, patterns, jobs, out
+        self.session, self.workspace, self.cache = session, session.workspace, session.cache
+        self.patterns, self.jobs, self.out = patterns, jobs, out
         self.after_success = after_success  # `mk watch --run`: reboot the VM
         self.changes: queue.Queue[tuple[str, bool]] = queue.Queue()
         self.observer = Observer()
         self.watches: dict[str, object] = {}
         self.current: WatchSet | None = None
-        self.ignored = (str(workspace.output_dir) + os.sep, str(cache.root) + os.sep)
+        self.ignored = (str(self.workspace.output_dir) + os.sep, str(self.cache.root) + os.sep)
 
     def say(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -113,7 +114,7 @@ class Watcher:
     def rebuild(self) -> None:
         started = time.perf_counter()
         try:
-            result = build(self.workspace, self.cache, self.patterns, BuildOptions(jobs=self.jobs))
+            result = self.session.build(tuple(self.patterns), BuildOptions(jobs=self.jobs))
         except MkError as e:
             print(str(e), file=sys.stderr, flush=True)
             self.say("mk watch: build failed; waiting for the next change")
@@ -131,7 +132,7 @@ class Watcher:
 
     def rewatch(self) -> None:
         """Watch what the last build depended on (the previous set if analysis failed)."""
-        new = watch_set(self.workspace, self.cache, self.patterns)
+        new = watch_set(self.session, self.patterns)
         if new is not None:
             self.current = new
         if self.current is None:
@@ -169,8 +170,6 @@ class Watcher:
 
 
 def watch(
-    workspace: Workspace, cache: LocalCache, patterns: Sequence[str], jobs: int,
-    after_success: Callable[[BuildResult], None] | None = None,
+    session: Session, patterns: Sequence[str], jobs: int, after_success: Callable[[BuildResult], None] | None = None,
 ) -> None:
-    Watcher(workspace, cache, patterns, jobs, after_success=after_success).run()
-
+    Watcher(session, patterns, jobs, after_success=after_success).run()

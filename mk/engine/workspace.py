@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mk.engine.errors import Location, MkError, did_you_mean
@@ -12,20 +13,52 @@ OUTPUT_DIR = "mk-out"
 
 
 @dataclass(frozen=True)
+class Setting:
+    """One workspace setting: its `mk.toml` key, the environment variable that overrides it, its
+    type ("string", "bool", "int" or "list of strings"), its default and its documentation. A
+    setting with no key is read from the environment only (credentials never go in mk.toml).
+    Rule families add their own (see `registry`); one table drives parsing and the docs."""
+
+    key: str | None
+    kind: str
+    doc: str
+    env: str | None = None
+    default: object = None
+
+
+@dataclass(frozen=True)
 class Settings:
+    """The engine's own settings as fields; those of rule families in `extra`, read with `get`."""
+
     source_date_epoch: int = 0
     cache_dir: str | None = None
     remote_cache: str | None = None
     remote_upload: bool = True  # False: the remote cache is only read
     trusted_keys: tuple[str, ...] = ()
-    debian_mirror: str | None = None
-    debian_security_mirror: str | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    def get(self, key: str) -> object:
+        return self.extra.get(key)
 
 
-_KNOWN = {
-    "source_date_epoch", "cache_dir", "remote_cache", "remote_upload", "trusted_keys", "debian_mirror",
-    "debian_security_mirror",
-}
+ENGINE_SETTINGS = (
+    Setting("source_date_epoch", "int", "The timestamp (seconds) every output carries.", default=0),
+    Setting("cache_dir", "string", "Local cache directory, relative to the workspace; default "
+            "`$XDG_CACHE_HOME/mk`.", env="MK_CACHE_DIR"),
+    Setting("remote_cache", "string", "Base URL of the shared remote cache (http or https).", env="MK_REMOTE_CACHE"),
+    Setting("remote_upload", "bool", "`false` (or `MK_REMOTE_UPLOAD=0`) only reads the remote cache.",
+            env="MK_REMOTE_UPLOAD", default=True),
+    Setting("trusted_keys", "list of strings", "Public keys (`NAME:BASE64`) whose signed remote results are "
+            "accepted (`MK_TRUSTED_KEYS`: comma-separated).", env="MK_TRUSTED_KEYS", default=[]),
+    Setting(None, "string", "Path of the secret key that signs uploaded results (needed to upload).",
+            env="MK_SIGNING_KEY"),
+    Setting(None, "string", "Bearer token for the remote cache.", env="MK_REMOTE_TOKEN"),
+    Setting(None, "string", "Basic-auth user and password for the remote cache (or `https://user:password@host/`).",
+            env="MK_REMOTE_USER, MK_REMOTE_PASSWORD"),
+    Setting(None, "int", "Seconds allowed for connecting to the remote cache and for each read (default 10).",
+            env="MK_REMOTE_TIMEOUT"),
+)
+_ENGINE_KEYS = frozenset(s.key for s in ENGINE_SETTINGS if s.key)
 
 
 @dataclass(frozen=True)
@@ -37,23 +70,32 @@ class Workspace:
     def output_dir(self) -> Path:
         return self.root / OUTPUT_DIR
 
-    def relative(self, path: Path) -> str:
-        return str(path.relative_to(self.root))
 
-
-def find_workspace(start: Path) -> Workspace:
+def find_workspace(start: Path, table: Sequence[Setting] = ENGINE_SETTINGS) -> Workspace:
+    """The workspace holding `start`; `table` lists the settings mk.toml may hold (the engine's,
+    and those of the registered rule families)."""
     start = start.resolve()
     for folder in (start, *start.parents):
         marker = folder / MARKER
         if marker.is_file():
-            return Workspace(folder, _read_settings(marker))
+            return Workspace(folder, _read_settings(marker, table))
     raise MkError(
         f"no workspace: neither {start} nor any parent holds {MARKER} "
         f"(create an empty {MARKER} at the root of your project)"
     )
 
 
-def _read_settings(path: Path) -> Settings:
+_KINDS: dict[str, Callable[[object], bool]] = {
+    "string": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+_KIND_NAMES = {"string": "a string", "bool": "true or false", "int": "a non-negative integer",
+               "list of strings": "a list of strings"}
+
+
+def _read_settings(path: Path, table: Sequence[Setting]) -> Settings:
     text = path.read_text(encoding="utf-8")
     if not text.strip():
         return Settings()  # the common empty marker: no need to load the TOML parser
@@ -65,33 +107,17 @@ def _read_settings(path: Path) -> Settings:
         line = getattr(e, "lineno", 1)
         col = getattr(e, "colno", 1)
         raise MkError(f"invalid TOML: {e}", Location(MARKER, line, col)) from None
-    for key in raw:
-        if key not in _KNOWN:
-            raise MkError(
-                f"unknown setting '{key}'{did_you_mean(key, _KNOWN)}", Location(MARKER, 1, 1)
-            )
-    epoch = raw.get("source_date_epoch", 0)
-    if not isinstance(epoch, int) or epoch < 0:
-        raise MkError("source_date_epoch must be a non-negative integer", Location(MARKER, 1, 1))
-    keys = raw.get("trusted_keys", [])
-    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise MkError("trusted_keys must be a list of strings", Location(MARKER, 1, 1))
-    remote_upload = raw.get("remote_upload", True)
-    if not isinstance(remote_upload, bool):
-        raise MkError("remote_upload must be true or false", Location(MARKER, 1, 1))
+    known = {s.key: s for s in table if s.key}
+    for key, value in raw.items():
+        if key not in known:
+            raise MkError(f"unknown setting '{key}'{did_you_mean(key, known)}", Location(MARKER, 1, 1))
+        if not _KINDS[known[key].kind](value):
+            raise MkError(f"{key} must be {_KIND_NAMES[known[key].kind]}", Location(MARKER, 1, 1))
     return Settings(
-        source_date_epoch=epoch,
-        cache_dir=_opt_str(raw, "cache_dir"),
-        remote_cache=_opt_str(raw, "remote_cache"),
-        remote_upload=remote_upload,
-        trusted_keys=tuple(keys),
-        debian_mirror=_opt_str(raw, "debian_mirror"),
-        debian_security_mirror=_opt_str(raw, "debian_security_mirror"),
+        source_date_epoch=raw.get("source_date_epoch", 0),
+        cache_dir=raw.get("cache_dir"),
+        remote_cache=raw.get("remote_cache"),
+        remote_upload=raw.get("remote_upload", True),
+        trusted_keys=tuple(raw.get("trusted_keys", [])),
+        extra={k: v for k, v in raw.items() if k not in _ENGINE_KEYS},
     )
-
-
-def _opt_str(raw: dict[str, object], key: str) -> str | None:
-    value = raw.get(key)
-    if value is not None and not isinstance(value, str):
-        raise MkError(f"{key} must be a string", Location(MARKER, 1, 1))
-    return value

@@ -7,53 +7,55 @@ from typing import BinaryIO
 
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Tree, merge
-from mk.engine.actions import Action, ActionIO
-from mk.engine.errors import MkError
-from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
+from mk.engine import attrs
+from mk.engine.actions import Action, ActionIO, Artifact
+from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules.formats.compression import SUFFIXES, compressed
 from mk.rules.formats.cpio import write_cpio
 from mk.rules.formats.oci import ImageConfig, write_oci_archive
 from mk.rules.formats.tar import write_tar
-from mk.rules.rootfs import param_strings, read_tree, tree_inputs
+from mk.rules.providers import TreeInfo
+from mk.rules.trees import tree_inputs
 
 Writer = Callable[[Tree, ContentStore, BinaryIO, int], None]
 _WRITERS: dict[str, Writer] = {"tar": write_tar, "cpio": write_cpio}
 
 
 def write_archive(io: ActionIO) -> None:
-    tree = read_tree(io, str(io.params["src"]))
-    writer = _WRITERS[str(io.params["format"])]
-    with open(io.outputs[next(iter(io.outputs))], "wb") as out, compressed(out, str(io.params["compression"])) as w:
-        writer(tree, io.cas, w, int(str(io.params["mtime"])))
+    tree = io.read_tree(io.string("src"))
+    writer = _WRITERS[io.string("format")]
+    with open(io.output(), "wb") as out, compressed(out, io.string("compression")) as w:
+        writer(tree, io.cas, w, io.integer("mtime"))
+
+
+def archive_action(ctx: RuleContext, mnemonic: str, src: Artifact, out: Artifact, fmt: str, compression: str) -> Action:
+    """Writes the tree `src` as a `fmt` archive; the image rule declares its formats with it too."""
+    return Action(
+        owner=ctx.label,
+        mnemonic=mnemonic,
+        inputs=(src,),
+        outputs=(out,),
+        params={"src": src.path, "format": fmt, "compression": compression, "mtime": ctx.source_date_epoch},
+        function=write_archive,
+    )
 
 
 def _archive_rule(fmt: str, doc: str) -> Rule:
-    def analyze(ctx: RuleContext) -> TargetInfo:
-        (src,) = tree_inputs(ctx, "src") or (None,)
-        if src is None:
-            raise MkError(f"{fmt} {ctx.label}: 'src' must name a layer or rootfs")
+    def analyze(ctx: RuleContext) -> list[Provider]:
+        (src,) = tree_inputs(ctx, "src")
         compression = ctx.string("compression")
-        if compression not in SUFFIXES:
-            raise MkError(f"{fmt} {ctx.label}: compression '{compression}' is not one of {', '.join(SUFFIXES)}")
         out = ctx.output(f"{ctx.label.name}.{fmt}{SUFFIXES[compression]}")
-        ctx.add_action(Action(
-            owner=ctx.label,
-            mnemonic=fmt.capitalize(),
-            version=2,
-            inputs=(src,),
-            outputs=(out,),
-            params={"src": src.path, "format": fmt, "compression": compression, "mtime": ctx.source_date_epoch},
-            function=write_archive,
-        ))
-        return TargetInfo(files=(out,))
+        ctx.add_action(archive_action(ctx, fmt.capitalize(), src, out, fmt, compression))
+        return [DefaultInfo(files=(out,))]
 
     return Rule(
         name=fmt,
         doc=doc,
         attrs=(
-            Attr("src", AttrType.LABEL, "The `layer` or `rootfs` to write.", mandatory=True),
-            Attr("compression", AttrType.STRING, "none, gzip, zstd or xz (fixed levels, single-threaded).",
-                 default="none"),
+            Attr("src", attrs.LABEL, "The `layer`, `rootfs` or `deb_packages` tree to write.", mandatory=True,
+                 providers=(TreeInfo,)),
+            Attr("compression", attrs.one_of(*SUFFIXES), "Fixed levels; zstd output is the same for any "
+                 "number of worker threads.", default="none"),
         ),
         analyze=analyze,
     )
@@ -72,48 +74,39 @@ CPIO_RULE = _archive_rule(
 
 
 def write_oci(io: ActionIO) -> None:
-    p = io.params
-    layers = [read_tree(io, path) for path in param_strings(io, "layers")]
-    if p["flatten"]:
+    layers = [io.read_tree(path) for path in io.strings("layers")]
+    if io.params["flatten"]:
         layers = [merge(layers)]
     config = ImageConfig(
-        architecture=str(p["architecture"]),
-        entrypoint=tuple(param_strings(io, "entrypoint")),
-        cmd=tuple(param_strings(io, "cmd")),
-        env=tuple(param_strings(io, "env")),
-        workdir=str(p["workdir"]),
-        user=str(p["user"]),
+        architecture=io.string("architecture"),
+        entrypoint=tuple(io.strings("entrypoint")),
+        cmd=tuple(io.strings("cmd")),
+        env=tuple(io.strings("env")),
+        workdir=io.string("workdir"),
+        user=io.string("user"),
     )
-    with open(io.outputs[next(iter(io.outputs))], "wb") as out:
-        write_oci_archive(layers, io.cas, out, int(str(p["mtime"])), config, str(p["tag"]), io.scratch)
+    with open(io.output(), "wb") as out:
+        write_oci_archive(layers, io.cas, out, io.integer("mtime"), config, io.string("tag"), io.scratch)
 
 
-def analyze_oci(ctx: RuleContext) -> TargetInfo:
+def oci_params(layers: tuple[Artifact, ...], flatten: bool, entrypoint: list[str], cmd: list[str],
+               env: list[str], workdir: str, user: str, tag: str, mtime: int, architecture: str) -> dict[str, object]:
+    return {"layers": [a.path for a in layers], "flatten": flatten, "architecture": architecture,
+            "entrypoint": entrypoint, "cmd": cmd, "env": env, "workdir": workdir, "user": user, "tag": tag,
+            "mtime": mtime}
+
+
+def analyze_oci(ctx: RuleContext) -> list[Provider]:
     layers = tree_inputs(ctx, "layers")
     env = ctx.attrs["env"]
     assert isinstance(env, dict)
     out = ctx.output(f"{ctx.label.name}.oci.tar")
-    ctx.add_action(Action(
-        owner=ctx.label,
-        mnemonic="OciImage",
-        version=2,
-        inputs=layers,
-        outputs=(out,),
-        params={
-            "layers": [a.path for a in layers],
-            "flatten": ctx.attrs["flatten"],
-            "architecture": ctx.string("architecture"),
-            "entrypoint": ctx.strings("entrypoint"),
-            "cmd": ctx.strings("cmd"),
-            "env": [f"{k}={v}" for k, v in sorted(env.items())],
-            "workdir": ctx.string("workdir"),
-            "user": ctx.string("user"),
-            "tag": ctx.string("tag") or "latest",
-            "mtime": ctx.source_date_epoch,
-        },
-        function=write_oci,
-    ))
-    return TargetInfo(files=(out,))
+    params = oci_params(layers, bool(ctx.attrs["flatten"]), ctx.strings("entrypoint"), ctx.strings("cmd"),
+                        [f"{k}={v}" for k, v in sorted(env.items())], ctx.string("workdir"), ctx.string("user"),
+                        ctx.string("tag") or "latest", ctx.source_date_epoch, ctx.string("architecture"))
+    ctx.add_action(Action(owner=ctx.label, mnemonic="OciImage", inputs=layers, outputs=(out,), params=params,
+                          function=write_oci))
+    return [DefaultInfo(files=(out,))]
 
 
 OCI_RULE = Rule(
@@ -124,15 +117,16 @@ OCI_RULE = Rule(
         "`created` is SOURCE_DATE_EPOCH, so the image digest depends only on the inputs."
     ),
     attrs=(
-        Attr("layers", AttrType.LABEL_LIST, "`layer` or `rootfs` targets, lowest first.", mandatory=True),
-        Attr("flatten", AttrType.BOOL, "Merge all layers into one.", default=False),
-        Attr("architecture", AttrType.STRING, "OCI architecture name.", default="amd64"),
-        Attr("entrypoint", AttrType.STRING_LIST, "The image's entrypoint.", default=[]),
-        Attr("cmd", AttrType.STRING_LIST, "The image's default arguments.", default=[]),
-        Attr("env", AttrType.STRING_DICT, "Environment variables (written sorted).", default={}),
-        Attr("workdir", AttrType.STRING, "Working directory.", default=""),
-        Attr("user", AttrType.STRING, "User to run as, e.g. '1000:1000'.", default=""),
-        Attr("tag", AttrType.STRING, "The reference name in index.json; default 'latest'.", default=""),
+        Attr("layers", attrs.LABEL_LIST, "`layer`, `rootfs` or `deb_packages` targets, lowest first.",
+             mandatory=True, providers=(TreeInfo,)),
+        Attr("flatten", attrs.BOOL, "Merge all layers into one.", default=False),
+        Attr("architecture", attrs.STRING, "OCI architecture name.", default="amd64"),
+        Attr("entrypoint", attrs.STRING_LIST, "The image's entrypoint.", default=[]),
+        Attr("cmd", attrs.STRING_LIST, "The image's default arguments.", default=[]),
+        Attr("env", attrs.STRING_DICT, "Environment variables (written sorted).", default={}),
+        Attr("workdir", attrs.STRING, "Working directory.", default=""),
+        Attr("user", attrs.STRING, "User to run as, e.g. '1000:1000'.", default=""),
+        Attr("tag", attrs.STRING, "The reference name in index.json; default 'latest'.", default=""),
     ),
     analyze=analyze_oci,
 )

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import re
 
+from mk.engine import attrs
 from mk.engine.actions import Action, Artifact
 from mk.engine.errors import MkError
 from mk.engine.labels import Label, LabelError
-from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
+from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 
 BASH = "/bin/bash"
 _VARIABLE = re.compile(r"\$\((locations?) ([^)]+)\)|\$\(([A-Z_@<D]+)\)|\$([@<$])")
 
 
-def analyze(ctx: RuleContext) -> TargetInfo:
+def analyze(ctx: RuleContext) -> list[Provider]:
     srcs = ctx.files("srcs")
     tools = ctx.files("tools")
     outs = tuple(ctx.output(o) for o in ctx.strings("outs"))
@@ -28,7 +29,6 @@ def analyze(ctx: RuleContext) -> TargetInfo:
         Action(
             owner=ctx.label,
             mnemonic="Genrule",
-            version=1,
             inputs=tuple(dict.fromkeys(srcs + tools)),
             outputs=outs,
             params={"env": {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)}},
@@ -36,7 +36,7 @@ def analyze(ctx: RuleContext) -> TargetInfo:
             host_tools=(BASH,),
         )
     )
-    return TargetInfo(files=outs)
+    return [DefaultInfo(files=outs)]
 
 
 def _expand(
@@ -99,10 +99,10 @@ RULE = Rule(
         "`$(locations L)` to the path(s) of a label listed in `srcs` or `tools`, and `$$` to `$`."
     ),
     attrs=(
-        Attr("srcs", AttrType.LABEL_LIST, "Input files and targets.", default=[]),
-        Attr("outs", AttrType.OUTPUT_LIST, "Files the command must create, relative to the package.", mandatory=True),
-        Attr("cmd", AttrType.STRING, "The bash command (run with `-e -o pipefail`).", mandatory=True),
-        Attr("tools", AttrType.LABEL_LIST, "Programs the command runs; available like `srcs`.", default=[]),
+        Attr("srcs", attrs.LABEL_LIST, "Input files and targets.", default=[]),
+        Attr("outs", attrs.OUTPUT_LIST, "Files the command must create, relative to the package.", mandatory=True),
+        Attr("cmd", attrs.STRING, "The bash command (run with `-e -o pipefail`).", mandatory=True),
+        Attr("tools", attrs.LABEL_LIST, "Programs the command runs; available like `srcs`.", default=[]),
     ),
     analyze=analyze,
 )

@@ -11,35 +11,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 
 from mk.cache.tree import Entry, Kind, Tree, TreeError, dest_path, merge
+from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
-from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
+from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules import init
-from mk.rules.archive import write_archive, write_oci
+from mk.rules.archive import archive_action, oci_params, write_oci
 from mk.rules.deb.sbom import merge_documents
-from mk.rules.rootfs import TREE_SUFFIX, param_strings, read_tree, tree_inputs
+from mk.rules.providers import ImageInfo, KernelInfo, SbomInfo, TreeInfo
+from mk.rules.trees import tree_inputs
+from mk.rules.write_file import write
 
 DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
 
 
 def assemble(io: ActionIO) -> None:
+    """The root filesystem: the layers, then the generated boot files (their text comes through
+    the parameters, so it is part of the key) and the `files`."""
     p = io.params
-    layers = [read_tree(io, path) for path in param_strings(io, "layers")]
-    generated = {
-        "init": (init.INIT, 0o755),
-        "etc/inittab": (init.inittab(param_strings(io, "services")), 0o644),
-        "etc/hostname": (f"{p['hostname']}\n", 0o644),
-        "etc/mk/onboot": (init.onboot_script(param_strings(io, "onboot"), bool(p["network"]),
-                                             str(p["ssh_key_user"])), 0o755),
-        "etc/mk/udhcpc.script": (init.UDHCPC_SCRIPT, 0o755),
-    }
+    layers = [io.read_tree(path) for path in io.strings("layers")]
     entries = []
-    for path, (text, mode) in generated.items():
-        data = text.encode()
-        entries.append(Entry(path, Kind.FILE, mode, digest=io.cas.put_bytes(data), size=len(data)))
+    generated = p["generated"]
+    assert isinstance(generated, list)
+    for path, text, mode in generated:
+        data = str(text).encode()
+        entries.append(Entry(str(path), Kind.FILE, int(mode), digest=io.cas.put_bytes(data), size=len(data)))
     files = p["files"]
     assert isinstance(files, list)
     for dest, source in files:
@@ -60,22 +58,18 @@ def assemble(io: ActionIO) -> None:
         raise ValueError(str(e)) from None
     if not any(e.path == "usr/bin/busybox" for e in tree.entries):
         raise ValueError("the image has no /usr/bin/busybox, which its init needs: add busybox-static to 'base'")
-    _output(io, TREE_SUFFIX).write_bytes(tree.encode())
+    io.write_tree(tree)
 
 
 def copy_file(io: ActionIO) -> None:
     (source,) = io.inputs.values()
-    next(iter(io.outputs.values())).write_bytes(source.read_bytes())
-
-
-def write_text(io: ActionIO) -> None:
-    next(iter(io.outputs.values())).write_text(str(io.params["text"]), encoding="utf-8")
+    io.output().write_bytes(source.read_bytes())
 
 
 def combine_sboms(io: ActionIO) -> None:
-    documents = [io.inputs[path].read_text(encoding="utf-8") for path in param_strings(io, "sboms")]
-    text = merge_documents(str(io.params["name"]), documents, int(str(io.params["epoch"])))
-    next(iter(io.outputs.values())).write_text(text, encoding="utf-8")
+    documents = [io.inputs[path].read_text(encoding="utf-8") for path in io.strings("sboms")]
+    text = merge_documents(io.string("name"), documents, io.integer("epoch"))
+    io.output().write_text(text, encoding="utf-8")
 
 
 def write_manifest(io: ActionIO) -> None:
@@ -83,66 +77,59 @@ def write_manifest(io: ActionIO) -> None:
     for path in sorted(io.inputs):
         data = io.inputs[path].read_bytes()
         entries[os.path.basename(path)] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    _output(io, ".json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    io.output().write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _output(io: ActionIO, suffix: str) -> Path:
-    return next(path for name, path in io.outputs.items() if name.endswith(suffix))
-
-
-def analyze(ctx: RuleContext) -> TargetInfo:
+def analyze(ctx: RuleContext) -> list[Provider]:
     name = ctx.label.name
-    kernel_dep = ctx.deps["kernel"][0]
-    vmlinuz = next((f for f in kernel_dep.files if f.path.endswith(".vmlinuz")), None)
-    modules = next((f for f in kernel_dep.files if f.path.endswith(TREE_SUFFIX)), None)
-    if vmlinuz is None or modules is None:
-        raise MkError(f"image {ctx.label}: 'kernel' must name a kernel target")
-    layers = (*tree_inputs(ctx, "base"), modules)
+    (kernel_info,) = ctx.providers("kernel", KernelInfo)
+    layers = (*tree_inputs(ctx, "base"), kernel_info.modules)
     files, file_inputs = _files(ctx)
 
-    def out(file: str) -> Artifact:
-        return ctx.output(f"{name}/{file}")
+    def out(file: str, tree: bool = False) -> Artifact:
+        return ctx.output(f"{name}/{file}", tree=tree)
 
-    rootfs = out("rootfs" + TREE_SUFFIX)
+    rootfs = out("rootfs.tree", tree=True)
     ctx.add_action(Action(
-        owner=ctx.label, mnemonic="ImageRoot", version=2, inputs=(*layers, *file_inputs), outputs=(rootfs,),
-        params={"layers": [a.path for a in layers], "hostname": ctx.string("hostname") or name,
-                "onboot": ctx.strings("onboot"), "services": ctx.strings("services"), "files": files,
-                "network": ctx.attrs["network"], "ssh_key_user": ctx.string("ssh_key_user")},
+        owner=ctx.label, mnemonic="ImageRoot", inputs=(*layers, *file_inputs), outputs=(rootfs,),
+        params={"layers": [a.path for a in layers], "generated": _generated(ctx), "files": files},
         function=assemble,
     ))
     initrd, kernel, cmdline = out("initrd.img"), out("kernel"), out("cmdline")
-    ctx.add_action(Action(
-        owner=ctx.label, mnemonic="Initrd", version=1, inputs=(rootfs,), outputs=(initrd,),
-        params={"src": rootfs.path, "format": "cpio", "compression": "zstd", "mtime": ctx.source_date_epoch},
-        function=write_archive,
-    ))
-    ctx.add_action(Action(owner=ctx.label, mnemonic="Copy", version=1, inputs=(vmlinuz,), outputs=(kernel,),
+    ctx.add_action(archive_action(ctx, "Initrd", rootfs, initrd, "cpio", "zstd"))
+    ctx.add_action(Action(owner=ctx.label, mnemonic="Copy", inputs=(kernel_info.vmlinuz,), outputs=(kernel,),
                           function=copy_file))
-    ctx.add_action(Action(owner=ctx.label, mnemonic="WriteFile", version=1, inputs=(), outputs=(cmdline,),
-                          params={"text": ctx.string("cmdline") + "\n"}, function=write_text))
-    sboms = tuple(f for dep in ctx.deps.get("base", ()) for f in dep.files if f.path.endswith(".spdx.json"))
+    ctx.add_action(Action(owner=ctx.label, mnemonic="WriteFile", inputs=(), outputs=(cmdline,),
+                          params={"content": ctx.string("cmdline") + "\n", "executable": False}, function=write))
+    sboms = tuple(info.document for dep in ctx.deps.get("base", ()) if (info := dep.find(SbomInfo)))
     sbom = out("sbom.spdx.json")
-    ctx.add_action(Action(owner=ctx.label, mnemonic="Sbom", version=1, inputs=sboms, outputs=(sbom,),
+    ctx.add_action(Action(owner=ctx.label, mnemonic="Sbom", inputs=sboms, outputs=(sbom,),
                           params={"sboms": [s.path for s in sboms], "name": str(ctx.label),
                                   "epoch": ctx.source_date_epoch}, function=combine_sboms))
     manifest = out("manifest.json")
-    ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", version=1, inputs=(kernel, initrd, cmdline, sbom),
+    ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", inputs=(kernel, initrd, cmdline, sbom),
                           outputs=(manifest,), function=write_manifest))
     rootfs_tar, oci = out("rootfs.tar"), out("image.oci.tar")
+    ctx.add_action(archive_action(ctx, "Tar", rootfs, rootfs_tar, "tar", "none"))
     ctx.add_action(Action(
-        owner=ctx.label, mnemonic="Tar", version=2, inputs=(rootfs,), outputs=(rootfs_tar,),
-        params={"src": rootfs.path, "format": "tar", "compression": "none", "mtime": ctx.source_date_epoch},
-        function=write_archive,
-    ))
-    ctx.add_action(Action(
-        owner=ctx.label, mnemonic="OciImage", version=2, inputs=(rootfs,), outputs=(oci,),
-        params={"layers": [rootfs.path], "flatten": False, "architecture": "amd64", "entrypoint": ["/init"],
-                "cmd": [], "env": [], "workdir": "", "user": "", "tag": name, "mtime": ctx.source_date_epoch},
+        owner=ctx.label, mnemonic="OciImage", inputs=(rootfs,), outputs=(oci,),
+        params=oci_params((rootfs,), False, ["/init"], [], [], "", "", name, ctx.source_date_epoch, "amd64"),
         function=write_oci,
     ))
-    return TargetInfo(files=(kernel, initrd, cmdline, sbom, manifest),
-                      groups={"tar": (rootfs_tar,), "oci": (oci,)})
+    return [DefaultInfo(files=(kernel, initrd, cmdline, sbom, manifest), groups={"tar": (rootfs_tar,), "oci": (oci,)}),
+            ImageInfo(kernel, initrd, cmdline)]
+
+
+def _generated(ctx: RuleContext) -> list[list[object]]:
+    """The boot files mk writes into the image: path, text, mode."""
+    onboot = init.onboot_script(ctx.strings("onboot"), bool(ctx.attrs["network"]), ctx.string("ssh_key_user"))
+    return [
+        ["init", init.INIT, 0o755],
+        ["etc/inittab", init.inittab(ctx.strings("services")), 0o644],
+        ["etc/hostname", f"{ctx.string('hostname') or ctx.label.name}\n", 0o644],
+        ["etc/mk/onboot", onboot, 0o755],
+        ["etc/mk/udhcpc.script", init.UDHCPC_SCRIPT, 0o755],
+    ]
 
 
 def _files(ctx: RuleContext) -> tuple[list[list[str]], tuple[Artifact, ...]]:
@@ -172,16 +159,17 @@ RULE = Rule(
         "with `mk run`."
     ),
     attrs=(
-        Attr("kernel", AttrType.LABEL, "A kernel target.", mandatory=True),
-        Attr("base", AttrType.LABEL_LIST, "Trees making up the root filesystem, lowest first.", mandatory=True),
-        Attr("cmdline", AttrType.STRING, "Kernel command line.", default=DEFAULT_CMDLINE),
-        Attr("hostname", AttrType.STRING, "Host name; default: the target's name.", default=""),
-        Attr("onboot", AttrType.STRING_LIST, "Shell commands run once at boot, in order, each after the last.",
+        Attr("kernel", attrs.LABEL, "A kernel target.", mandatory=True, providers=(KernelInfo,)),
+        Attr("base", attrs.LABEL_LIST, "Trees making up the root filesystem, lowest first; the SBOMs of "
+             "`deb_packages` targets among them are merged into the image's.", mandatory=True, providers=(TreeInfo,)),
+        Attr("cmdline", attrs.STRING, "Kernel command line.", default=DEFAULT_CMDLINE),
+        Attr("hostname", attrs.STRING, "Host name; default: the target's name.", default=""),
+        Attr("onboot", attrs.STRING_LIST, "Shell commands run once at boot, in order, each after the last.",
              default=[]),
-        Attr("services", AttrType.STRING_LIST, "Long-running commands, restarted when they exit.", default=[]),
-        Attr("files", AttrType.STRING_KEYED_LABEL_DICT, "Destination path -> a file label.", default={}),
-        Attr("network", AttrType.BOOL, "Bring eth0 up with DHCP at boot.", default=True),
-        Attr("ssh_key_user", AttrType.STRING, "If set, `mk run --ssh-key` installs the key for this user at "
+        Attr("services", attrs.STRING_LIST, "Long-running commands, restarted when they exit.", default=[]),
+        Attr("files", attrs.LABEL_DICT, "Destination path -> a file label.", default={}),
+        Attr("network", attrs.BOOL, "Bring eth0 up with DHCP at boot.", default=True),
+        Attr("ssh_key_user", attrs.STRING, "If set, `mk run --ssh-key` installs the key for this user at "
              "boot (passed on the kernel command line, never stored in the image).", default=""),
     ),
     analyze=analyze,

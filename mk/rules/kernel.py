@@ -15,10 +15,12 @@ import struct
 
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree
+from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO
-from mk.engine.errors import MkError, did_you_mean
-from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
-from mk.rules.rootfs import TREE_SUFFIX, param_strings, read_tree, tree_inputs
+from mk.engine.errors import did_you_mean
+from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
+from mk.rules.providers import KernelInfo, TreeInfo
+from mk.rules.trees import tree_inputs
 
 LOAD_ORDER = "etc/mk/modules.load"
 _MODULE = re.compile(r"^usr/lib/modules/([^/]+)/(.+\.ko(?:\.xz|\.zst)?)$")
@@ -58,7 +60,7 @@ def _name(path: str) -> str:
 
 
 def select(io: ActionIO) -> None:
-    tree = read_tree(io, str(io.params["packages"]))
+    tree = io.read_tree(io.string("packages"))
     kernels = [e for e in tree.entries if re.fullmatch(r"boot/vmlinuz-.+", e.path) and e.kind is Kind.FILE]
     if len(kernels) != 1:
         raise ValueError(f"expected one boot/vmlinuz-* in the packages, found {len(kernels)}")
@@ -86,7 +88,7 @@ def select(io: ActionIO) -> None:
         visiting.discard(name)
         order.append(name)
 
-    for wanted in param_strings(io, "modules"):
+    for wanted in io.strings("modules"):
         visit(wanted.replace("-", "_"), "the kernel rule")
     base = f"usr/lib/modules/{release}"
     depends = {n: sorted(modinfo_depends(_module_bytes(io.cas, modules[n]))) for n in order}
@@ -103,11 +105,9 @@ def select(io: ActionIO) -> None:
     for path, text in generated:
         data = text.encode()
         entries.append(Entry(path, Kind.FILE, 0o644, digest=io.cas.put_bytes(data), size=len(data)))
-    outputs = dict(io.outputs)
-    vmlinuz = next(p for k, p in outputs.items() if k.endswith(".vmlinuz"))
-    with open(vmlinuz, "wb") as out:
+    with open(io.output(0), "wb") as out:
         io.cas.copy_to(kernels[0].digest, out)
-    next(p for k, p in outputs.items() if k.endswith(TREE_SUFFIX)).write_bytes(Tree.build(entries).encode())
+    io.write_tree(Tree.build(entries), 1)
 
 
 def _builtin(cas: ContentStore, tree: Tree, release: str) -> set[str]:
@@ -117,17 +117,15 @@ def _builtin(cas: ContentStore, tree: Tree, release: str) -> set[str]:
     return {_name(line) for line in cas.read_bytes(entry.digest).decode().splitlines() if line}
 
 
-def analyze(ctx: RuleContext) -> TargetInfo:
-    (packages,) = tree_inputs(ctx, "packages") or (None,)
-    if packages is None:
-        raise MkError(f"kernel {ctx.label}: 'packages' must name a deb_packages target with a linux-image package")
+def analyze(ctx: RuleContext) -> list[Provider]:
+    (packages,) = tree_inputs(ctx, "packages")
     vmlinuz = ctx.output(f"{ctx.label.name}.vmlinuz")
-    modules = ctx.output(f"{ctx.label.name}.modules{TREE_SUFFIX}")
+    modules = ctx.output(f"{ctx.label.name}.modules.tree", tree=True)
     ctx.add_action(Action(
-        owner=ctx.label, mnemonic="KernelModules", version=1, inputs=(packages,), outputs=(vmlinuz, modules),
+        owner=ctx.label, mnemonic="KernelModules", inputs=(packages,), outputs=(vmlinuz, modules),
         params={"packages": packages.path, "modules": sorted(ctx.strings("modules"))}, function=select,
     ))
-    return TargetInfo(files=(vmlinuz, modules))
+    return [DefaultInfo(files=(vmlinuz, modules)), KernelInfo(vmlinuz, modules)]
 
 
 RULE = Rule(
@@ -139,8 +137,9 @@ RULE = Rule(
         "`/etc/mk/modules.load` (load order, dependencies first), which the `image` rule's init uses."
     ),
     attrs=(
-        Attr("packages", AttrType.LABEL, "A deb_packages target that includes a linux-image package.", mandatory=True),
-        Attr("modules", AttrType.STRING_LIST, "Modules to load at boot, e.g. ['virtio_pci', 'virtio_net'].",
+        Attr("packages", attrs.LABEL, "A deb_packages target that includes a linux-image package.", mandatory=True,
+             providers=(TreeInfo,)),
+        Attr("modules", attrs.STRING_LIST, "Modules to load at boot, e.g. ['virtio_pci', 'virtio_net'].",
              default=[]),
     ),
     analyze=analyze,

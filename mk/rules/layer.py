@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from typing import Any
 
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree, TreeError, check_symlink, dest_path, merge
+from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
-from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
-from mk.rules.rootfs import TREE_SUFFIX
+from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
+from mk.rules.providers import TreeInfo
 from mk.rules.tarball import import_tar
+
+# Linux's dev_t holds a 12-bit major and a 20-bit minor; cpio and tar fields hold less than 2^32.
+MAX_DEVICE_NUMBER = (1 << 20) - 1
 
 
 def build_layer(io: ActionIO) -> None:
     p = io.params
     layers: list[Tree] = []
-    for tar_path in _strings(p["tars"]):
+    for tar_path in io.strings("tars"):
         with open(io.inputs[tar_path], "rb") as tarball:
             layers.append(import_tar(tarball, io.cas, f"tarball '{tar_path}'"))
     entries: list[Entry] = []
@@ -40,7 +44,7 @@ def build_layer(io: ActionIO) -> None:
         tree = merge([*layers, Tree.build(entries)])
     except TreeError as e:
         raise ValueError(str(e)) from None
-    io.outputs[next(iter(io.outputs))].write_bytes(tree.encode())
+    io.write_tree(tree)
 
 
 def _account_files(cas: ContentStore, users: list[list[object]], groups: list[list[object]]) -> list[Entry]:
@@ -65,11 +69,6 @@ def _rows(value: object) -> list[list[object]]:
     return value
 
 
-def _strings(value: object) -> list[str]:
-    assert isinstance(value, list)
-    return [str(v) for v in value]
-
-
 def _mode(value: object, default: int) -> int:
     return default if value is None else _int(value)
 
@@ -79,18 +78,16 @@ def _int(value: object) -> int:
     return value
 
 
-def analyze(ctx: RuleContext) -> TargetInfo:
-    modes = _parse_modes(ctx)
-    owners = _parse_owners(ctx)
+def analyze(ctx: RuleContext) -> list[Provider]:
+    modes = {_dest(path): mode for path, mode in _typed(ctx, "modes").items()}
+    owners = {_dest(path): ids for path, ids in _typed(ctx, "owners").items()}
     files: list[list[object]] = []
     inputs: list[Artifact] = []
-    file_attr = ctx.attrs["files"]
-    assert isinstance(file_attr, dict)
-    for (dest, label), dep in zip(file_attr.items(), ctx.deps.get("files", ()), strict=True):
+    for (dest, label), dep in zip(_typed(ctx, "files").items(), ctx.deps.get("files", ()), strict=True):
         if len(dep.files) == 1 and not dest.endswith("/"):
-            placed = [(_dest(ctx, dest), dep.files[0])]
+            placed = [(_dest(dest), dep.files[0])]
         elif dest.endswith("/"):
-            placed = [(_dest(ctx, dest + os.path.basename(f.path)), f) for f in dep.files]
+            placed = [(_dest(dest + os.path.basename(f.path)), f) for f in dep.files]
         else:
             raise MkError(f"layer {ctx.label}: '{label}' gives {len(dep.files)} files; "
                           f"end the destination with '/' to place them in a folder ('{dest}/')")
@@ -98,94 +95,92 @@ def analyze(ctx: RuleContext) -> TargetInfo:
             uid, gid = owners.get(path, (0, 0))
             files.append([path, artifact.path, modes.get(path), uid, gid])
             inputs.append(artifact)
-    directories = [[_dest(ctx, d), modes.get(_dest(ctx, d)), *owners.get(_dest(ctx, d), (0, 0))]
-                   for d in ctx.strings("directories")]
-    symlinks = []
-    for link, target in _dict(ctx, "symlinks").items():
-        try:
-            check_symlink(_dest(ctx, link), target)
-        except TreeError as e:
-            raise MkError(f"layer {ctx.label}: {e}") from None
-        symlinks.append([_dest(ctx, link), target])
-    devices = [[_dest(ctx, d), *_device(ctx, d, spec), modes.get(_dest(ctx, d)), *owners.get(_dest(ctx, d), (0, 0))]
-               for d, spec in _dict(ctx, "devices").items()]
+    directories = [[d, modes.get(d), *owners.get(d, (0, 0))] for d in map(_dest, ctx.strings("directories"))]
+    symlinks = sorted([_dest(link), target] for link, target in _typed(ctx, "symlinks").items())
+    devices = [[_dest(d), kind, major, minor, modes.get(_dest(d)), *owners.get(_dest(d), (0, 0))]
+               for d, (kind, major, minor) in _typed(ctx, "devices").items()]
+    _refuse_conflicts(ctx, files, directories, symlinks, devices)
     tars = ctx.files("tars")
-    out = ctx.output(ctx.label.name + TREE_SUFFIX)
+    out = ctx.output(ctx.label.name + ".tree", tree=True)
     ctx.add_action(Action(
         owner=ctx.label,
         mnemonic="Layer",
-        version=1,
         inputs=tuple(dict.fromkeys([*inputs, *tars])),
         outputs=(out,),
         params={
             "files": sorted(files, key=lambda row: str(row[0])),
             "directories": sorted(directories, key=lambda row: str(row[0])),
-            "symlinks": sorted(symlinks),
+            "symlinks": symlinks,
             "devices": sorted(devices, key=lambda row: str(row[0])),
-            "users": [_user(ctx, u) for u in ctx.strings("users")],
-            "groups": [_group(ctx, g) for g in ctx.strings("groups")],
+            "users": [list(u) for u in _typed(ctx, "users")],
+            "groups": [list(g) for g in _typed(ctx, "groups")],
             "tars": [t.path for t in tars],
         },
         function=build_layer,
     ))
-    return TargetInfo(files=(out,))
+    return [DefaultInfo(files=(out,)), TreeInfo(out)]
 
 
-def _dest(ctx: RuleContext, path: str) -> str:
+def _refuse_conflicts(ctx: RuleContext, *kinds: list[list[object]]) -> None:
+    """One path declared twice (a folder and a symlink, say) is an error, not a silent choice."""
+    names = ("files", "directories", "symlinks", "devices")
+    first: dict[str, str] = {}
+    for name, rows in zip(names, kinds, strict=True):
+        for row in rows:
+            path = str(row[0])
+            if path in first:
+                raise MkError(f"layer {ctx.label}: '/{path}' is declared in both '{first[path]}' and '{name}'")
+            first[path] = name
+
+
+def _typed(ctx: RuleContext, name: str) -> Any:
+    return ctx.attrs[name]
+
+
+def _dest(path: str) -> str:
     try:
         return dest_path(path)
     except TreeError as e:
-        raise MkError(f"layer {ctx.label}: destination {e}") from None
+        raise ValueError(f"destination {e}") from None
 
 
-def _dict(ctx: RuleContext, name: str) -> Mapping[str, str]:
-    value = ctx.attrs[name]
-    assert isinstance(value, dict)
-    return value
+def _folder(path: str) -> str:
+    _dest(path)
+    return path
 
 
-def _parse_modes(ctx: RuleContext) -> dict[str, int]:
-    modes = {}
-    for path, text in _dict(ctx, "modes").items():
-        try:
-            mode = int(text, 8)
-        except ValueError:
-            mode = -1
-        if not 0 <= mode <= 0o7777:
-            raise MkError(f"layer {ctx.label}: mode '{text}' for '{path}' is not an octal mode like '0755'")
-        modes[_dest(ctx, path)] = mode
-    return modes
+def _symlink(link: str, target: str) -> str:
+    try:
+        check_symlink(_dest(link), target)
+    except TreeError as e:
+        raise ValueError(str(e)) from None
+    return target
 
 
-def _parse_owners(ctx: RuleContext) -> dict[str, tuple[int, int]]:
-    owners = {}
-    for path, text in _dict(ctx, "owners").items():
-        uid, _, gid = text.partition(":")
-        if not (uid.isdigit() and gid.isdigit()):
-            raise MkError(f"layer {ctx.label}: owner '{text}' for '{path}' must be numeric 'uid:gid'")
-        owners[_dest(ctx, path)] = (int(uid), int(gid))
-    return owners
+def _device(path: str, spec: str) -> tuple[str, int, int]:
+    form = "'c MAJOR MINOR' or 'b MAJOR MINOR'"
+    parts = attrs.split_fields(spec, "", (3,), f"{form} (device '{path}')")
+    if parts[0] not in ("c", "b") or not (parts[1].isdigit() and parts[2].isdigit()):
+        raise ValueError(f"device '{path}' must be {form}, got '{spec}'")
+    major, minor = int(parts[1]), int(parts[2])
+    if major > MAX_DEVICE_NUMBER or minor > MAX_DEVICE_NUMBER:
+        raise ValueError(f"device '{path}': major and minor must be at most {MAX_DEVICE_NUMBER}, got '{spec}'")
+    return (Kind.CHAR.value if parts[0] == "c" else Kind.BLOCK.value, major, minor)
 
 
-def _device(ctx: RuleContext, path: str, spec: str) -> tuple[str, int, int]:
-    parts = spec.split()
-    if len(parts) != 3 or parts[0] not in ("c", "b") or not (parts[1].isdigit() and parts[2].isdigit()):
-        raise MkError(f"layer {ctx.label}: device '{path}' must be 'c MAJOR MINOR' or 'b MAJOR MINOR', got '{spec}'")
-    return (Kind.CHAR.value if parts[0] == "c" else Kind.BLOCK.value, int(parts[1]), int(parts[2]))
+def _user(spec: str) -> tuple[str, int, int, str, str, str]:
+    name, uid, gid, gecos, home, shell = attrs.split_fields(spec, ":", (6,), "'name:uid:gid:gecos:home:shell'")
+    if not name:
+        raise ValueError(f"user '{spec}' must be 'name:uid:gid:gecos:home:shell'")
+    return name, attrs.parse_id(uid, f"uid of user '{name}'"), attrs.parse_id(gid, f"gid of user '{name}'"), \
+        gecos, home, shell
 
 
-def _user(ctx: RuleContext, spec: str) -> list[object]:
-    parts = spec.split(":")
-    if len(parts) != 6 or not (parts[1].isdigit() and parts[2].isdigit()) or not parts[0]:
-        raise MkError(f"layer {ctx.label}: user '{spec}' must be 'name:uid:gid:gecos:home:shell'")
-    return [parts[0], int(parts[1]), int(parts[2]), parts[3], parts[4], parts[5]]
-
-
-def _group(ctx: RuleContext, spec: str) -> list[object]:
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or not parts[1].isdigit() or not parts[0]:
-        raise MkError(f"layer {ctx.label}: group '{spec}' must be 'name:gid' or 'name:gid:member,member'")
-    return [parts[0], int(parts[1]), parts[2] if len(parts) == 3 else ""]
+def _group(spec: str) -> tuple[str, int, str]:
+    parts = attrs.split_fields(spec, ":", (2, 3), "'name:gid' or 'name:gid:member,member'")
+    if not parts[0]:
+        raise ValueError(f"group '{spec}' must be 'name:gid' or 'name:gid:member,member'")
+    return parts[0], attrs.parse_id(parts[1], f"gid of group '{parts[0]}'"), parts[2] if len(parts) == 3 else ""
 
 
 RULE = Rule(
@@ -199,22 +194,24 @@ RULE = Rule(
         "that escape the tree or paths under a symlink are refused."
     ),
     attrs=(
-        Attr("files", AttrType.STRING_KEYED_LABEL_DICT,
+        Attr("files", attrs.LABEL_DICT,
              "Destination path -> label. A label giving several files needs a destination ending in '/'.",
              default={}),
-        Attr("directories", AttrType.STRING_LIST, "Folders to create (mode 0755 unless set in `modes`).",
-             default=[]),
-        Attr("symlinks", AttrType.STRING_DICT, "Link path -> target. Relative targets may not leave the tree.",
-             default={}),
-        Attr("devices", AttrType.STRING_DICT, "Device path -> 'c MAJOR MINOR' or 'b MAJOR MINOR' (mode 0600 "
-             "unless set in `modes`).", default={}),
-        Attr("modes", AttrType.STRING_DICT, "Path -> octal mode, e.g. {'/usr/bin/tool': '0755'}.", default={}),
-        Attr("owners", AttrType.STRING_DICT, "Path -> 'uid:gid' (numeric).", default={}),
-        Attr("users", AttrType.STRING_LIST, "Accounts as 'name:uid:gid:gecos:home:shell'; writes /etc/passwd and "
-             "/etc/shadow with no passwords (key logins only).", default=[]),
-        Attr("groups", AttrType.STRING_LIST, "Groups as 'name:gid' or 'name:gid:member,member'; writes /etc/group.",
-             default=[]),
-        Attr("tars", AttrType.LABEL_LIST, "Tarballs (any compression) to import first; later content wins.",
+        Attr("directories", attrs.records("folder paths", _folder),
+             "Folders to create (mode 0755 unless set in `modes`).", default=[]),
+        Attr("symlinks", attrs.keyed_records("link target", _symlink),
+             "Link path -> target. Relative targets may not leave the tree.", default={}),
+        Attr("devices", attrs.keyed_records("device", _device),
+             "Device path -> 'c MAJOR MINOR' or 'b MAJOR MINOR' (mode 0600 unless set in `modes`).", default={}),
+        Attr("modes", attrs.keyed_records("octal mode", attrs.octal_mode),
+             "Path -> octal mode, e.g. {'/usr/bin/tool': '0755'}.", default={}),
+        Attr("owners", attrs.keyed_records("'uid:gid'", attrs.owner), "Path -> 'uid:gid' (numeric).", default={}),
+        Attr("users", attrs.records("accounts", _user),
+             "Accounts as 'name:uid:gid:gecos:home:shell'; writes /etc/passwd and /etc/shadow with no passwords "
+             "(key logins only).", default=[]),
+        Attr("groups", attrs.records("groups", _group),
+             "Groups as 'name:gid' or 'name:gid:member,member'; writes /etc/group.", default=[]),
+        Attr("tars", attrs.LABEL_LIST, "Tarballs (any compression) to import first; later content wins.",
              default=[]),
     ),
     analyze=analyze,

@@ -2,64 +2,43 @@
 
 from __future__ import annotations
 
-from mk.cache.tree import Tree, TreeError, merge, normalise
-from mk.engine.actions import Action, ActionIO, Artifact
-from mk.engine.errors import MkError
-from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
-
-TREE_SUFFIX = ".tree"
-
-
-def read_tree(io: ActionIO, path: str) -> Tree:
-    return Tree.decode(io.inputs[path].read_bytes())
-
-
-def param_strings(io: ActionIO, key: str) -> list[str]:
-    value = io.params[key]
-    assert isinstance(value, list)
-    return [str(v) for v in value]
-
-
-def tree_inputs(ctx: RuleContext, attr: str) -> tuple[Artifact, ...]:
-    """The tree manifest of each target named by a label attribute (a `deb_packages` target also
-    gives an SBOM, which is skipped); a target that gives no tree is an error."""
-    trees: list[Artifact] = []
-    for dep in ctx.deps.get(attr, ()):
-        found = [f for f in dep.files if f.path.endswith(TREE_SUFFIX)]
-        if not found:
-            raise MkError(f"{ctx.label}: '{dep.text}' in '{attr}' is not a tree; "
-                          "name `layer`, `rootfs` or `deb_packages` targets there")
-        trees += found
-    return tuple(dict.fromkeys(trees))
+from mk.cache.tree import TreeError, merge, normalise
+from mk.engine import attrs
+from mk.engine.actions import Action, ActionIO
+from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
+from mk.rules.providers import TreeInfo
+from mk.rules.trees import tree_inputs
 
 
 def merge_layers(io: ActionIO) -> None:
-    layers = [read_tree(io, path) for path in param_strings(io, "layers")]
+    layers = [io.read_tree(path) for path in io.strings("layers")]
     try:
-        tree = merge(layers, param_strings(io, "remove"))
+        tree = merge(layers, io.strings("remove"))
     except TreeError as e:
         raise ValueError(str(e)) from None
-    io.outputs[next(iter(io.outputs))].write_bytes(tree.encode())
+    io.write_tree(tree)
 
 
-def analyze(ctx: RuleContext) -> TargetInfo:
+def _remove_pattern(pattern: str) -> str:
+    try:
+        normalise(pattern.lstrip("/"))
+    except TreeError as e:
+        raise ValueError(f"remove pattern {e}") from None
+    return pattern
+
+
+def analyze(ctx: RuleContext) -> list[Provider]:
     layers = tree_inputs(ctx, "layers")
-    for pattern in ctx.strings("remove"):
-        try:
-            normalise(pattern.lstrip("/"))
-        except TreeError as e:
-            raise MkError(f"rootfs {ctx.label}: remove pattern {e}") from None
-    out = ctx.output(ctx.label.name + TREE_SUFFIX)
+    out = ctx.output(ctx.label.name + ".tree", tree=True)
     ctx.add_action(Action(
         owner=ctx.label,
         mnemonic="MergeTrees",
-        version=1,
         inputs=layers,
         outputs=(out,),
         params={"layers": [a.path for a in layers], "remove": ctx.strings("remove")},
         function=merge_layers,
     ))
-    return TargetInfo(files=(out,))
+    return [DefaultInfo(files=(out,)), TreeInfo(out)]
 
 
 RULE = Rule(
@@ -70,9 +49,10 @@ RULE = Rule(
         "matching a `remove` pattern is dropped with everything under it. Only metadata is touched."
     ),
     attrs=(
-        Attr("layers", AttrType.LABEL_LIST, "`layer` or `rootfs` targets, lowest first.", mandatory=True),
-        Attr("remove", AttrType.STRING_LIST, "Glob patterns of paths to drop, e.g. '/usr/share/doc/**'.",
-             default=[]),
+        Attr("layers", attrs.LABEL_LIST, "`layer`, `rootfs` or `deb_packages` targets, lowest first.",
+             mandatory=True, providers=(TreeInfo,)),
+        Attr("remove", attrs.records("glob patterns", _remove_pattern),
+             "Glob patterns of paths to drop, e.g. '/usr/share/doc/**'.", default=[]),
     ),
     analyze=analyze,
 )

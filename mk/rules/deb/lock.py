@@ -31,7 +31,7 @@ def lock(workspace: Workspace, target: Target, cache_root: Path) -> LockReport:
     if not keyring.is_absolute():
         keyring = workspace.root / keyring
     settings = workspace.settings
-    mirrors = find_mirrors(settings.debian_mirror, settings.debian_security_mirror)
+    mirrors = find_mirrors(_text(settings.get("debian_mirror")), _text(settings.get("debian_security_mirror")))
     candidates = read_indices(mirrors, list(wanted.suites), list(wanted.components), wanted.architecture,
                               keyring, cache_root / "debian-indices")
     chosen = Resolver(candidates, wanted.architecture, wanted.excludes).resolve(wanted.packages)
@@ -45,3 +45,7 @@ def lock(workspace: Workspace, target: Target, cache_root: Path) -> LockReport:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     return LockReport(path, len(chosen), changed)
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)

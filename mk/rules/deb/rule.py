@@ -7,16 +7,18 @@ import os
 import posixpath
 
 from mk.cache.tree import Entry, Kind, Tree, TreeError, check_symlink, dest_path, merge
+from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
-from mk.engine.rule_api import Attr, AttrType, Rule, RuleContext, TargetInfo
+from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules.deb import known_debs
 from mk.rules.deb.debfile import MERGED_DIRS, DebError, read_deb
 from mk.rules.deb.download import DownloadError, download
 from mk.rules.deb.dpkg import InstalledPackage, database
 from mk.rules.deb.lockfile import LockedPackage, Lockfile, Manifest
 from mk.rules.deb.sbom import spdx
-from mk.rules.rootfs import TREE_SUFFIX, param_strings
+from mk.rules.providers import SbomInfo, TreeInfo
+from mk.rules.write_file import write
 
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
@@ -49,7 +51,7 @@ def fetch(io: ActionIO) -> None:
     out = next(iter(io.outputs.values()))
     if known_debs.copy(io.cas, sha256, out):
         return
-    url = f"{io.source_url(str(p['archive']))}/{p['path']}"
+    url = f"{io.source_url('debian:' + str(p['archive']))}/{p['path']}"
     try:
         download(url, out, sha256=sha256, size=size)
     except DownloadError as e:
@@ -60,26 +62,25 @@ def fetch(io: ActionIO) -> None:
 
 def extract(io: ActionIO) -> None:
     (deb,) = io.inputs.values()
-    tree_out = next(path for name, path in io.outputs.items() if name.endswith(TREE_SUFFIX))
-    meta_out = next(path for name, path in io.outputs.items() if name.endswith(".dpkg.json"))
     try:
         with open(deb, "rb") as f:
-            contents = read_deb(f, io.cas, os.path.basename(str(io.params["deb"])))
+            contents = read_deb(f, io.cas, os.path.basename(io.string("deb")))
     except DebError as e:
         raise ValueError(str(e)) from None
-    tree_out.write_bytes(contents.tree.encode())
+    io.write_tree(contents.tree, 0)
     meta = {"control": contents.control, "md5sums": contents.md5sums, "conffiles": contents.conffiles,
             "paths": list(contents.paths)}
-    meta_out.write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+    io.output(1).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
 
 
 def combine(io: ActionIO) -> None:
     """All packages' trees, then merged-/usr links, alternatives and the dpkg database."""
-    names = param_strings(io, "packages")
+    packages = io.params["packages"]
+    assert isinstance(packages, list)
     trees, installed = [], []
-    for name in names:
-        trees.append(Tree.decode(io.inputs[f"{io.params['prefix']}{name}{TREE_SUFFIX}"].read_bytes()))
-        meta = json.loads(io.inputs[f"{io.params['prefix']}{name}.dpkg.json"].read_text(encoding="utf-8"))
+    for name, tree_path, meta_path in packages:
+        trees.append(io.read_tree(tree_path))
+        meta = json.loads(io.inputs[meta_path].read_text(encoding="utf-8"))
         installed.append(InstalledPackage(name, meta["control"], meta["md5sums"], meta["conffiles"],
                                           tuple(meta["paths"])))
     extra = [Entry(d, Kind.SYMLINK, 0o777, target=f"usr/{d}") for d in MERGED_DIRS if _has_dir(trees, f"usr/{d}")]
@@ -94,54 +95,49 @@ def combine(io: ActionIO) -> None:
         tree = merge([*trees, Tree.build(extra)])
     except TreeError as e:
         raise ValueError(str(e)) from None
-    next(iter(io.outputs.values())).write_bytes(tree.encode())
+    io.write_tree(tree)
 
 
 def _has_dir(trees: list[Tree], path: str) -> bool:
     return any(e.path == path and e.kind is Kind.DIR for t in trees for e in t.entries)
 
 
-def write_text(io: ActionIO) -> None:
-    next(iter(io.outputs.values())).write_text(str(io.params["text"]), encoding="utf-8")
-
-
 # ---- analysis --------------------------------------------------------------------------------
 
 
-def analyze(ctx: RuleContext) -> TargetInfo:
+def analyze(ctx: RuleContext) -> list[Provider]:
     lock = read_lockfile(ctx)
     name = ctx.label.name
     prefix = f"{name}.debs/"
     extracted: list[Artifact] = []
+    packages: list[list[str]] = []
     for package in lock.packages:
         deb = ctx.output(f"{prefix}{_deb_name(package)}")
         ctx.add_action(Action(
-            owner=ctx.label, mnemonic="DebFetch", version=1, inputs=(), outputs=(deb,),
+            owner=ctx.label, mnemonic="DebFetch", inputs=(), outputs=(deb,),
             params={"archive": package.archive, "path": package.path, "sha256": package.sha256, "size": package.size},
             function=fetch,
         ))
-        tree = ctx.output(f"{prefix}{package.name}{TREE_SUFFIX}")
+        tree = ctx.output(f"{prefix}{package.name}.tree", tree=True)
         meta = ctx.output(f"{prefix}{package.name}.dpkg.json")
         ctx.add_action(Action(
-            owner=ctx.label, mnemonic="DebExtract", version=1, inputs=(deb,), outputs=(tree, meta),
+            owner=ctx.label, mnemonic="DebExtract", inputs=(deb,), outputs=(tree, meta),
             params={"deb": _deb_name(package)}, function=extract,
         ))
         extracted += [tree, meta]
-    out = ctx.output(name + TREE_SUFFIX)
-    package_prefix = f"{ctx.label.package}/{prefix}" if ctx.label.package else prefix
+        packages.append([package.name, tree.path, meta.path])
+    out = ctx.output(name + ".tree", tree=True)
     ctx.add_action(Action(
-        owner=ctx.label, mnemonic="DebMerge", version=1, inputs=tuple(extracted), outputs=(out,),
-        params={"packages": [p.name for p in lock.packages], "prefix": package_prefix,
-                "alternatives": _alternatives(ctx)},
+        owner=ctx.label, mnemonic="DebMerge", inputs=tuple(extracted), outputs=(out,),
+        params={"packages": packages, "alternatives": _alternatives(ctx)},
         function=combine,
     ))
     sbom = ctx.output(f"{name}.spdx.json")
     distro = ctx.strings("suites")[0] if ctx.strings("suites") else "debian"
-    ctx.add_action(Action(
-        owner=ctx.label, mnemonic="Sbom", version=1, inputs=(), outputs=(sbom,),
-        params={"text": spdx(str(ctx.label), lock.packages, ctx.source_date_epoch, distro)}, function=write_text,
-    ))
-    return TargetInfo(files=(out, sbom))
+    text = spdx(str(ctx.label), lock.packages, ctx.source_date_epoch, distro)
+    ctx.add_action(Action(owner=ctx.label, mnemonic="Sbom", inputs=(), outputs=(sbom,),
+                          params={"content": text, "executable": False}, function=write))
+    return [DefaultInfo(files=(out, sbom)), TreeInfo(out), SbomInfo(sbom)]
 
 
 def read_lockfile(ctx: RuleContext) -> Lockfile:
@@ -190,17 +186,17 @@ RULE = Rule(
         "manifest no longer matches the lockfile stops and asks for `mk lock`."
     ),
     attrs=(
-        Attr("packages", AttrType.STRING_LIST, "Package names, optionally pinned as 'name=version'.", mandatory=True),
-        Attr("suites", AttrType.STRING_LIST, "Suites to resolve from; the newest version wins.",
+        Attr("packages", attrs.STRING_LIST, "Package names, optionally pinned as 'name=version'.", mandatory=True),
+        Attr("suites", attrs.STRING_LIST, "Suites to resolve from; the newest version wins.",
              default=["bookworm", "bookworm-updates", "bookworm-security"]),
-        Attr("components", AttrType.STRING_LIST, "Archive components.", default=["main"]),
-        Attr("architecture", AttrType.STRING, "Debian architecture.", default="amd64"),
-        Attr("excludes", AttrType.STRING_LIST, "Packages never installed, even when something depends on them.",
+        Attr("components", attrs.STRING_LIST, "Archive components.", default=["main"]),
+        Attr("architecture", attrs.STRING, "Debian architecture.", default="amd64"),
+        Attr("excludes", attrs.STRING_LIST, "Packages never installed, even when something depends on them.",
              default=[]),
-        Attr("lock", AttrType.STRING, "The lockfile, relative to the package; default NAME.lock.json.", default=""),
-        Attr("keyring", AttrType.STRING, "OpenPGP keyring that signs the archives' Release files (used by "
+        Attr("lock", attrs.STRING, "The lockfile, relative to the package; default NAME.lock.json.", default=""),
+        Attr("keyring", attrs.STRING, "OpenPGP keyring that signs the archives' Release files (used by "
              "`mk lock`); relative paths are from the workspace root.", default=DEFAULT_KEYRING),
-        Attr("alternatives", AttrType.STRING_DICT, "update-alternatives links: link -> target, e.g. "
+        Attr("alternatives", attrs.STRING_DICT, "update-alternatives links: link -> target, e.g. "
              "{'/usr/bin/editor': '/usr/bin/vim.basic'}.", default={}),
     ),
     analyze=analyze,

@@ -8,30 +8,37 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import click
 
-from mk.cache.local import LocalCache, default_cache_dir
+from mk.cache.local import LocalCache
+from mk.cache.units import human_size
 from mk.engine.errors import MkError
+from mk.engine.registry import load
+from mk.engine.session import Session, cache_for
 from mk.engine.workspace import Workspace, find_workspace
+from mk.rules.families import registry as shipped_registry
 
 if TYPE_CHECKING:
     from mk.cache.remote import RemoteConfig
     from mk.engine.build import BuildResult
+    from mk.engine.registry import Runner
     from mk.engine.scheduler import ScheduleResult
 
 EXIT_BUILD_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+REGISTRY = shipped_registry()
 
 
 def main() -> None:
     # SIGTERM is handled like Ctrl-C: stop running actions and clean up.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        cli(standalone_mode=False)
+        cli(standalone_mode=False, obj=REGISTRY)
     except (KeyboardInterrupt, click.exceptions.Abort):
         _die("mk: interrupted; nothing partial was kept", EXIT_INTERRUPTED)
     except click.ClickException as e:
@@ -46,25 +53,46 @@ def _die(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def _workspace() -> Workspace:
-    return find_workspace(Path.cwd())
+class _FamilyCommands(click.Group):
+    """The engine's commands plus those rule families contribute (`mk lock`), loaded when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *REGISTRY.commands()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in REGISTRY.commands():
+            loaded: click.Command = load(REGISTRY.commands()[name])
+            return loaded
+        return command
 
 
-def _cache(workspace: Workspace | None) -> LocalCache:
-    if "MK_CACHE_DIR" not in os.environ and workspace and workspace.settings.cache_dir:
-        return LocalCache(workspace.root / workspace.settings.cache_dir)
-    return LocalCache(default_cache_dir())
-
-
-@click.group()
+@click.group(cls=_FamilyCommands)
 def cli() -> None:
     """mk builds bootable Linux images reproducibly from BUILD files."""
 
 
+@dataclass(frozen=True)
+class BuildRequest:
+    """What `mk build`, `mk image`, `mk run` and `mk watch` ask of a build."""
+
+    targets: tuple[str, ...]
+    jobs: int = os.cpu_count() or 1
+    keep_going: bool = False
+    json_events: Path | None = None
+    check: bool = False
+    no_remote_upload: bool = False
+    groups: tuple[str, ...] = ()
+    profile: Path | None = None
+
+
+_JOBS = click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
+                     help="Actions run in parallel.")
+
+
 @cli.command()
 @click.argument("targets", nargs=-1, required=True)
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
-              help="Actions run in parallel.")
+@_JOBS
 @click.option("--keep-going", "-k", is_flag=True, help="Build as much as possible after a failure.")
 @click.option("--json-events", type=click.Path(dir_okay=False, path_type=Path),
               help="Write one JSON object per action to FILE.")
@@ -77,47 +105,43 @@ def build(
     no_remote_upload: bool, profile: Path | None,
 ) -> None:
     """Build TARGETS and print the paths of their outputs."""
-    _build_and_report(targets, jobs, keep_going, json_events, check, no_remote_upload, profile=profile)
+    _build_and_report(BuildRequest(targets, jobs, keep_going, json_events, check, no_remote_upload,
+                                   profile=profile))
 
 
-def _build_and_report(
-    targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None, check: bool,
-    no_remote_upload: bool, groups: tuple[str, ...] = (), profile: Path | None = None,
-) -> tuple[Workspace, BuildResult]:
+def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
     """Build, print the outputs and the summary line; exit unless the build succeeded."""
     from mk.engine.build import BuildOptions
-    from mk.engine.build import build as run_build
     from mk.engine.report import Summary
 
     profiler = None
-    if profile is not None:
+    if request.profile is not None:
         from mk.engine.profile import Profiler
 
         profiler = Profiler()
     started = time.perf_counter()
     differs = False
-    with _events_file(json_events) as events:
+    with _events_file(request.json_events) as events:
         try:
-            workspace = _workspace()  # inside: a bad mk.toml still ends with the summary line
-            cache = _cache(workspace)
-            remote = _remote(workspace, upload=False if no_remote_upload else None)
-            options = BuildOptions(jobs=jobs, keep_going=keep_going, events=events, remote=remote,
-                                   output_groups=groups, profiler=profiler)
+            session = Session(REGISTRY)  # inside: a bad mk.toml still ends with the summary line
+            remote = _remote(session.workspace, upload=False if request.no_remote_upload else None)
+            options = BuildOptions(jobs=request.jobs, keep_going=request.keep_going, events=events, remote=remote,
+                                   output_groups=request.groups, profiler=profiler)
             try:
-                result = run_build(workspace, cache, targets, options)
+                result = session.build(request.targets, options)
             finally:
-                if profile is not None and profiler is not None:
-                    profiler.write(profile)
-            if check and not result.schedule.failures:
+                if request.profile is not None and profiler is not None:
+                    profiler.write(request.profile)
+            if request.check and not result.schedule.failures:
                 reference = result
-                forced = BuildOptions(jobs=jobs, force=True, events=events, output_groups=groups)
-                result = run_build(workspace, cache, targets, forced)
-                differs = _report_check(cache, reference.schedule, result.schedule)
+                forced = BuildOptions(jobs=request.jobs, force=True, events=events, output_groups=request.groups)
+                result = session.build(request.targets, forced)
+                differs = _report_check(session.cache, reference.schedule, result.schedule)
         except MkError as e:
             print(str(e), file=sys.stderr)
             print(Summary(0, 0, 0, 0, 0, time.perf_counter() - started).line())
             sys.exit(EXIT_USAGE)
-    prefix = os.path.relpath(workspace.root)
+    prefix = os.path.relpath(session.workspace.root)
     sys.stdout.write("".join(f"{os.path.join(prefix, path) if prefix != '.' else path}\n" for path in result.outputs))
     for _action, error in result.schedule.failures:
         print(error if isinstance(error, MkError) else f"error: {error}", file=sys.stderr)
@@ -126,44 +150,53 @@ def _build_and_report(
     print(result.summary.line())
     if result.schedule.failures or differs:
         sys.exit(EXIT_BUILD_FAILED)
-    return workspace, result
-
-
-IMAGE_FORMATS = {"kernel+initrd": (), "tar": ("tar",), "oci": ("oci",)}
+    return session, result
 
 
 @cli.command()
 @click.argument("target")
-@click.option("--format", "formats", multiple=True, type=click.Choice(sorted(IMAGE_FORMATS)),
-              help="Extra formats besides kernel+initrd (repeatable).")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True)
+@click.option("--format", "formats", multiple=True, metavar="FORMAT",
+              help="An output format of the image besides its default outputs, e.g. tar or oci (repeatable); "
+                   "an unknown one is an error that lists those the image has.")
+@_JOBS
 def image(target: str, formats: tuple[str, ...], jobs: int) -> None:
     """Build the image TARGET into mk-out/<pkg>/<name>/."""
-    groups = tuple(g for f in formats for g in IMAGE_FORMATS[f])
-    _build_and_report((target,), jobs, False, None, False, False, groups)
+    _build_and_report(BuildRequest((target,), jobs, groups=formats))
 
 
-@cli.command()
+class _WithRunnerOptions(click.Command):
+    """A command that also takes the options of every registered runner (QEMU's --publish,
+    --ssh-key, ...), loaded only when the command is used."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not getattr(self, "_runner_options", False):
+            self._runner_options = True
+            for runner in REGISTRY.runners():
+                self.params.extend(runner.options)
+        return super().get_params(ctx)
+
+
+def _runner(result: BuildResult, target_label: str | None = None) -> tuple[Runner, object] | None:
+    providers = list(result.providers.values()) if target_label is None else [result.providers[target_label]]
+    if len(providers) != 1:
+        return None
+    return REGISTRY.runner_for(providers[0].by_type)
+
+
+@cli.command(cls=_WithRunnerOptions)
 @click.argument("target")
-@click.option("--publish", "-p", multiple=True, metavar="HOST:GUEST", help="Forward 127.0.0.1:HOST to the guest.")
-@click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="An OpenSSH public key to authorize at boot (never stored in the image).")
-@click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto", show_default=True)
-@click.option("--mem", default="512M", show_default=True, help="Guest memory.")
-@click.option("--cpus", type=click.IntRange(min=1), default=1, show_default=True)
-def run(target: str, publish: tuple[str, ...], ssh_key: Path | None, accel: str, mem: str, cpus: int) -> None:
-    """Build the image TARGET and boot it in QEMU, with the serial console on this terminal."""
-    from mk.engine import vm
-
-    options = vm.VmOptions(mem=mem, cpus=cpus, accel=accel, publish=tuple(vm.parse_publish(p) for p in publish),
-                           ssh_key=vm.read_ssh_key(ssh_key) if ssh_key else None)
-    vm.qemu_binary()  # fail before building when QEMU is missing
-    workspace, result = _build_and_report((target,), os.cpu_count() or 1, False, None, False, False)
-    kernels = [path for path in result.outputs if path.endswith("/kernel")]
-    if len(kernels) != 1:
-        raise MkError(f"{target} is not an image target (it has no kernel output)")
-    image_dir = workspace.root / os.path.dirname(kernels[0])
-    sys.exit(vm.boot(image_dir, options, _cache(workspace).root / "vm"))
+@click.pass_context
+def run(ctx: click.Context, /, target: str, **values: object) -> None:
+    """Build TARGET and start it (an image boots in QEMU, with the serial console on this terminal)."""
+    for runner in REGISTRY.runners():
+        runner.check()  # fail before building when, say, QEMU is missing
+    session, result = _build_and_report(BuildRequest((target,)))
+    found = _runner(result)
+    if found is None:
+        raise MkError(f"{target} cannot be run: it provides nothing a runner starts (an image target can)")
+    runner, provider = found
+    running = runner.start(provider, session.workspace.output_dir, session.cache.root, ctx.params, True)  # type: ignore[arg-type]
+    sys.exit(running.wait())
 
 
 def _remote(workspace: Workspace, upload: bool | None) -> RemoteConfig | None:
@@ -212,12 +245,9 @@ def _events_file(path: Path | None) -> Iterator[TextIO | None]:
 def query(kind: str, target: str, output: str) -> None:
     """Print the dependencies (deps), dependents (rdeps) or dependency edges (graph) of TARGET."""
     from mk.engine import query as q
-    from mk.engine.analysis import Analyzer
-    from mk.engine.loader import Loader
 
-    workspace = _workspace()
-    loader = Loader(workspace)
-    analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
+    session = Session(REGISTRY)
+    loader, analyzer = session.analyzer()
     roots = loader.expand(target)
     if len(roots) != 1:
         raise MkError(f"query needs exactly one target; '{target}' matches {len(roots)}")
@@ -234,44 +264,42 @@ def query(kind: str, target: str, output: str) -> None:
         sys.stdout.buffer.write(q.to_svg(q.to_dot(edges, nodes)))
 
 
-@cli.command()
+@cli.command(cls=_WithRunnerOptions)
 @click.argument("targets", nargs=-1, required=True)
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True)
-@click.option("--run", "run_vm", is_flag=True, help="Boot the image target after each successful rebuild.")
-@click.option("--publish", "-p", multiple=True, metavar="HOST:GUEST", help="With --run: forward 127.0.0.1:HOST.")
-@click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path), help="With --run: key to authorize.")
-@click.option("--accel", type=click.Choice(["auto", "tcg", "kvm"]), default="auto", show_default=True)
-def watch(targets: tuple[str, ...], jobs: int, run_vm: bool, publish: tuple[str, ...], ssh_key: Path | None,
-          accel: str) -> None:
+@_JOBS
+@click.option("--run", "run_it", is_flag=True, help="Start the target (boot the image) after each successful rebuild.")
+@click.pass_context
+def watch(ctx: click.Context, /, targets: tuple[str, ...], jobs: int, run_it: bool, **values: object) -> None:
     """Build TARGETS, then rebuild whenever a file they depend on changes (Ctrl-C stops)."""
-    from mk.engine import vm
+    from mk.engine.registry import Running
     from mk.engine.watch import watch as run_watch
 
-    workspace = _workspace()
-    rebooter: vm.Rebooter | None = None
+    session = Session(REGISTRY)
+    running: Running | None = None
 
-    def reboot(result: BuildResult) -> None:
-        nonlocal rebooter
-        kernels = [path for path in result.outputs if path.endswith("/kernel")]
-        if len(kernels) != 1:
-            print("mk watch: --run needs exactly one image target; not booting", file=sys.stderr)
+    def restart(result: BuildResult) -> None:
+        nonlocal running
+        found = _runner(result)
+        if found is None:
+            print("mk watch: --run needs exactly one target that can be run (an image); not starting", file=sys.stderr)
             return
-        if rebooter is None:
-            options = vm.VmOptions(accel=accel, publish=tuple(vm.parse_publish(p) for p in publish),
-                                   ssh_key=vm.read_ssh_key(ssh_key) if ssh_key else None)
-            rebooter = vm.Rebooter(workspace.root / os.path.dirname(kernels[0]), options, _cache(workspace).root / "vm")
-        print("mk watch: booting the image", file=sys.stderr, flush=True)
-        rebooter.reboot()
+        if running is not None:
+            running.stop()
+        runner, provider = found
+        print("mk watch: starting the image", file=sys.stderr, flush=True)
+        running = runner.start(provider, session.workspace.output_dir, session.cache.root,  # type: ignore[arg-type]
+                               ctx.params, False)
 
-    if run_vm:
-        vm.qemu_binary()  # fail now when QEMU is missing
+    if run_it:
+        for runner in REGISTRY.runners():
+            runner.check()  # fail now when, say, QEMU is missing
     try:
-        run_watch(workspace, _cache(workspace), targets, jobs, after_success=reboot if run_vm else None)
+        run_watch(session, targets, jobs, after_success=restart if run_it else None)
     except KeyboardInterrupt:
         print("mk watch: stopped", file=sys.stderr)
     finally:
-        if rebooter is not None:
-            rebooter.stop()
+        if running is not None:
+            running.stop()
 
 
 @cli.command()
@@ -279,41 +307,19 @@ def watch(targets: tuple[str, ...], jobs: int, run_vm: bool, publish: tuple[str,
 def explain(target: str) -> None:
     """Say why each action of TARGET's closure ran in the last build that ran something."""
     from mk.engine import query as q
-    from mk.engine.analysis import Analyzer
     from mk.engine.explain import ExplainLog
     from mk.engine.explain import explain as explain_lines
-    from mk.engine.loader import Loader
 
-    workspace = _workspace()
-    loader = Loader(workspace)
-    analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
+    session = Session(REGISTRY)
+    loader, analyzer = session.analyzer()
     roots = loader.expand(target)
     edges = q.dependency_edges(loader, analyzer, roots)
     labels = {str(label) for root in roots for label in q.deps(edges, root)}
-    lines = explain_lines(ExplainLog(_cache(workspace).root, workspace.root).last_build(), labels)
+    lines = explain_lines(ExplainLog(session.cache.root, session.workspace.root).last_build(), labels)
     if not lines:
         click.echo(f"mk explain: no action of {target} ran in the last build")
     for line in lines:
         click.echo(line)
-
-
-@cli.command()
-@click.argument("target")
-def lock(target: str) -> None:
-    """Resolve a deb_packages TARGET against the archives and write its lockfile."""
-    from mk.engine.loader import Loader
-    from mk.rules.deb.lock import lock as write_lock
-
-    workspace = _workspace()
-    loader = Loader(workspace)
-    labels = loader.expand(target)
-    if len(labels) != 1:
-        raise MkError(f"mk lock needs exactly one target; '{target}' matches {len(labels)}")
-    found = loader.target(labels[0])
-    assert found is not None
-    report = write_lock(workspace, found, _cache(workspace).root)
-    state = "written" if report.changed else "unchanged"
-    click.echo(f"{os.path.relpath(report.path)}: {report.packages} packages ({state})")
 
 
 @cli.command()
@@ -324,6 +330,10 @@ def clean() -> None:
 
     shutil.rmtree(workspace.output_dir, ignore_errors=True)
     click.echo(f"removed {os.path.relpath(workspace.output_dir)}")
+
+
+def _workspace() -> Workspace:
+    return find_workspace(Path.cwd(), REGISTRY.all_settings())
 
 
 @cli.group()
@@ -343,14 +353,14 @@ def stats() -> None:
     """Show what the cache holds."""
     from mk.cache import maintenance
 
-    local = _cache(_optional_workspace())
+    local = cache_for(_optional_workspace())
     s = maintenance.stats(local)
     click.echo(f"cache: {local.root}")
-    click.echo(f"blobs: {s.blobs} ({_human(s.blob_bytes)})")
-    click.echo(f"action results: {s.actions} ({_human(s.action_bytes)})")
+    click.echo(f"blobs: {s.blobs} ({human_size(s.blob_bytes)})")
+    click.echo(f"action results: {s.actions} ({human_size(s.action_bytes)})")
     if s.remote_results:
-        click.echo(f"results from remote caches: {s.remote_results} ({_human(s.remote_result_bytes)})")
-    click.echo(f"total: {_human(s.blob_bytes + s.action_bytes + s.remote_result_bytes)}")
+        click.echo(f"results from remote caches: {s.remote_results} ({human_size(s.remote_result_bytes)})")
+    click.echo(f"total: {human_size(s.blob_bytes + s.action_bytes + s.remote_result_bytes)}")
 
 
 @cache.command()
@@ -363,8 +373,8 @@ def gc(max_size: str) -> None:
         limit = maintenance.parse_size(max_size)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-size") from None
-    report = maintenance.gc(_cache(_optional_workspace()), limit)
-    freed, left = _human(report.freed_bytes), _human(report.remaining_bytes)
+    report = maintenance.gc(cache_for(_optional_workspace()), limit)
+    freed, left = human_size(report.freed_bytes), human_size(report.remaining_bytes)
     click.echo(f"removed {report.removed_files} files, freed {freed}, {left} left")
 
 
@@ -373,7 +383,7 @@ def verify() -> None:
     """Re-hash every blob; drop corrupt blobs and results that point at missing ones."""
     from mk.cache import maintenance
 
-    report = maintenance.verify(_cache(_optional_workspace()))
+    report = maintenance.verify(cache_for(_optional_workspace()))
     for digest in report.corrupt_blobs:
         click.echo(f"corrupt blob removed: {digest}")
     for key in report.broken_actions:
@@ -423,7 +433,7 @@ def serve(storage: Path, host: str, port: int, read_only: bool, token: str | Non
     except OSError as e:
         raise MkError(f"mk cache serve: cannot listen on {host}:{port}: {e.strerror or e}") from None
     mode = "read-only" if read_only else "read-write"
-    extras = (", token required" if token else "") + (f", at most {_human(limit)}" if limit else "")
+    extras = (", token required" if token else "") + (f", at most {human_size(limit)}" if limit else "")
     click.echo(f"mk cache serve: {server.url}/ ({mode}{extras}) storing in {options.storage}")
     sys.stdout.flush()
     try:
@@ -432,12 +442,3 @@ def serve(storage: Path, host: str, port: int, read_only: bool, token: str | Non
         pass
     finally:
         server.server_close()
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
-        value /= 1024
-    return f"{size} B"

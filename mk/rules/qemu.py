@@ -1,4 +1,4 @@
-"""`mk run`: boot an image's kernel and initrd in QEMU, with user-mode networking.
+"""The QEMU runner (`mk run`, `mk watch --run`): boot an image's kernel and initrd in QEMU, with user-mode networking.
 
 The serial console is the terminal. `--accel auto` uses KVM only when a short probe shows that
 guests actually run under it (on some machines /dev/kvm exists but guests hang), and the
@@ -8,13 +8,20 @@ answer is remembered until the host reboots. Ctrl-C stops the VM; nothing is lef
 from __future__ import annotations
 
 import base64
+import posixpath
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
+
 from mk.engine.errors import MkError
+from mk.engine.registry import Runner
+from mk.engine.rule_api import Provider
+from mk.rules.providers import ImageInfo
 
 QEMU = "qemu-system-x86_64"
 _PROBE_SECONDS = 8.0
@@ -114,49 +121,72 @@ def _kvm_boots(image: Path) -> bool:
     return b"Linux version" in seen
 
 
-class Rebooter:
-    """Keeps one VM of an image running in the background; `reboot()` replaces it (mk watch --run)."""
+class VirtualMachine:
+    """One QEMU process booting an image.
 
-    def __init__(self, image: Path, options: VmOptions, state_dir: Path) -> None:
-        self.image, self.options, self.state_dir = image, options, state_dir
-        self.process: subprocess.Popen[bytes] | None = None
+    In the foreground (`mk run`) the serial console is the terminal, and the terminal's Ctrl-C
+    reaches QEMU too. In the background (`mk watch --run`) it runs in its own session, so Ctrl-C
+    reaches only mk, which then stops it.
+    """
 
-    def reboot(self) -> None:
-        self.stop()
-        accel = choose_accel(self.options.accel, self.image, self.state_dir)
-        # Its own session: the terminal's Ctrl-C reaches mk, which then stops the VM itself.
-        self.process = subprocess.Popen(command(self.image, self.options, accel), stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
+    def __init__(self, image: Path, options: VmOptions, state_dir: Path, foreground: bool) -> None:
+        for name in ("kernel", "initrd.img", "cmdline"):
+            if not (image / name).is_file():
+                raise MkError(f"{image / name} is missing; build the image first (mk image)")
+        accel = choose_accel(options.accel, image, state_dir)
+        self.process = subprocess.Popen(command(image, options, accel),
+                                        stdin=None if foreground else subprocess.DEVNULL,
+                                        start_new_session=not foreground)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+    def wait(self) -> int:
+        """Until the VM powers off (or Ctrl-C); QEMU's exit status."""
+        try:
+            return self.process.wait()
+        except KeyboardInterrupt:
+            self.stop(grace=5)
+            raise
+
+    def stop(self, grace: float = 10) -> None:
+        if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=10)
+                self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.process = None
 
 
-def boot(image: Path, options: VmOptions, state_dir: Path) -> int:
-    """Run the VM in the foreground until it powers off (or Ctrl-C); returns QEMU's exit status."""
-    for name in ("kernel", "initrd.img", "cmdline"):
-        if not (image / name).is_file():
-            raise MkError(f"{image / name} is missing; build the image first (mk image)")
-    accel = choose_accel(options.accel, image, state_dir)
-    proc = subprocess.Popen(command(image, options, accel))
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        # The terminal sent SIGINT to QEMU too, and it stops on it; make sure, then report.
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        raise
+def _options(values: Mapping[str, object]) -> VmOptions:
+    publish = values.get("publish") or ()
+    ssh_key = values.get("ssh_key")
+    assert isinstance(publish, tuple)
+    return VmOptions(mem=str(values.get("mem", "512M")), cpus=int(str(values.get("cpus", 1))),
+                     accel=str(values.get("accel", "auto")), publish=tuple(parse_publish(str(p)) for p in publish),
+                     ssh_key=read_ssh_key(Path(str(ssh_key))) if ssh_key else None)
+
+
+def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[str, object],
+          foreground: bool) -> VirtualMachine:
+    assert isinstance(info, ImageInfo)
+    image = output_dir / posixpath.dirname(info.kernel.path)
+    return VirtualMachine(image, _options(values), cache_root / "vm", foreground)
+
+
+def _check() -> None:
+    qemu_binary()
+
+
+RUNNER = Runner(
+    provider=ImageInfo,
+    options=(
+        click.Option(["--publish", "-p"], multiple=True, metavar="HOST:GUEST",
+                     help="Forward 127.0.0.1:HOST to the guest's port GUEST."),
+        click.Option(["--ssh-key"], type=click.Path(dir_okay=False),
+                     help="An OpenSSH public key to authorize at boot (never stored in the image)."),
+        click.Option(["--accel"], type=click.Choice(["auto", "tcg", "kvm"]), default="auto", show_default=True),
+        click.Option(["--mem"], default="512M", show_default=True, help="Guest memory."),
+        click.Option(["--cpus"], type=click.IntRange(min=1), default=1, show_default=True),
+    ),
+    check=_check,
+    start=start,
+)

@@ -1,0 +1,71 @@
+"""A session: one workspace, its settings, its cache and the registry of rule families.
+
+The command line, `mk lock`, `mk query`, `mk explain`, `--check` and `mk image` all go through
+it to load, analyse, expand patterns and build, so that each does those things the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mk.cache.local import LocalCache, default_cache_dir
+from mk.engine.errors import MkError
+from mk.engine.labels import Label
+from mk.engine.registry import Registry
+from mk.engine.workspace import Workspace, find_workspace
+
+if TYPE_CHECKING:
+    from mk.engine.analysis import Analyzer
+    from mk.engine.build import BuildOptions, BuildResult
+    from mk.engine.loader import Loader
+    from mk.engine.targets import Target
+
+
+class Session:
+    def __init__(self, registry: Registry, start: Path | None = None) -> None:
+        self.registry = registry
+        self.workspace: Workspace = find_workspace(start or Path.cwd(), registry.all_settings())
+
+    @functools.cached_property
+    def cache(self) -> LocalCache:
+        return cache_for(self.workspace)
+
+    def loader(self) -> Loader:
+        from mk.engine.loader import Loader  # Starlark only when BUILD files are read
+
+        return Loader(self.workspace, self.registry.rules)
+
+    def analyzer(self) -> tuple[Loader, Analyzer]:
+        from mk.engine.analysis import Analyzer
+
+        loader = self.loader()
+        return loader, Analyzer(loader, self.workspace.settings.source_date_epoch)
+
+    def one_target(self, pattern: str, command: str) -> tuple[Loader, Label]:
+        """The single label `pattern` names; an error naming `command` if it names several."""
+        loader = self.loader()
+        labels = loader.expand(pattern)
+        if len(labels) != 1:
+            raise MkError(f"{command} needs exactly one target; '{pattern}' matches {len(labels)}")
+        return loader, labels[0]
+
+    def target(self, pattern: str, command: str) -> Target:
+        loader, label = self.one_target(pattern, command)
+        found = loader.target(label)
+        assert found is not None
+        return found
+
+    def build(self, patterns: tuple[str, ...], options: BuildOptions) -> BuildResult:
+        from mk.engine.build import build
+
+        return build(self.workspace, self.cache, patterns, options, self.registry)
+
+
+def cache_for(workspace: Workspace | None) -> LocalCache:
+    """MK_CACHE_DIR, else the workspace's `cache_dir` setting, else the user's cache folder."""
+    if "MK_CACHE_DIR" not in os.environ and workspace and workspace.settings.cache_dir:
+        return LocalCache(workspace.root / workspace.settings.cache_dir)
+    return LocalCache(default_cache_dir())
