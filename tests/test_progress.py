@@ -26,7 +26,8 @@ def test_live_view_shows_running_actions_and_counts() -> None:
     slow, quick = action("slow"), action("quick")
     reporter.started(slow)
     reporter.started(quick)
-    reporter.finished(Outcome(quick, KeyMaterial(quick.static, (), ()), ActionResult((), 0, "0" * 64), "executed", "local", 0.1))
+    material = KeyMaterial(quick.static, (), ())
+    reporter.finished(Outcome(quick, material, ActionResult((), 0, "0" * 64), "executed", "local", 0.1))
     time.sleep(0.4)  # at least one refresh of the live view
     reporter.close()
     drawn = screen.getvalue()
