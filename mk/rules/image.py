@@ -116,8 +116,10 @@ def analyze(ctx: RuleContext) -> list[Provider]:
         params=oci_params((rootfs,), False, ["/init"], [], [], "", "", name, ctx.source_date_epoch, "amd64"),
         function=write_oci,
     ))
-    return [DefaultInfo(files=(kernel, initrd, cmdline, sbom, manifest), groups={"tar": (rootfs_tar,), "oci": (oci,)}),
-            ImageInfo(kernel, initrd, cmdline)]
+    boot = (kernel, initrd, cmdline, sbom, manifest)
+    # Output groups are the formats `mk image --format` offers; "kernel+initrd" is the default set.
+    formats = {"kernel+initrd": boot, "tar": (rootfs_tar,), "oci": (oci,)}
+    return [DefaultInfo(files=boot, groups=formats), ImageInfo(kernel, initrd, cmdline)]
 
 
 def _generated(ctx: RuleContext) -> list[list[object]]:
