@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mk.cache.remote import RemoteConfig
     from mk.engine.build import BuildResult
     from mk.engine.registry import Runner
+    from mk.engine.rule_api import Provider
     from mk.engine.scheduler import ScheduleResult
 
 EXIT_BUILD_FAILED = 1
@@ -176,17 +177,18 @@ class _WithRunnerOptions(click.Command):
         return super().get_params(ctx)
 
 
-def _runner(result: BuildResult, target_label: str | None = None) -> tuple[Runner, object] | None:
-    providers = list(result.providers.values()) if target_label is None else [result.providers[target_label]]
-    if len(providers) != 1:
+def _runner(result: BuildResult) -> tuple[Runner, Provider] | None:
+    """The runner for the one target built, and the provider it starts; None for several targets."""
+    if len(result.providers) != 1:
         return None
-    return REGISTRY.runner_for(providers[0].by_type)
+    (providers,) = result.providers.values()
+    return REGISTRY.runner_for(providers.by_type)
 
 
 @cli.command(cls=_WithRunnerOptions)
 @click.argument("target")
 @click.pass_context
-def run(ctx: click.Context, /, target: str, **values: object) -> None:
+def run(ctx: click.Context, /, target: str, **runner_options: object) -> None:
     """Build TARGET and start it (an image boots in QEMU, with the serial console on this terminal)."""
     for runner in REGISTRY.runners():
         runner.check()  # fail before building when, say, QEMU is missing
@@ -195,7 +197,7 @@ def run(ctx: click.Context, /, target: str, **values: object) -> None:
     if found is None:
         raise MkError(f"{target} cannot be run: it provides nothing a runner starts (an image target can)")
     runner, provider = found
-    running = runner.start(provider, session.workspace.output_dir, session.cache.root, ctx.params, True)  # type: ignore[arg-type]
+    running = runner.start(provider, session.workspace.output_dir, session.cache.root, ctx.params, True)
     sys.exit(running.wait())
 
 
@@ -269,7 +271,7 @@ def query(kind: str, target: str, output: str) -> None:
 @_JOBS
 @click.option("--run", "run_it", is_flag=True, help="Start the target (boot the image) after each successful rebuild.")
 @click.pass_context
-def watch(ctx: click.Context, /, targets: tuple[str, ...], jobs: int, run_it: bool, **values: object) -> None:
+def watch(ctx: click.Context, /, targets: tuple[str, ...], jobs: int, run_it: bool, **runner_options: object) -> None:
     """Build TARGETS, then rebuild whenever a file they depend on changes (Ctrl-C stops)."""
     from mk.engine.registry import Running
     from mk.engine.watch import watch as run_watch
@@ -287,8 +289,7 @@ def watch(ctx: click.Context, /, targets: tuple[str, ...], jobs: int, run_it: bo
             running.stop()
         runner, provider = found
         print("mk watch: starting the image", file=sys.stderr, flush=True)
-        running = runner.start(provider, session.workspace.output_dir, session.cache.root,  # type: ignore[arg-type]
-                               ctx.params, False)
+        running = runner.start(provider, session.workspace.output_dir, session.cache.root, ctx.params, False)
 
     if run_it:
         for runner in REGISTRY.runners():

@@ -50,7 +50,9 @@ class Providers:
 
     @property
     def default(self) -> DefaultInfo:
-        return self.get(DefaultInfo)  # type: ignore[return-value]
+        found = self.get(DefaultInfo)
+        assert found is not None  # `of` checked that there is one
+        return found
 
     def get(self, kind: type[P]) -> P | None:
         found = self.by_type.get(kind)
