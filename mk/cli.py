@@ -112,7 +112,7 @@ def build(
 
 def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
     """Build, print the outputs and the summary line; exit unless the build succeeded."""
-    from mk.engine.build import BuildOptions
+    from mk.engine.build import BuildAborted, BuildOptions
     from mk.engine.report import Summary
 
     profiler = None
@@ -140,7 +140,8 @@ def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
                 differs = _report_check(session.cache, reference.schedule, result.schedule)
         except MkError as e:
             print(str(e), file=sys.stderr)
-            print(Summary(0, 0, 0, 0, 0, time.perf_counter() - started).line())
+            nothing = Summary(0, 0, 0, 0, 0, time.perf_counter() - started)
+            print((e.summary if isinstance(e, BuildAborted) else nothing).line())
             sys.exit(EXIT_USAGE)
     prefix = os.path.relpath(session.workspace.root)
     sys.stdout.write("".join(f"{os.path.join(prefix, path) if prefix != '.' else path}\n" for path in result.outputs))

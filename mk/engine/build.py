@@ -21,7 +21,7 @@ from mk.engine.explain import ExplainLog
 from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
 from mk.engine.outputs import place, up_to_date
-from mk.engine.rebuilder import Rebuilder
+from mk.engine.rebuilder import Outcome, Rebuilder
 from mk.engine.registry import Registry
 from mk.engine.report import Reporter, Summary
 from mk.engine.scheduler import ScheduleResult, run_actions
@@ -167,26 +167,40 @@ def build(
         try:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    schedule, outputs = _attempt(workspace, cache, stats, graph, recent, options, remote,
-                                                 registry.source_url(workspace.settings))
+                    # A retry trusts no remembered result: each is checked whole (tree contents
+                    # too), so whatever lost a blob is rebuilt.
+                    schedule, outputs = _attempt(workspace, cache, stats, graph, recent if attempt == 1 else None,
+                                                 options, remote, registry.source_url(workspace.settings))
                     break
                 except (CorruptBlobError, MissingBlobError) as e:
                     if attempt == _ATTEMPTS:
-                        raise MkError(f"the local cache keeps losing blobs: {e}") from None
+                        raise BuildAborted(f"the local cache keeps losing blobs: {e}",
+                                           _summary(graph, [], started)) from None
                     print(f"mk: warning: {e}; rebuilding what needed it", file=sys.stderr)
         finally:
             stats.save()
             if remote is not None:
                 _close_remote(cache, remote)
-    summary = Summary(
+    return BuildResult(_summary(graph, schedule.outcomes, started), outputs, schedule, dict(graph.providers))
+
+
+class BuildAborted(MkError):
+    """The build gave up after analysis: the summary line still counts the targets and actions."""
+
+    def __init__(self, message: str, summary: Summary) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def _summary(graph: Graph, outcomes: Sequence[Outcome], started: float) -> Summary:
+    return Summary(
         targets=graph.target_count,
         actions=len(graph.actions),
-        executed=sum(o.status == "executed" for o in schedule.outcomes),
-        cached_local=sum(o.status == "cached" and o.origin == "local" for o in schedule.outcomes),
-        cached_remote=sum(o.status == "cached" and o.origin == "remote" for o in schedule.outcomes),
+        executed=sum(o.status == "executed" for o in outcomes),
+        cached_local=sum(o.status == "cached" and o.origin == "local" for o in outcomes),
+        cached_remote=sum(o.status == "cached" and o.origin == "remote" for o in outcomes),
         seconds=time.perf_counter() - started,
     )
-    return BuildResult(summary, outputs, schedule, dict(graph.providers))
 
 
 def _open_remote(cache: LocalCache, options: BuildOptions) -> RemoteCache | None:
@@ -206,7 +220,7 @@ def _close_remote(cache: LocalCache, remote: RemoteCache) -> None:
 
 
 def _attempt(
-    workspace: Workspace, cache: LocalCache, stats: StatCache, graph: Graph, recent: RecentResults,
+    workspace: Workspace, cache: LocalCache, stats: StatCache, graph: Graph, recent: RecentResults | None,
     options: BuildOptions, remote: RemoteCache | None, source_url: Callable[[str], str],
 ) -> tuple[ScheduleResult, tuple[str, ...]]:
     # Blobs missing here are read from the remote cache, if this build has one.
@@ -225,7 +239,7 @@ def _attempt(
         )
     finally:
         reporter.close()
-    if not schedule.failures and not options.force:
+    if not schedule.failures and not options.force and recent is not None:
         recent.save({o.key: o.result for o in schedule.outcomes})
     if not options.force:
         _record_explain(cache, workspace, schedule)

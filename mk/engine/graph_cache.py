@@ -1,26 +1,30 @@
 """Skips loading and analysis when nothing they looked at has changed (like ninja's .ninja_log).
 
 The loader records every file it read or checked for, and every folder it listed, with a stat
-signature. The analysed graph is pickled beside those observations; the next build re-stats
-them and reuses the graph when all signatures match. A signature taken within one timestamp
+signature. The analysed graph is pickled beside those observations, under a keyed digest (the
+key is this cache's own secret), and is unpickled only when that digest checks; the next build
+re-stats the observations and reuses the graph when all signatures match. A signature taken within one timestamp
 tick of recording is not trusted, so an edit in the same tick cannot be missed.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import pickle
 import stat
 import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import blake3
 
 from mk.cache.fsutil import write_atomic
 from mk.cache.stat_cache import RACY_NS
 
-_FORMAT = 2
+_FORMAT = 3
+_MAGIC = b"mk-graph\n"
+_MAC_BYTES = 32
 Signature = tuple[int, ...] | None
 
 T = TypeVar("T")
@@ -88,11 +92,10 @@ class GraphCache:
         self.results_file = self.file.with_suffix(".results")  # see RecentResults
 
     def load(self, kind: type[T]) -> T | None:
-        try:
-            with open(self.file, "rb") as f:
-                version, recorded_at, code, seen, graph = pickle.load(f)
-        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
+        loaded = self._read()
+        if loaded is None:
             return None
+        version, recorded_at, code, seen, graph = loaded
         if version != _FORMAT or not isinstance(graph, kind) or code != _code_fingerprint():
             return None
         for path, (whole, signature) in seen.items():
@@ -103,14 +106,55 @@ class GraphCache:
         return graph
 
     def save(self, graph: object, observations: Observations) -> None:
-        data = (_FORMAT, time.time_ns(), _code_fingerprint(), observations.seen, graph)
-        write_atomic(self.file, pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL))
+        data = pickle.dumps((_FORMAT, time.time_ns(), _code_fingerprint(), observations.seen, graph),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        write_atomic(self.file, _MAGIC + self._mac(data) + data)
 
     def observed(self) -> dict[str, bool] | None:
         """The paths the last saved analysis looked at (True: its content or listing), or None."""
+        loaded = self._read()
+        if loaded is None:
+            return None
+        return {str(path): bool(whole) for path, (whole, _signature) in loaded[3].items()}
+
+    def _read(self) -> tuple[Any, ...] | None:
+        """The saved tuple, only if its keyed digest proves this cache wrote it unchanged.
+
+        The graph carries the parts of action keys fixed at analysis, so a cached graph that was
+        altered, by a flipped bit or by hand, must never be unpickled: it could run a changed
+        command and file its result under the original key."""
         try:
             with open(self.file, "rb") as f:
-                _version, _recorded_at, _code, seen, _graph = pickle.load(f)
-            return {str(path): bool(whole) for path, (whole, _signature) in seen.items()}
-        except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, ImportError):
+                blob = f.read()
+        except OSError:
             return None
+        head = len(_MAGIC) + _MAC_BYTES
+        if len(blob) <= head or blob[:len(_MAGIC)] != _MAGIC:
+            return None
+        data = blob[head:]
+        if not hmac.compare_digest(blob[len(_MAGIC):head], self._mac(data)):
+            return None
+        try:
+            loaded = pickle.loads(data)
+        except Exception:  # authentic bytes of an older mk, say: analyse again
+            return None
+        return loaded if isinstance(loaded, tuple) and len(loaded) == 5 else None
+
+    def _mac(self, data: bytes) -> bytes:
+        mac: bytes = blake3.blake3(data, key=_secret(self.file.parent)).digest()
+        return mac
+
+
+def _secret(folder: Path) -> bytes:
+    """This cache's key for authenticating graphs: 32 random bytes, made once, readable by its owner.
+
+    A missing or damaged key is replaced; graphs saved under the old one are then analysed again."""
+    path = folder / "key"
+    try:
+        secret = path.read_bytes()
+    except FileNotFoundError:
+        secret = b""
+    if len(secret) != _MAC_BYTES:
+        write_atomic(path, os.urandom(_MAC_BYTES), mode=0o600)
+        secret = path.read_bytes()  # a concurrent build may have renamed its own key in last
+    return secret

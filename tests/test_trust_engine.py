@@ -1,0 +1,104 @@
+"""Red-team findings on the engine's side of the cache: the blobs inside a tree are checked, a
+retry rebuilds what lost one, and a cached graph that was altered is never used."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from conftest import Workspace, WorkspaceFactory, parse_summary
+
+from mk.cache.tree import Tree
+
+BUILD = textwrap.dedent("""
+    layer(name = "etc", files = {"/etc/motd": "motd", "/etc/issue": "issue"})
+    cpio(name = "initramfs", src = ":etc")
+""").lstrip("\n")
+
+
+def outputs(ws: Workspace) -> dict[str, bytes]:
+    return {str(p.relative_to(ws.root)): p.read_bytes() for p in sorted((ws.root / "mk-out").rglob("*"))
+            if p.is_file()}
+
+
+def motd_blob(ws: Workspace) -> Path:
+    """The stored blob of /etc/motd, a file the layer's tree references (not an output itself)."""
+    tree = Tree.decode((ws.root / "mk-out/pkg/etc.tree").read_bytes())
+    (digest,) = [e.digest for e in tree.entries if e.path == "etc/motd"]
+    return ws.cache_dir / "cas" / digest[:2] / digest
+
+
+def built(ws: Workspace) -> Workspace:
+    ws.build("//pkg:initramfs", "//pkg:etc")
+    return ws
+
+
+def fresh(workspace: WorkspaceFactory) -> Workspace:
+    return built(workspace({"pkg/BUILD": BUILD, "pkg/motd": "hello\n", "pkg/issue": "mk\n"}))
+
+
+def test_a_deleted_blob_inside_a_tree_is_rebuilt(workspace: WorkspaceFactory) -> None:
+    ws = fresh(workspace)
+    blob = motd_blob(ws)
+    expected = blob.read_bytes()
+    blob.unlink()
+    ws.write("pkg/BUILD", BUILD + 'tar(name = "tar", src = ":etc")\n')  # a new reader of the tree
+    result = ws.build("//pkg:tar")
+    # The layer's cached result is incomplete, so the layer is made again before the tar reads it.
+    assert parse_summary(result.out).executed == 2
+    assert result.err.splitlines() == ["[0/2] Layer //pkg:etc", "[1/2] Tar //pkg:tar"]
+    assert blob.read_bytes() == expected
+    assert b"hello\n" in (ws.root / "mk-out/pkg/tar.tar").read_bytes()
+
+
+def test_a_flipped_byte_inside_a_tree_never_reaches_an_archive(workspace: WorkspaceFactory) -> None:
+    ws = fresh(workspace)
+    expected = outputs(ws)
+    blob = motd_blob(ws)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    ws.write("pkg/BUILD", BUILD + 'tar(name = "tar", src = ":etc")\n')
+    result = ws.mk("build", "//pkg:initramfs", "//pkg:etc", "//pkg:tar")
+    assert result.code == 0, result.err
+    assert {k: v for k, v in outputs(ws).items() if k in expected} == expected
+    assert b"hello\n" in (ws.root / "mk-out/pkg/tar.tar").read_bytes()
+    assert "Traceback" not in result.err
+
+
+def test_cache_verify_drops_a_result_whose_tree_lost_a_blob(workspace: WorkspaceFactory) -> None:
+    ws = fresh(workspace)
+    motd_blob(ws).unlink()
+    result = ws.mk("cache", "verify")
+    assert result.code == 1, result.out + result.err
+    dropped = [line for line in result.out.splitlines() if line.startswith("action result removed (blob missing):")]
+    assert len(dropped) == 1, result.out  # the layer's: the archive's blob is whole
+    assert result.out.splitlines()[-1].endswith("0 corrupt, 1 action results dropped")
+
+
+def test_an_altered_cached_graph_is_never_used(workspace: WorkspaceFactory) -> None:
+    ws = fresh(workspace)
+    expected = outputs(ws)
+    (graph,) = (ws.cache_dir / "graphs").glob("*.pickle")
+    original = graph.read_bytes()
+    for position in range(0, len(original), max(1, len(original) // 60)):
+        altered = bytearray(original)
+        altered[position] ^= 0x20
+        graph.write_bytes(bytes(altered))
+        result = ws.mk("build", "//pkg:initramfs", "//pkg:etc")
+        assert result.code == 0 and "Traceback" not in result.err, (position, result.err)
+        summary = parse_summary(result.out)
+        assert (summary.targets, summary.actions, summary.executed) == (2, 2, 0), (position, result.out)
+        assert outputs(ws) == expected, position
+
+
+def test_a_command_edited_inside_the_cached_graph_does_not_run(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'genrule(name = "g", outs = ["g.txt"], cmd = "echo good > $@")\n'})
+    ws.build("//pkg:g")
+    (graph,) = (ws.cache_dir / "graphs").glob("*.pickle")
+    graph.write_bytes(graph.read_bytes().replace(b"echo good", b"echo evil"))
+    ws.write("pkg/BUILD", 'genrule(name = "g", outs = ["g.txt"], cmd = "echo good > $@")\n')  # same text
+    (ws.root / "mk-out/pkg/g.txt").unlink()
+    ws.build("//pkg:g")
+    assert ws.read("mk-out/pkg/g.txt") == "good\n"
