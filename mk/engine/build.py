@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -53,7 +54,13 @@ class BuildResult:
     summary: Summary
     outputs: tuple[str, ...]  # relative to the workspace root
     schedule: ScheduleResult
-    providers: Mapping[str, Providers]  # of each requested target, by label
+    requested_providers: bytes  # see Graph
+
+    @property
+    def providers(self) -> Mapping[str, Providers]:
+        """The providers of each requested target, by label."""
+        found: Mapping[str, Providers] = pickle.loads(self.requested_providers)
+        return found
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,9 @@ class Graph:
     requested_files: tuple[Artifact, ...]
     actions: tuple[Action, ...]
     sources: tuple[SourceFile, ...]
-    providers: tuple[tuple[str, Providers], ...]  # of each requested target, by label
+    # The providers of each requested target, by label, pickled apart: they are read only by
+    # `mk run` and `mk watch --run`, so a no-op build does not import the modules that define them.
+    requested_providers: bytes
 
 
 def analyse(
@@ -110,7 +119,7 @@ def analyse(
     for action in actions:  # computed now, so the cached graph carries them
         _ = action.static, action.sorted_inputs
     graph = Graph(len(targets), requested_files, actions, _source_files(targets, actions, requested_files),
-                  tuple((str(t.target.label), t.providers) for t in requested))
+                  pickle.dumps({str(t.target.label): t.providers for t in requested}))
     graph_cache.save(graph, loader.observed)
     return graph
 
@@ -181,7 +190,7 @@ def build(
             stats.save()
             if remote is not None:
                 _close_remote(cache, remote)
-    return BuildResult(_summary(graph, schedule.outcomes, started), outputs, schedule, dict(graph.providers))
+    return BuildResult(_summary(graph, schedule.outcomes, started), outputs, schedule, graph.requested_providers)
 
 
 class BuildAborted(MkError):

@@ -16,9 +16,7 @@ What goes in:
 
 from __future__ import annotations
 
-import ast
 import functools
-import importlib.util
 import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -91,6 +89,8 @@ def _mk_import_closure(module: str) -> set[str]:
 
 @functools.cache
 def _mk_imports(module: str) -> tuple[str, ...]:
+    import ast  # at analysis only: a build that reuses its graph never reads a source
+
     found: set[str] = set()
     for node in ast.walk(ast.parse(_source(module))):
         if isinstance(node, ast.Import):
@@ -106,6 +106,8 @@ def _mk_imports(module: str) -> tuple[str, ...]:
 
 @functools.cache
 def _origin(module: str) -> str | None:
+    import importlib.util
+
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
