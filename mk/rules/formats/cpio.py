@@ -50,7 +50,7 @@ def write_cpio(tree: Tree, cas: ContentStore, out: BinaryIO, mtime: int) -> None
         nlink = 2 if entry.kind is Kind.DIR else links.get(entry.path, 1)
         if entry.kind is Kind.FILE:
             out.write(_header(number, mode, entry.uid, entry.gid, nlink, mtime, entry.size, rdev, name))
-            for chunk in cas.stream(entry.digest):
+            for chunk in cas.stream(entry.digest, entry.size):
                 out.write(chunk)
             out.write(b"\0" * (-entry.size % 4))
         elif entry.kind is Kind.SYMLINK:
