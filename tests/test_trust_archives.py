@@ -6,12 +6,14 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 import zstandard
+from conftest import WorkspaceFactory
 
 from mk.cache.cas import ContentStore, CorruptBlobError
-from mk.cache.tree import Entry, Kind, Tree
-from mk.rules.formats.cpio import write_cpio
+from mk.cache.tree import Entry, Kind, Tree, TreeError
+from mk.rules.formats.cpio import FieldOverflowError, write_cpio
 from mk.rules.formats.oci import ImageConfig, write_oci_archive
 from mk.rules.formats.tar import write_tar
 
@@ -89,3 +91,58 @@ def test_a_blob_whose_size_disagrees_with_its_tree_entry_is_never_written(
         WRITERS[writer](tree, cas, tmp_path)
     assert str(raised.value) == _removed(cas, digest, f" ({why})")
     assert not cas.path(digest).exists()
+
+
+# ---- 4. numbers that no header can hold --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (Entry("d", Kind.DIR, 0o755, uid=4294967297), "'d': uid 4294967297 is out of range (at most 4294967295)"),
+        (Entry("d", Kind.DIR, 0o755, gid=1 << 32), "'d': gid 4294967296 is out of range (at most 4294967295)"),
+        (Entry("d", Kind.DIR, 0o40755), "'d': mode 0o40755 is out of range (at most 0o7777)"),
+        (Entry("x", Kind.CHAR, 0o600, major=4294967296), "'x': device major 4294967296 is out of range (at most 4095)"),
+        (Entry("x", Kind.BLOCK, 0o600, minor=1 << 20), "'x': device minor 1048576 is out of range (at most 1048575)"),
+        (Entry("f", Kind.FILE, 0o644, digest="a" * 64, size=1 << 63),
+         "'f': size 9223372036854775808 is out of range (at most 9223372036854775807)"),
+    ],
+    ids=["uid", "gid", "mode", "major", "minor", "size"],
+)
+def test_trees_refuse_numbers_linux_cannot_hold(entry: Entry, message: str) -> None:
+    with pytest.raises(TreeError) as raised:
+        Tree.build([entry])
+    assert str(raised.value) == message
+
+
+def test_decoding_refuses_a_manifest_with_a_device_number_linux_cannot_hold() -> None:
+    manifest = msgpack.packb([1, [["x", "char", 0o600, 0, 0, "", 0, "", (1 << 64) - 1, 0]]])
+    with pytest.raises(TreeError) as raised:
+        Tree.decode(manifest)
+    assert str(raised.value) == "'x': device major 18446744073709551615 is out of range (at most 4095)"
+
+
+def test_cpio_refuses_an_mtime_past_2106(tmp_path: Path) -> None:
+    tree = Tree.build([Entry("etc", Kind.DIR, 0o755)])
+    with pytest.raises(FieldOverflowError) as raised:
+        write_cpio(tree, ContentStore(tmp_path), io.BytesIO(), 1 << 32)
+    assert str(raised.value) == ("cpio: 'etc': mtime (source_date_epoch) 4294967296 does not fit the newc header "
+                                 "(at most 4294967295)")
+
+
+def test_cpio_refuses_a_file_of_4_gib(tmp_path: Path) -> None:
+    tree = Tree.build([Entry("big", Kind.FILE, 0o644, digest="a" * 64, size=1 << 32)])
+    with pytest.raises(FieldOverflowError) as raised:
+        write_cpio(tree, ContentStore(tmp_path), io.BytesIO(), 0)
+    assert str(raised.value) == "cpio: 'big': file size 4294967296 does not fit the newc header (at most 4294967295)"
+
+
+def test_a_cpio_build_past_2106_fails_with_the_action_naming_the_field(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"p/BUILD": 'layer(name = "l", directories = ["/etc"])\ncpio(name = "c", src = ":l")\n'},
+                   toml="source_date_epoch = 4294967296\n")
+    result = ws.mk("build", "//p:c")
+    assert result.code == 1, result
+    assert ("error: Cpio //p:c failed: cpio: 'etc': mtime (source_date_epoch) 4294967296 does not fit the newc "
+            "header (at most 4294967295)") in result.err
+    assert "Traceback" not in result.err
+    assert not (ws.root / "mk-out/p/c.cpio").exists()
