@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,13 +14,18 @@ import msgpack
 import pytest
 import zstandard
 from conftest import WorkspaceFactory
+from test_tarball_import import make_tar
 
 from mk.cache.cas import ContentStore, CorruptBlobError
 from mk.cache.tree import Entry, Kind, Tree, TreeError
 from mk.rules.formats.cpio import FieldOverflowError, write_cpio
 from mk.rules.formats.oci import ImageConfig, write_oci_archive
 from mk.rules.formats.tar import write_tar
+from mk.rules.tarball import UnsafeArchiveError, import_tar
 
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress, "xz": lzma.compress, "bzip2": bz2.compress, "zstd": zstandard.ZstdCompressor().compress,
+}
 CONTENT = b"every byte of this file must reach the archive unchanged\n" * 40
 
 # ---- 1. writers verify every blob they read --------------------------------------------------
@@ -146,3 +155,86 @@ def test_a_cpio_build_past_2106_fails_with_the_action_naming_the_field(workspace
             "header (at most 4294967295)") in result.err
     assert "Traceback" not in result.err
     assert not (ws.root / "mk-out/p/c.cpio").exists()
+
+
+# ---- 5. cut tarballs, 12. huge headers, 13. NUL bytes: the importer refuses them -------------
+
+
+def load(data: bytes, tmp_path: Path) -> Tree:
+    return import_tar(io.BytesIO(data), ContentStore(tmp_path / "cas"), "tarball 'evil.tar'")
+
+
+def _three_members() -> bytes:
+    return make_tar([("a", b"first\n", "file"), ("b", b"second\n", "file"), ("c", b"third\n", "file")])
+
+
+def test_a_tar_cut_at_a_block_boundary_is_refused(tmp_path: Path) -> None:
+    data = _three_members()
+    assert data[2048 + 257:2048 + 262] == b"ustar" and data[2048:2049] == b"c"  # c's header starts at 2048
+    with pytest.raises(UnsafeArchiveError) as raised:
+        load(data[:2048], tmp_path)
+    assert str(raised.value) == ("tarball 'evil.tar': the archive is truncated: it ends after member 'b' "
+                                 "without the end-of-archive marker")
+
+
+def test_a_corrupt_header_inside_a_tar_is_refused(tmp_path: Path) -> None:
+    data = bytearray(_three_members())
+    data[1024] = ord("B")  # b's name, so its header checksum no longer matches
+    with pytest.raises(UnsafeArchiveError) as raised:
+        load(bytes(data), tmp_path)
+    assert str(raised.value) == "tarball 'evil.tar': not a readable tar archive (bad checksum)"
+
+
+def test_a_tar_cut_after_its_end_of_archive_marker_loses_nothing(tmp_path: Path) -> None:
+    data = _three_members()
+    tree = load(data[: 3072 + 512], tmp_path)  # the members, then one zero block
+    assert [e.path for e in tree.entries] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz", "bzip2", "zstd"])
+def test_a_compressed_tar_cut_short_is_refused(kind: str, tmp_path: Path) -> None:
+    compressed = COMPRESSORS[kind](_three_members())
+    with pytest.raises(UnsafeArchiveError) as raised:
+        load(compressed[:-4], tmp_path)  # the tar inside is whole: only the stream's end is missing
+    assert str(raised.value) == f"tarball 'evil.tar': the archive is truncated (the {kind} stream ends early)"
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz", "bzip2", "zstd"])
+def test_a_compressed_tar_imports_whole(kind: str, tmp_path: Path) -> None:
+    tree = load(COMPRESSORS[kind](_three_members()), tmp_path)
+    assert [e.path for e in tree.entries] == ["a", "b", "c"]
+
+
+def test_a_corrupt_xz_tar_is_refused(tmp_path: Path) -> None:
+    compressed = bytearray(COMPRESSORS["xz"](_three_members()))
+    compressed[len(compressed) // 2] ^= 0xFF
+    with pytest.raises(UnsafeArchiveError) as raised:
+        load(bytes(compressed), tmp_path)
+    assert str(raised.value) == "tarball 'evil.tar': the xz data is corrupt (Corrupt input data)"
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "what"),
+    [(tarfile.XHDTYPE, "././@PaxHeader", "pax"), (tarfile.GNUTYPE_LONGNAME, "././@LongLink", "GNU long name")],
+)
+def test_a_huge_extended_header_is_refused_before_it_is_read(kind: bytes, name: str, what: str,
+                                                             tmp_path: Path) -> None:
+    header = tarfile.TarInfo(name)
+    header.type, header.size = kind, 600 << 20
+    source = io.BytesIO(header.tobuf(tarfile.GNU_FORMAT) + b"1 x=y\n" * (3 << 20))
+    with pytest.raises(UnsafeArchiveError) as raised:
+        import_tar(source, ContentStore(tmp_path), "tarball 'evil.tar'")
+    assert str(raised.value) == (f"tarball 'evil.tar': member '{name}': its {what} header is 629145600 bytes, "
+                                 "more than the 1048576 mk accepts")
+    assert source.tell() < 64 << 10
+
+
+def test_a_member_name_with_a_nul_byte_is_refused(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("placeholder")
+        info.pax_headers = {"path": "etc/x\0y"}
+        archive.addfile(info)
+    with pytest.raises(UnsafeArchiveError) as raised:
+        load(buffer.getvalue(), tmp_path)
+    assert str(raised.value) == "tarball 'evil.tar': member 'etc/x\\x00y': 'etc/x\\x00y' holds a NUL byte"

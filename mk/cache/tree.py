@@ -81,8 +81,17 @@ def _int(value: object) -> int:
     return value
 
 
+def shown(text: str) -> str:
+    """A path from an archive as errors show it: control characters escaped, so that a hostile
+    name can neither hide in nor rewrite the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def normalise(path: str) -> str:
-    """'./usr//bin/' -> 'usr/bin'. Raises TreeError for absolute paths and '..' components."""
+    """'./usr//bin/' -> 'usr/bin'. Raises TreeError for absolute paths, '..' components and NUL bytes
+    (which no file name can hold)."""
+    if "\0" in path:
+        raise TreeError(f"'{shown(path)}' holds a NUL byte")
     if path.startswith("/"):
         raise TreeError(f"'{path}' is an absolute path")
     parts = [p for p in path.split("/") if p not in ("", ".")]
