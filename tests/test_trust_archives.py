@@ -14,10 +14,12 @@ import msgpack
 import pytest
 import zstandard
 from conftest import WorkspaceFactory
+from debrepo import Deb, build_deb
 from test_tarball_import import make_tar
 
 from mk.cache.cas import ContentStore, CorruptBlobError
 from mk.cache.tree import Entry, Kind, Tree, TreeError
+from mk.rules.deb.debfile import DebContents, DebError, read_deb
 from mk.rules.formats.cpio import FieldOverflowError, write_cpio
 from mk.rules.formats.oci import ImageConfig, write_oci_archive
 from mk.rules.formats.tar import write_tar
@@ -238,3 +240,65 @@ def test_a_member_name_with_a_nul_byte_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeArchiveError) as raised:
         load(buffer.getvalue(), tmp_path)
     assert str(raised.value) == "tarball 'evil.tar': member 'etc/x\\x00y': 'etc/x\\x00y' holds a NUL byte"
+
+
+# ---- 13. a bad .deb member is a DebError naming the package and member -------------------------
+
+
+def _ar_members(deb: bytes) -> dict[str, bytes]:
+    members, position = {}, 8
+    while position < len(deb):
+        name, size = deb[position:position + 16].decode().strip().rstrip("/"), int(deb[position + 48:position + 58])
+        members[name] = deb[position + 60:position + 60 + size]
+        position += 60 + size + size % 2
+    return members
+
+
+def _ar(members: dict[str, bytes]) -> bytes:
+    return b"!<arch>\n" + b"".join(
+        f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(body):<10}`\n".encode() + body + b"\n" * (len(body) % 2)
+        for name, body in members.items()
+    )
+
+
+def _read_deb(data: bytes, tmp_path: Path) -> DebContents:
+    return read_deb(io.BytesIO(data), ContentStore(tmp_path / "cache"), "app_1.0_amd64.deb")
+
+
+def test_a_corrupt_xz_data_member_names_the_package_and_member(tmp_path: Path) -> None:
+    members = _ar_members(build_deb(Deb("app")))
+    data = bytearray(members["data.tar.xz"])
+    data[len(data) // 2] ^= 0xFF
+    with pytest.raises(DebError) as raised:
+        _read_deb(_ar({**members, "data.tar.xz": bytes(data)}), tmp_path)
+    assert str(raised.value) == "app_1.0_amd64.deb (data.tar.xz): the xz data is corrupt (Corrupt input data)"
+
+
+def test_a_zstd_data_member_needing_a_dictionary_names_the_package_and_member(tmp_path: Path) -> None:
+    members = _ar_members(build_deb(Deb("app")))
+    samples: list[bytes | bytearray | memoryview] = [
+        b"sample %d of text that repeats with variation %d\n" % (i, i * 7) * 5 for i in range(200)
+    ]
+    dictionary = zstandard.train_dictionary(1024, samples)
+    tar = lzma.decompress(members.pop("data.tar.xz"))
+    data = zstandard.ZstdCompressor(dict_data=dictionary).compress(tar)
+    with pytest.raises(DebError) as raised:
+        _read_deb(_ar({**members, "data.tar.zst": data}), tmp_path)
+    assert str(raised.value) == ("app_1.0_amd64.deb (data.tar.zst): the zstd data is corrupt "
+                                 "(zstd decompressor error: Dictionary mismatch)")
+
+
+def test_a_cut_control_member_names_the_package_and_member(tmp_path: Path) -> None:
+    members = _ar_members(build_deb(Deb("app")))
+    with pytest.raises(DebError) as raised:
+        _read_deb(_ar({**members, "control.tar.gz": members["control.tar.gz"][:-8]}), tmp_path)
+    assert str(raised.value) == ("app_1.0_amd64.deb (control.tar.gz): the archive is truncated "
+                                 "(the gzip stream ends early)")
+
+
+def test_a_zstd_package_reads_whole(tmp_path: Path) -> None:
+    members = _ar_members(build_deb(Deb("app")))
+    tar = lzma.decompress(members.pop("data.tar.xz"))
+    contents = _read_deb(_ar({**members, "data.tar.zst": zstandard.ZstdCompressor().compress(tar)}), tmp_path)
+    assert contents.paths == ("usr", "usr/share", "usr/share/doc", "usr/share/doc/app", "usr/share/doc/app/README")
+

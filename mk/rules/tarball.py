@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import tarfile
 from collections.abc import Callable
-from typing import BinaryIO
 
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree, TreeError, check_symlink, normalise, shown
-from mk.rules.formats.compression import CorruptStreamError, TruncatedStreamError, decompressed
+from mk.rules.formats.compression import CorruptStreamError, Readable, TruncatedStreamError, decompressed
 
 _IN_MEMORY = 16 << 20  # members up to this size are read whole rather than streamed
 _CHUNK = 1 << 20
@@ -54,7 +53,7 @@ class _Header(tarfile.TarInfo):
         return header
 
 
-def read_tar(source: BinaryIO, what: str, visit: Callable[[tarfile.TarInfo, tarfile.TarFile], None]) -> None:
+def read_tar(source: Readable, what: str, visit: Callable[[tarfile.TarInfo, tarfile.TarFile], None]) -> None:
     """Call `visit` on each member of a tar stream, compressed or not (the magic number says), then
     make sure the archive and its compression both ended where they should.
 
@@ -85,7 +84,7 @@ def read_tar(source: BinaryIO, what: str, visit: Callable[[tarfile.TarInfo, tarf
         raise UnsafeArchiveError(f"{what}: not a readable tar archive ({e})") from None
 
 
-def import_tar(source: BinaryIO, cas: ContentStore, what: str) -> Tree:
+def import_tar(source: Readable, cas: ContentStore, what: str) -> Tree:
     """Read a (possibly compressed) tar stream into a tree. `what` names it in errors."""
     entries: dict[str, Entry] = {}
 

@@ -8,22 +8,21 @@ merged. Maintainer scripts are read but never run.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
 import posixpath
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree, TreeError
-from mk.rules.tarball import UnsafeArchiveError, import_tar
+from mk.rules.formats.compression import decompressed
+from mk.rules.tarball import UnsafeArchiveError, import_tar, read_tar
 
 MERGED_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _AR_MAGIC = b"!<arch>\n"
+_COMPRESSIONS = {".gz": "gzip", ".xz": "xz", ".bz2": "bzip2", ".zst": "zstd", ".tar": "none"}
 
 
 class DebError(ValueError):
@@ -48,7 +47,7 @@ def read_deb(source: BinaryIO, cas: ContentStore, what: str) -> DebContents:
             if not version.startswith("2."):
                 raise DebError(f"{what}: unsupported .deb format version '{version}'")
         elif name.startswith("control.tar"):
-            control = _control_files(_decompressed(name, member, what), what)
+            control = _control_files(_decompressed(name, member, what), f"{what} ({name})")
         elif name.startswith("data.tar"):
             try:
                 tree = import_tar(_decompressed(name, member, what), cas, f"{what} ({name})")
@@ -106,40 +105,28 @@ class _Bounded(io.RawIOBase):
             pass
 
 
-def _decompressed(name: str, member: _Bounded, what: str) -> Any:
-    """A reader of the member's uncompressed bytes (a binary file object)."""
-    buffered = io.BufferedReader(member)
-    openers: dict[str, Callable[[Any], Any]] = {
-        ".gz": lambda f: gzip.GzipFile(fileobj=f),
-        ".xz": lzma.LZMAFile,
-        ".bz2": bz2.BZ2File,
-        ".zst": _zstd_reader,
-        ".tar": lambda f: f,
-    }
-    for suffix, opener in openers.items():
-        if name.endswith(suffix):
-            return opener(buffered)
-    raise DebError(f"{what}: member '{name}' has an unknown compression")
+def _decompressed(name: str, member: _Bounded, what: str) -> io.RawIOBase:
+    """A reader of the member's uncompressed bytes, chosen by its name as dpkg-deb does."""
+    kind = next((kind for suffix, kind in _COMPRESSIONS.items() if name.endswith(suffix)), None)
+    if kind is None:
+        raise DebError(f"{what}: member '{name}' has an unknown compression")
+    return decompressed(member, kind)
 
 
-def _zstd_reader(f: Any) -> Any:
-    import zstandard
-
-    return zstandard.ZstdDecompressor().stream_reader(f)
-
-
-def _control_files(stream: Any, what: str) -> dict[str, str]:
+def _control_files(stream: io.RawIOBase, what: str) -> dict[str, str]:
     files: dict[str, str] = {}
+
+    def keep(member: tarfile.TarInfo, archive: tarfile.TarFile) -> None:
+        name = posixpath.normpath(member.name)
+        if member.isreg() and name in ("control", "md5sums", "conffiles"):
+            data = archive.extractfile(member)
+            assert data is not None
+            files[name] = data.read().decode("utf-8", errors="replace")
+
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
-            for member in archive:
-                name = posixpath.normpath(member.name)
-                if member.isreg() and name in ("control", "md5sums", "conffiles"):
-                    data = archive.extractfile(member)
-                    assert data is not None
-                    files[name] = data.read().decode("utf-8", errors="replace")
-    except (tarfile.TarError, EOFError, lzma.LZMAError, OSError) as e:
-        raise DebError(f"{what}: unreadable control archive ({e})") from None
+        read_tar(stream, what, keep)
+    except UnsafeArchiveError as e:
+        raise DebError(str(e)) from None
     return files
 
 

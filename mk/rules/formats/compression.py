@@ -53,7 +53,9 @@ class TruncatedStreamError(CorruptStreamError):
     """Compressed input that ends before its end-of-stream marker."""
 
 
-class _Readable(Protocol):
+class Readable(Protocol):
+    """Anything with read(): a file, a decompressor, a member of another archive."""
+
     def read(self, size: int = -1, /) -> bytes: ...
 
 
@@ -82,7 +84,7 @@ class _Chunks(io.RawIOBase):
 class _Prefixed(_Chunks):
     """`head`, already read from `source`, then the rest of `source`."""
 
-    def __init__(self, head: bytes, source: _Readable) -> None:
+    def __init__(self, head: bytes, source: Readable) -> None:
         super().__init__()
         self._pending = memoryview(head)
         self._source = source
@@ -94,7 +96,7 @@ class _Prefixed(_Chunks):
 class _Checked(_Chunks):
     """A decompressor whose errors say what went wrong with the stream."""
 
-    def __init__(self, stream: _Readable, kind: str, errors: tuple[type[Exception], ...]) -> None:
+    def __init__(self, stream: Readable, kind: str, errors: tuple[type[Exception], ...]) -> None:
         super().__init__()
         self._stream, self._kind, self._errors = stream, kind, errors
 
@@ -116,7 +118,7 @@ _ZSTD_PIECE = 1 << 10
 class _Zstd(_Chunks):
     """zstd frames one after another; raises EOFError if the input ends inside one."""
 
-    def __init__(self, source: _Readable) -> None:
+    def __init__(self, source: Readable) -> None:
         super().__init__()
         self._source = source
         self._decompressor = zstandard.ZstdDecompressor()
@@ -144,7 +146,7 @@ class _Zstd(_Chunks):
 # first member is named "BZh..." is not taken for one.
 _MAGIC = {"gzip": (b"\x1f\x8b",), "xz": (b"\xfd7zXZ\x00",), "zstd": (b"\x28\xb5\x2f\xfd",),
           "bzip2": tuple(b"BZh%d1AY&SY" % level for level in range(1, 10))}
-_OPENERS: dict[str, tuple[Callable[[BinaryIO], _Readable], tuple[type[Exception], ...]]] = {
+_OPENERS: dict[str, tuple[Callable[[BinaryIO], Readable], tuple[type[Exception], ...]]] = {
     # What each decompressor raises on bad data; each raises EOFError where its input ends early.
     # bz2 reports bad data as a plain OSError.
     "gzip": (lambda f: gzip.GzipFile(fileobj=f, mode="rb"), (gzip.BadGzipFile, zlib.error)),
@@ -154,7 +156,7 @@ _OPENERS: dict[str, tuple[Callable[[BinaryIO], _Readable], tuple[type[Exception]
 }
 
 
-def decompressed(source: _Readable, kind: str | None = None) -> io.RawIOBase:
+def decompressed(source: Readable, kind: str | None = None) -> io.RawIOBase:
     """A reader of `source`'s uncompressed bytes. `kind` (none, gzip, xz, bzip2 or zstd) defaults to
     what the magic number says, and anything else is read as it is.
 
