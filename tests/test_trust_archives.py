@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import zstandard
 from conftest import WorkspaceFactory
-from debrepo import Deb, build_deb
+from debrepo import Deb, Member, build_deb
 from test_tarball_import import make_tar
 
 from mk.cache.cas import ContentStore, CorruptBlobError
@@ -302,3 +302,20 @@ def test_a_zstd_package_reads_whole(tmp_path: Path) -> None:
     contents = _read_deb(_ar({**members, "data.tar.zst": zstandard.ZstdCompressor().compress(tar)}), tmp_path)
     assert contents.paths == ("usr", "usr/share", "usr/share/doc", "usr/share/doc/app", "usr/share/doc/app/README")
 
+
+# ---- 14. a .deb shipping a path twice under merged /usr ----------------------------------------
+
+
+def test_a_package_shipping_bin_and_usr_bin_differently_is_refused(tmp_path: Path) -> None:
+    deb = build_deb(Deb("app", members=[Member("./bin/ls", b"one"), Member("./usr/bin/ls", b"two")]))
+    with pytest.raises(DebError) as raised:
+        _read_deb(deb, tmp_path)
+    assert str(raised.value) == ("app_1.0_amd64.deb: 'bin/ls' and 'usr/bin/ls' are both 'usr/bin/ls' on a "
+                                 "merged-/usr system, and they differ")
+
+
+def test_a_package_shipping_bin_and_usr_bin_folders_merges_them(tmp_path: Path) -> None:
+    deb = build_deb(Deb("app", members=[Member("./bin/", kind="dir"), Member("./bin/ls", b"ls"),
+                                        Member("./usr/bin/", kind="dir"), Member("./usr/bin/cat", b"cat")]))
+    tree = _read_deb(deb, tmp_path).tree
+    assert [e.path for e in tree.entries] == ["usr", "usr/bin", "usr/bin/cat", "usr/bin/ls"]

@@ -137,7 +137,11 @@ def usr_path(path: str) -> str:
 
 
 def merge_usr(tree: Tree) -> Tree:
-    entries = []
+    """Raises TreeError when the package ships one path twice (as 'bin/ls' and 'usr/bin/ls') and the
+    two differ: one would silently hide the other. Folders merge; the /usr one, the real folder on
+    a merged system, keeps its mode and owner."""
+    entries: dict[str, Entry] = {}
+    shipped: dict[str, str] = {}  # where each entry's path came from
     for e in tree.entries:
         path = usr_path(e.path)
         target = e.target
@@ -146,7 +150,12 @@ def merge_usr(tree: Tree) -> Tree:
         elif e.kind is Kind.SYMLINK and not target.startswith("/") and path != e.path:
             resolved = posixpath.normpath(posixpath.join(posixpath.dirname(e.path), target))
             target = posixpath.relpath(usr_path(resolved), posixpath.dirname(path) or ".")
+        moved = e
         if path != e.path or target != e.target:
-            e = Entry(path, e.kind, e.mode, e.uid, e.gid, e.digest, e.size, target, e.major, e.minor)
-        entries.append(e)
-    return Tree.build(entries)
+            moved = Entry(path, e.kind, e.mode, e.uid, e.gid, e.digest, e.size, target, e.major, e.minor)
+        earlier = entries.get(path)
+        if earlier is not None and earlier != moved and not (earlier.kind is moved.kind is Kind.DIR):
+            raise TreeError(f"'{shipped[path]}' and '{e.path}' are both '{path}' on a merged-/usr system, "
+                            "and they differ")
+        entries[path], shipped[path] = moved, e.path
+    return Tree.build(entries.values())
