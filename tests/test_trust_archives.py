@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import io
+import json
 import lzma
 import tarfile
 from collections.abc import Callable
@@ -14,12 +16,14 @@ import msgpack
 import pytest
 import zstandard
 from conftest import WorkspaceFactory
-from debrepo import Deb, Member, build_deb
+from debrepo import Deb, Member, Repo, build_deb
+from test_deb import deb_workspace
 from test_tarball_import import make_tar
 
 from mk.cache.cas import ContentStore, CorruptBlobError
 from mk.cache.tree import Entry, Kind, Tree, TreeError
 from mk.rules.deb.debfile import DebContents, DebError, read_deb
+from mk.rules.deb.lockfile import LockedPackage, Lockfile
 from mk.rules.formats.cpio import FieldOverflowError, write_cpio
 from mk.rules.formats.oci import ImageConfig, write_oci_archive
 from mk.rules.formats.tar import write_tar
@@ -319,3 +323,73 @@ def test_a_package_shipping_bin_and_usr_bin_folders_merges_them(tmp_path: Path) 
                                         Member("./usr/bin/", kind="dir"), Member("./usr/bin/cat", b"cat")]))
     tree = _read_deb(deb, tmp_path).tree
     assert [e.path for e in tree.entries] == ["usr", "usr/bin", "usr/bin/cat", "usr/bin/ls"]
+
+
+# ---- 7. lockfiles, indices and control files hold Debian names, not paths ----------------------
+
+LOCKED = LockedPackage("app", "1:2.0-1+deb12u1", "amd64", "debian", "pool/main/a/app/app_2.0-1+deb12u1_amd64.deb",
+                       "ab" * 32, 100, "app-src")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "../../../../tmp/x", "package '../../../../tmp/x': not a valid Debian package name"),
+        ("name", "app\0", "package 'app\\x00': not a valid Debian package name"),
+        ("version", "1.0/../../x", "package 'app': version '1.0/../../x' is not a valid Debian version"),
+        ("architecture", "amd64/..", "package 'app': architecture 'amd64/..' is not a valid Debian architecture"),
+        ("source", "../src", "package 'app': source '../src' is not a valid Debian source"),
+        ("path", "/etc/passwd", "package 'app': path '/etc/passwd' is not a relative path inside the archive"),
+        ("path", "pool/../../x.deb",
+         "package 'app': path 'pool/../../x.deb' is not a relative path inside the archive"),
+        ("archive", "elsewhere", "package 'app': archive 'elsewhere' is neither 'debian' nor 'debian-security'"),
+    ],
+)
+def test_a_lockfile_field_outside_debian_grammar_is_refused(field: str, value: str, message: str) -> None:
+    document = json.loads(Lockfile("0" * 64, (LOCKED,)).dumps())
+    document["packages"][0][field] = value
+    with pytest.raises(ValueError) as raised:
+        Lockfile.loads(json.dumps(document))
+    assert str(raised.value) == message
+
+
+def test_a_lockfile_of_real_debian_versions_loads() -> None:
+    versions = ["1:9.2p1-2+deb12u3", "2.36-9+deb12u7", "3.0.11-1~deb12u2", "5.36.0-7+deb12u1", "1.1+deb12u1", "12"]
+    packages = tuple(dataclasses.replace(LOCKED, name=f"p{i}", version=v) for i, v in enumerate(versions))
+    assert Lockfile.loads(Lockfile("0" * 64, packages).dumps()).packages == packages
+
+
+def test_a_build_from_a_lockfile_naming_a_path_writes_nothing_outside(workspace: WorkspaceFactory,
+                                                                    tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "repo")
+    repo.add("bookworm", Deb("app"))
+    repo.add("bookworm-security")
+    repo.publish()
+    ws = deb_workspace(workspace, repo)
+    assert ws.mk("lock", "//os:base").code == 0
+    ws.write("os/base.lock.json", ws.read("os/base.lock.json").replace('"app"', '"../../../../../escaped"'))
+    result = ws.mk("build", "//os:base")
+    assert result.code == 2, result
+    assert ("error: deb_packages //os:base: lockfile 'os/base.lock.json' is unreadable (package "
+            "'../../../../../escaped': not a valid Debian package name); run `mk lock //os:base` to rewrite it"
+            ) in result.err
+    assert not list(tmp_path.rglob("*escaped*"))
+
+
+def test_an_index_naming_a_path_outside_the_archive_is_refused(workspace: WorkspaceFactory, tmp_path: Path) -> None:
+    repo = Repo(tmp_path / "repo")
+    repo.add("bookworm", Deb("app"))
+    repo.add("bookworm-security")
+    repo.publish()
+    packages = (repo.root / "dists/bookworm/main/binary-amd64/Packages").read_text()
+    repo.write_suite("bookworm", packages.replace("Filename: pool/main/a/app/", "Filename: ../../../"))
+    result = deb_workspace(workspace, repo).mk("lock", "//os:base")
+    assert result.code == 2, result
+    assert ("error: suite bookworm: package 'app': path '../../../app_1.0_amd64.deb' is not a relative path "
+            "inside the archive") in result.err
+
+
+def test_a_control_file_naming_a_path_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DebError) as raised:
+        _read_deb(build_deb(Deb("../evil", members=[Member("./usr/share/doc/x", b"x")])), tmp_path)
+    assert str(raised.value) == "app_1.0_amd64.deb: control file: package '../evil': not a valid Debian package name"

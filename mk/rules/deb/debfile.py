@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,12 +18,14 @@ from typing import Any, BinaryIO
 
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree, TreeError
+from mk.rules.deb.grammar import GrammarError, check_package
 from mk.rules.formats.compression import decompressed
 from mk.rules.tarball import UnsafeArchiveError, import_tar, read_tar
 
 MERGED_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _AR_MAGIC = b"!<arch>\n"
 _COMPRESSIONS = {".gz": "gzip", ".xz": "xz", ".bz2": "bzip2", ".zst": "zstd", ".tar": "none"}
+_CONTROL_FIELDS = re.compile(r"^(Package|Version|Architecture):[ \t]*(\S*)[ \t]*$", re.MULTILINE)
 
 
 class DebError(ValueError):
@@ -55,6 +58,11 @@ def read_deb(source: BinaryIO, cas: ContentStore, what: str) -> DebContents:
                 raise DebError(str(e)) from None
     if control is None or tree is None or "control" not in control:
         raise DebError(f"{what}: not a complete .deb (no control or data member)")
+    fields = dict(_CONTROL_FIELDS.findall(control["control"]))
+    try:
+        check_package(fields.get("Package", ""), fields.get("Version", ""), fields.get("Architecture", ""))
+    except GrammarError as e:
+        raise DebError(f"{what}: control file: {e}") from None
     paths = tuple(e.path for e in tree.entries)
     try:
         merged = merge_usr(tree)
