@@ -307,6 +307,16 @@ def test_a_zstd_package_reads_whole(tmp_path: Path) -> None:
     assert contents.paths == ("usr", "usr/share", "usr/share/doc", "usr/share/doc/app", "usr/share/doc/app/README")
 
 
+
+def test_a_package_path_with_a_newline_is_refused(tmp_path: Path) -> None:
+    """Each path is a line of the package's dpkg file list: a newline would add /etc/shadow to it."""
+    deb = build_deb(Deb("app", members=[Member("./usr/bin/x\n/etc/shadow", b"x")]))
+    with pytest.raises(DebError) as raised:
+        _read_deb(deb, tmp_path)
+    assert str(raised.value) == ("app_1.0_amd64.deb: path 'usr/bin/x\\n' holds a newline, which a dpkg file list "
+                                 "cannot (dpkg refuses such packages too)")
+
+
 # ---- 14. a .deb shipping a path twice under merged /usr ----------------------------------------
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from mk.cache.cas import ContentStore
-from mk.cache.tree import Entry, Kind, Tree, TreeError
+from mk.cache.tree import Entry, Kind, Tree, TreeError, shown
 from mk.rules.deb.grammar import GrammarError, check_package
 from mk.rules.formats.compression import decompressed
 from mk.rules.tarball import UnsafeArchiveError, import_tar, read_tar
@@ -64,6 +64,10 @@ def read_deb(source: BinaryIO, cas: ContentStore, what: str) -> DebContents:
     except GrammarError as e:
         raise DebError(f"{what}: control file: {e}") from None
     paths = tuple(e.path for e in tree.entries)
+    # Each path becomes a line of /var/lib/dpkg/info/<package>.list, which dpkg removes on purge.
+    if (bad := next((p for p in paths if "\n" in p), None)) is not None:
+        raise DebError(f"{what}: path '{shown(bad)}' holds a newline, which a dpkg file list cannot (dpkg "
+                       "refuses such packages too)")
     try:
         merged = merge_usr(tree)
     except TreeError as e:
@@ -117,7 +121,7 @@ def _decompressed(name: str, member: _Bounded, what: str) -> io.RawIOBase:
     """A reader of the member's uncompressed bytes, chosen by its name as dpkg-deb does."""
     kind = next((kind for suffix, kind in _COMPRESSIONS.items() if name.endswith(suffix)), None)
     if kind is None:
-        raise DebError(f"{what}: member '{name}' has an unknown compression")
+        raise DebError(f"{what}: member '{shown(name)}' has an unknown compression")
     return decompressed(member, kind)
 
 
