@@ -246,6 +246,14 @@ def test_a_member_name_with_a_nul_byte_is_refused(tmp_path: Path) -> None:
     assert str(raised.value) == "tarball 'evil.tar': member 'etc/x\\x00y': 'etc/x\\x00y' holds a NUL byte"
 
 
+
+def test_control_characters_in_a_member_name_are_shown_escaped(tmp_path: Path) -> None:
+    with pytest.raises(UnsafeArchiveError) as raised:
+        load(make_tar([("../\x1b[2Jevil", b"x", "file")]), tmp_path)
+    assert str(raised.value) == ("tarball 'evil.tar': member '../\\x1b[2Jevil': '../\\x1b[2Jevil' climbs out of "
+                                 "the tree with '..'")
+
+
 # ---- 13. a bad .deb member is a DebError naming the package and member -------------------------
 
 

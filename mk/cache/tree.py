@@ -93,12 +93,12 @@ def normalise(path: str) -> str:
     if "\0" in path:
         raise TreeError(f"'{shown(path)}' holds a NUL byte")
     if path.startswith("/"):
-        raise TreeError(f"'{path}' is an absolute path")
+        raise TreeError(f"'{shown(path)}' is an absolute path")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise TreeError(f"'{path}' climbs out of the tree with '..'")
+        raise TreeError(f"'{shown(path)}' climbs out of the tree with '..'")
     if not parts:
-        raise TreeError(f"'{path}' names the root of the tree")
+        raise TreeError(f"'{shown(path)}' names the root of the tree")
     return "/".join(parts)
 
 
@@ -171,7 +171,7 @@ class Tree:
 def check_symlink(path: str, target: str) -> None:
     """A relative link may not climb above the root. Absolute links resolve inside the image."""
     if not target or "\0" in target:
-        raise TreeError(f"symlink '{path}' has an empty or invalid target")
+        raise TreeError(f"symlink '{shown(path)}' has an empty or invalid target")
     if target.startswith("/"):
         return
     depth = path.count("/")
@@ -179,7 +179,7 @@ def check_symlink(path: str, target: str) -> None:
         if part == "..":
             depth -= 1
             if depth < 0:
-                raise TreeError(f"symlink '{path}' -> '{target}' escapes the tree")
+                raise TreeError(f"symlink '{shown(path)}' -> '{shown(target)}' escapes the tree")
         elif part not in ("", "."):
             depth += 1
 

@@ -21,7 +21,7 @@ _IN_MEMORY = 16 << 20  # members up to this size are read whole rather than stre
 _CHUNK = 1 << 20
 # tarfile reads a pax or GNU long-name header whole before the member it describes; real ones
 # hold a few paths and attributes.
-MAX_EXTENDED_HEADER = 1 << 20
+_MAX_EXTENDED_HEADER = 1 << 20
 _EXTENDED = {tarfile.XHDTYPE: "pax", tarfile.SOLARIS_XHDTYPE: "pax", tarfile.XGLTYPE: "pax global",
              tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link"}
 
@@ -47,9 +47,9 @@ class _Header(tarfile.TarInfo):
                 raise _Refused(f"not a readable tar archive ({e})") from None
             raise
         what = _EXTENDED.get(header.type)
-        if what is not None and header.size > MAX_EXTENDED_HEADER:
+        if what is not None and header.size > _MAX_EXTENDED_HEADER:
             raise _Refused(f"member '{shown(header.name)}': its {what} header is {header.size} bytes, "
-                           f"more than the {MAX_EXTENDED_HEADER} mk accepts")
+                           f"more than the {_MAX_EXTENDED_HEADER} mk accepts")
         return header
 
 
@@ -118,7 +118,7 @@ def _entry(
     while "/" in ancestor:
         ancestor = ancestor.rsplit("/", 1)[0]
         if ancestor in seen and seen[ancestor].kind is Kind.SYMLINK:
-            raise UnsafeArchiveError(f"{what}: member '{name}' lies under the symlink '{ancestor}'")
+            raise UnsafeArchiveError(f"{what}: member '{name}' lies under the symlink '{shown(ancestor)}'")
     mode, uid, gid = member.mode & 0o7777, member.uid, member.gid
     if member.isreg():
         data = archive.extractfile(member)

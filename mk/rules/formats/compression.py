@@ -172,7 +172,5 @@ def decompressed(source: Readable, kind: str | None = None) -> io.RawIOBase:
     plain = _Prefixed(head, source)
     if kind == "none":
         return plain
-    if kind not in _OPENERS:
-        raise ValueError(f"unknown compression '{kind}' (choose from none, {', '.join(_OPENERS)})")
     opener, errors = _OPENERS[kind]
     return _Checked(opener(io.BufferedReader(plain)), kind, errors)
