@@ -42,8 +42,9 @@ def _streaming_compressor() -> Any:
 
 
 class CorruptBlobError(Exception):
-    def __init__(self, digest: str, path: Path) -> None:
-        super().__init__(f"blob {digest} in {path} is corrupt; it was removed and will be rebuilt")
+    def __init__(self, digest: str, path: Path, why: str = "") -> None:
+        because = f" ({why})" if why else ""
+        super().__init__(f"blob {digest} in {path} is corrupt{because}; it was removed and will be rebuilt")
         self.digest = digest
 
 
@@ -190,17 +191,20 @@ class ContentStore:
             raise CorruptBlobError(digest, self.path(digest)) from None
         return size
 
-    def read_bytes(self, digest: str) -> bytes:
+    def read_bytes(self, digest: str, size: int | None = None) -> bytes:
         parts: list[bytes] = []
-        for chunk in self.stream(digest):
+        for chunk in self.stream(digest, size):
             parts.append(chunk)
         return b"".join(parts)
 
-    def stream(self, digest: str) -> Iterator[bytes]:
-        """Yield the blob's bytes in chunks; raises CorruptBlobError at the end if they are wrong.
+    def stream(self, digest: str, size: int | None = None) -> Iterator[bytes]:
+        """Yield the blob's bytes in chunks; a wrong blob raises CorruptBlobError in place of its last chunk.
 
-        Callers must write what they receive to a temp location and only publish it once the
-        iteration has finished, because verification can only happen at the end.
+        The stream reads one chunk ahead, so the check runs even for a caller that takes only the
+        bytes it expects (a tar writer reads exactly a member's size). With `size` (a tree entry's),
+        a blob of any other length is corrupt too. A corrupt blob is deleted, so it is rebuilt.
+        Callers must still publish nothing before they have all the bytes: what came before the
+        last chunk is unverified.
         """
         path = self.path(digest)
         hasher = blake3.blake3()
@@ -214,25 +218,39 @@ class ContentStore:
                 f = open(path, "rb")  # noqa: SIM115
             except FileNotFoundError:
                 raise MissingBlobError(digest) from None
+        count, ahead = 0, b""
         try:
             with f:
                 reader = zstandard.ZstdDecompressor().stream_reader(f)
                 while chunk := reader.read(_CHUNK):
+                    if ahead:
+                        yield ahead
                     hasher.update(chunk)
-                    yield chunk
+                    count += len(chunk)
+                    if size is not None and count > size:
+                        raise self._corrupt(digest, f"it holds more than the {size} bytes its tree entry says")
+                    ahead = chunk
         except zstandard.ZstdError:
-            self._drop(path)
-            raise CorruptBlobError(digest, path) from None
+            raise self._corrupt(digest) from None
         if hasher.hexdigest() != digest:
-            self._drop(path)
-            raise CorruptBlobError(digest, path)
+            raise self._corrupt(digest)
+        if size is not None and count != size:
+            raise self._corrupt(digest, f"it holds {count} bytes, its tree entry says {size}")
+        if ahead:
+            yield ahead
 
-    def open(self, digest: str) -> BlobReader:
-        """A file-like reader of the blob; raises CorruptBlobError when its end is reached wrong."""
-        return BlobReader(self.stream(digest))
+    def _corrupt(self, digest: str, why: str = "") -> CorruptBlobError:
+        """Drops the blob, so whatever made it runs again, and says so."""
+        path = self.path(digest)
+        self._drop(path)
+        return CorruptBlobError(digest, path, why)
 
-    def copy_to(self, digest: str, out: BinaryIO) -> None:
-        for chunk in self.stream(digest):
+    def open(self, digest: str, size: int | None = None) -> BlobReader:
+        """A file-like reader of the blob, verified as `stream` is (before its last bytes)."""
+        return BlobReader(self.stream(digest, size))
+
+    def copy_to(self, digest: str, out: BinaryIO, size: int | None = None) -> None:
+        for chunk in self.stream(digest, size):
             out.write(chunk)
 
     def verify(self, digest: str) -> bool:

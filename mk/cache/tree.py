@@ -57,21 +57,48 @@ class Entry:
                      str(target), _int(major), _int(minor))
 
 
+# What Linux, and so every image format, can hold: permission bits only (the kind is separate),
+# 32-bit owners, sizes below 2^63 (off_t), and the kernel's dev_t of a 12-bit major and a 20-bit
+# minor. Refused in every tree, so no writer meets a number it would silently truncate.
+_MODE_MAX, _ID_MAX, _SIZE_MAX = 0o7777, (1 << 32) - 1, (1 << 63) - 1
+_MAJOR_MAX, _MINOR_MAX = (1 << 12) - 1, (1 << 20) - 1
+_LIMITS = {"mode": _MODE_MAX, "uid": _ID_MAX, "gid": _ID_MAX, "size": _SIZE_MAX, "major": _MAJOR_MAX,
+           "minor": _MINOR_MAX}
+_SHOWN = {"major": "device major", "minor": "device minor"}
+
+
+def _out_of_range(entry: Entry) -> TreeError:
+    """The error for an entry known to hold a number beyond _LIMITS."""
+    field, limit = next((f, limit) for f, limit in _LIMITS.items() if getattr(entry, f) > limit)
+    value: int = getattr(entry, field)
+    shown = (oct(value), oct(limit)) if field == "mode" else (value, limit)
+    return TreeError(f"'{entry.path}': {_SHOWN.get(field, field)} {shown[0]} is out of range (at most {shown[1]})")
+
+
 def _int(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise TreeError(f"expected a non-negative integer, got {value!r}")
     return value
 
 
+def shown(text: str) -> str:
+    """A path from an archive as errors show it: control characters escaped, so that a hostile
+    name can neither hide in nor rewrite the terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def normalise(path: str) -> str:
-    """'./usr//bin/' -> 'usr/bin'. Raises TreeError for absolute paths and '..' components."""
+    """'./usr//bin/' -> 'usr/bin'. Raises TreeError for absolute paths, '..' components and NUL bytes
+    (which no file name can hold)."""
+    if "\0" in path:
+        raise TreeError(f"'{shown(path)}' holds a NUL byte")
     if path.startswith("/"):
-        raise TreeError(f"'{path}' is an absolute path")
+        raise TreeError(f"'{shown(path)}' is an absolute path")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise TreeError(f"'{path}' climbs out of the tree with '..'")
+        raise TreeError(f"'{shown(path)}' climbs out of the tree with '..'")
     if not parts:
-        raise TreeError(f"'{path}' names the root of the tree")
+        raise TreeError(f"'{shown(path)}' names the root of the tree")
     return "/".join(parts)
 
 
@@ -103,6 +130,10 @@ class Tree:
         """Refuses what could escape the tree when it is unpacked or booted."""
         kinds = {e.path: e.kind for e in self.entries}
         for entry in self.entries:
+            # Spelt out rather than looping over _LIMITS: this runs for every entry of every tree read.
+            if (entry.mode > _MODE_MAX or entry.uid > _ID_MAX or entry.gid > _ID_MAX or entry.size > _SIZE_MAX
+                    or entry.major > _MAJOR_MAX or entry.minor > _MINOR_MAX):
+                raise _out_of_range(entry)
             if normalise(entry.path) != entry.path:
                 raise TreeError(f"'{entry.path}' is not a normalised path")
             parent = posixpath.dirname(entry.path)
@@ -140,7 +171,7 @@ class Tree:
 def check_symlink(path: str, target: str) -> None:
     """A relative link may not climb above the root. Absolute links resolve inside the image."""
     if not target or "\0" in target:
-        raise TreeError(f"symlink '{path}' has an empty or invalid target")
+        raise TreeError(f"symlink '{shown(path)}' has an empty or invalid target")
     if target.startswith("/"):
         return
     depth = path.count("/")
@@ -148,7 +179,7 @@ def check_symlink(path: str, target: str) -> None:
         if part == "..":
             depth -= 1
             if depth < 0:
-                raise TreeError(f"symlink '{path}' -> '{target}' escapes the tree")
+                raise TreeError(f"symlink '{shown(path)}' -> '{shown(target)}' escapes the tree")
         elif part not in ("", "."):
             depth += 1
 

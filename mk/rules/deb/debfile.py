@@ -8,22 +8,24 @@ merged. Maintainer scripts are read but never run.
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
 import posixpath
+import re
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from mk.cache.cas import ContentStore
-from mk.cache.tree import Entry, Kind, Tree, TreeError
-from mk.rules.tarball import UnsafeArchiveError, import_tar
+from mk.cache.tree import Entry, Kind, Tree, TreeError, shown
+from mk.rules.deb.grammar import GrammarError, check_package
+from mk.rules.formats.compression import decompressed
+from mk.rules.tarball import UnsafeArchiveError, import_tar, read_tar
 
 MERGED_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _AR_MAGIC = b"!<arch>\n"
+_COMPRESSIONS = {".gz": "gzip", ".xz": "xz", ".bz2": "bzip2", ".zst": "zstd", ".tar": "none"}
+_CONTROL_FIELDS = re.compile(r"^(Package|Version|Architecture):[ \t]*(\S*)[ \t]*$", re.MULTILINE)
 
 
 class DebError(ValueError):
@@ -48,7 +50,7 @@ def read_deb(source: BinaryIO, cas: ContentStore, what: str) -> DebContents:
             if not version.startswith("2."):
                 raise DebError(f"{what}: unsupported .deb format version '{version}'")
         elif name.startswith("control.tar"):
-            control = _control_files(_decompressed(name, member, what), what)
+            control = _control_files(_decompressed(name, member, what), f"{what} ({name})")
         elif name.startswith("data.tar"):
             try:
                 tree = import_tar(_decompressed(name, member, what), cas, f"{what} ({name})")
@@ -56,7 +58,16 @@ def read_deb(source: BinaryIO, cas: ContentStore, what: str) -> DebContents:
                 raise DebError(str(e)) from None
     if control is None or tree is None or "control" not in control:
         raise DebError(f"{what}: not a complete .deb (no control or data member)")
+    fields = dict(_CONTROL_FIELDS.findall(control["control"]))
+    try:
+        check_package(fields.get("Package", ""), fields.get("Version", ""), fields.get("Architecture", ""))
+    except GrammarError as e:
+        raise DebError(f"{what}: control file: {e}") from None
     paths = tuple(e.path for e in tree.entries)
+    # Each path becomes a line of /var/lib/dpkg/info/<package>.list, which dpkg removes on purge.
+    if (bad := next((p for p in paths if "\n" in p), None)) is not None:
+        raise DebError(f"{what}: path '{shown(bad)}' holds a newline, which a dpkg file list cannot (dpkg "
+                       "refuses such packages too)")
     try:
         merged = merge_usr(tree)
     except TreeError as e:
@@ -106,40 +117,28 @@ class _Bounded(io.RawIOBase):
             pass
 
 
-def _decompressed(name: str, member: _Bounded, what: str) -> Any:
-    """A reader of the member's uncompressed bytes (a binary file object)."""
-    buffered = io.BufferedReader(member)
-    openers: dict[str, Callable[[Any], Any]] = {
-        ".gz": lambda f: gzip.GzipFile(fileobj=f),
-        ".xz": lzma.LZMAFile,
-        ".bz2": bz2.BZ2File,
-        ".zst": _zstd_reader,
-        ".tar": lambda f: f,
-    }
-    for suffix, opener in openers.items():
-        if name.endswith(suffix):
-            return opener(buffered)
-    raise DebError(f"{what}: member '{name}' has an unknown compression")
+def _decompressed(name: str, member: _Bounded, what: str) -> io.RawIOBase:
+    """A reader of the member's uncompressed bytes, chosen by its name as dpkg-deb does."""
+    kind = next((kind for suffix, kind in _COMPRESSIONS.items() if name.endswith(suffix)), None)
+    if kind is None:
+        raise DebError(f"{what}: member '{shown(name)}' has an unknown compression")
+    return decompressed(member, kind)
 
 
-def _zstd_reader(f: Any) -> Any:
-    import zstandard
-
-    return zstandard.ZstdDecompressor().stream_reader(f)
-
-
-def _control_files(stream: Any, what: str) -> dict[str, str]:
+def _control_files(stream: io.RawIOBase, what: str) -> dict[str, str]:
     files: dict[str, str] = {}
+
+    def keep(member: tarfile.TarInfo, archive: tarfile.TarFile) -> None:
+        name = posixpath.normpath(member.name)
+        if member.isreg() and name in ("control", "md5sums", "conffiles"):
+            data = archive.extractfile(member)
+            assert data is not None
+            files[name] = data.read().decode("utf-8", errors="replace")
+
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as archive:
-            for member in archive:
-                name = posixpath.normpath(member.name)
-                if member.isreg() and name in ("control", "md5sums", "conffiles"):
-                    data = archive.extractfile(member)
-                    assert data is not None
-                    files[name] = data.read().decode("utf-8", errors="replace")
-    except (tarfile.TarError, EOFError, lzma.LZMAError, OSError) as e:
-        raise DebError(f"{what}: unreadable control archive ({e})") from None
+        read_tar(stream, what, keep)
+    except UnsafeArchiveError as e:
+        raise DebError(str(e)) from None
     return files
 
 
@@ -150,7 +149,11 @@ def usr_path(path: str) -> str:
 
 
 def merge_usr(tree: Tree) -> Tree:
-    entries = []
+    """Raises TreeError when the package ships one path twice (as 'bin/ls' and 'usr/bin/ls') and the
+    two differ: one would silently hide the other. Folders merge; the /usr one, the real folder on
+    a merged system, keeps its mode and owner."""
+    entries: dict[str, Entry] = {}
+    shipped: dict[str, str] = {}  # where each entry's path came from
     for e in tree.entries:
         path = usr_path(e.path)
         target = e.target
@@ -159,7 +162,12 @@ def merge_usr(tree: Tree) -> Tree:
         elif e.kind is Kind.SYMLINK and not target.startswith("/") and path != e.path:
             resolved = posixpath.normpath(posixpath.join(posixpath.dirname(e.path), target))
             target = posixpath.relpath(usr_path(resolved), posixpath.dirname(path) or ".")
+        moved = e
         if path != e.path or target != e.target:
-            e = Entry(path, e.kind, e.mode, e.uid, e.gid, e.digest, e.size, target, e.major, e.minor)
-        entries.append(e)
-    return Tree.build(entries)
+            moved = Entry(path, e.kind, e.mode, e.uid, e.gid, e.digest, e.size, target, e.major, e.minor)
+        earlier = entries.get(path)
+        if earlier is not None and earlier != moved and not (earlier.kind is moved.kind is Kind.DIR):
+            raise TreeError(f"'{shipped[path]}' and '{e.path}' are both '{path}' on a merged-/usr system, "
+                            "and they differ")
+        entries[path], shipped[path] = moved, e.path
+    return Tree.build(entries.values())

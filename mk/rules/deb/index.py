@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mk.engine.errors import MkError
 from mk.rules.deb.download import DownloadError, download
+from mk.rules.deb.grammar import GrammarError, check_package
 from mk.rules.deb.mirrors import Mirrors, archive_of
 
 _FIELDS = ["Package", "Version", "Architecture", "Filename", "SHA256", "Size", "Source",
@@ -121,6 +122,10 @@ def _parse(index: bytes, archive: str, suite: str) -> Iterator[Candidate]:
 
     for p in deb822.Deb822.iter_paragraphs(io.BytesIO(index), fields=_FIELDS, use_apt_pkg=False):
         source = p.get("Source", p["Package"]).split(" ")[0]
+        try:
+            check_package(p["Package"], p["Version"], p["Architecture"], path=p["Filename"], source=source)
+        except GrammarError as e:
+            raise MkError(f"suite {suite}: {e}") from None
         yield Candidate(
             name=p["Package"], version=p["Version"], architecture=p["Architecture"], archive=archive,
             suite=suite, path=p["Filename"], sha256=p["SHA256"], size=int(p["Size"]), source=source,

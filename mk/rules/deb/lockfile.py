@@ -11,6 +11,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+from mk.cache.tree import shown
+from mk.rules.deb.grammar import GrammarError, check_package
+from mk.rules.deb.mirrors import MAIN, SECURITY
+
 if TYPE_CHECKING:
     from mk.rules.deb.index import Candidate
 
@@ -67,15 +71,24 @@ class Lockfile:
             if document.get("format") != FORMAT:
                 raise ValueError(f"unknown lockfile format {document.get('format')!r}")
             packages = tuple(
-                LockedPackage(
+                _checked(LockedPackage(
                     str(p["name"]), str(p["version"]), str(p["architecture"]), str(p["archive"]), str(p["path"]),
                     _sha256(p["sha256"]), int(p["size"]), str(p["source"]),
-                )
+                ))
                 for p in document["packages"]
             )
             return Lockfile(str(document["manifest_digest"]), packages)
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
             raise ValueError(f"malformed lockfile: {e}") from None
+
+
+def _checked(package: LockedPackage) -> LockedPackage:
+    """The package, if every field is one Debian's grammar allows: each becomes part of a path or URL."""
+    p = package
+    check_package(p.name, p.version, p.architecture, path=p.path, source=p.source)
+    if p.archive not in (MAIN, SECURITY):
+        raise GrammarError(f"package '{p.name}': archive '{shown(p.archive)}' is neither '{MAIN}' nor '{SECURITY}'")
+    return package
 
 
 def _sha256(value: object) -> str:

@@ -17,12 +17,23 @@ _MODE_BITS = {
     Kind.BLOCK: stat.S_IFBLK,
     Kind.FIFO: stat.S_IFIFO,
 }
-_CHUNK = 1 << 20
+# Every newc header field is 8 hex digits; these name them in errors, in header order.
+_FIELDS = ("inode", "mode", "uid", "gid", "link count", "mtime (source_date_epoch)", "file size", "devmajor",
+           "devminor", "device major", "device minor", "path length", "check")
+_FIELD_MAX = 0xFFFFFFFF
+
+
+class FieldOverflowError(ValueError):
+    """A number the newc format cannot hold: it would silently overflow into the next field."""
 
 
 def _header(ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, size: int,
             rdev: tuple[int, int], name: bytes) -> bytes:
     fields = (ino, mode, uid, gid, nlink, mtime, size, 0, 0, rdev[0], rdev[1], len(name) + 1, 0)
+    if max(fields) > _FIELD_MAX:
+        field, value = next((f, v) for f, v in zip(_FIELDS, fields, strict=True) if v > _FIELD_MAX)
+        raise FieldOverflowError(f"cpio: '{name.decode(errors='replace')}': {field} {value} does not fit the newc "
+                                 f"header (at most {_FIELD_MAX})")
     header = b"070701" + b"".join(b"%08X" % f for f in fields) + name + b"\0"
     return header + b"\0" * (-len(header) % 4)
 
@@ -50,7 +61,7 @@ def write_cpio(tree: Tree, cas: ContentStore, out: BinaryIO, mtime: int) -> None
         nlink = 2 if entry.kind is Kind.DIR else links.get(entry.path, 1)
         if entry.kind is Kind.FILE:
             out.write(_header(number, mode, entry.uid, entry.gid, nlink, mtime, entry.size, rdev, name))
-            for chunk in cas.stream(entry.digest):
+            for chunk in cas.stream(entry.digest, entry.size):
                 out.write(chunk)
             out.write(b"\0" * (-entry.size % 4))
         elif entry.kind is Kind.SYMLINK:

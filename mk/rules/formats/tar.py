@@ -38,7 +38,8 @@ def write_tar(tree: Tree, cas: ContentStore, out: BinaryIO, mtime: int) -> None:
         for entry in tree.entries:
             info = tar_info(entry, mtime)
             if entry.kind is Kind.FILE:
-                with cas.open(entry.digest) as blob:
+                # tarfile reads exactly `size` bytes; the reader verifies the blob before the last.
+                with cas.open(entry.digest, entry.size) as blob:
                     archive.addfile(info, blob)
             else:
                 archive.addfile(info)
