@@ -62,8 +62,8 @@ def test_an_enum_attribute_lists_its_values(workspace: WorkspaceFactory) -> None
 def test_a_structured_attribute_names_the_bad_entry(workspace: WorkspaceFactory) -> None:
     ws = workspace(package('layer(name = "l", devices = {"/dev/big": "c 4294967296 1"})\n'))
     assert fails(ws, "//pkg:l") == (
-        "pkg/BUILD:3:1: error: layer //pkg:l: attribute 'devices': device '/dev/big': major and minor must be at "
-        "most 1048575, got 'c 4294967296 1'\n"
+        "pkg/BUILD:3:1: error: layer //pkg:l: attribute 'devices': device '/dev/big': the major must be at most "
+        "4095 and the minor at most 1048575, got 'c 4294967296 1'\n"
     )
 
 
@@ -71,7 +71,7 @@ def test_an_out_of_range_uid_is_refused_where_it_is_written(workspace: Workspace
     ws = workspace(package('layer(name = "l", users = ["x:4294967297:0::/:/bin/sh"])\n'))
     assert fails(ws, "//pkg:l") == (
         "pkg/BUILD:3:1: error: layer //pkg:l: attribute 'users': uid of user 'x' '4294967297' is not a number "
-        "from 0 to 4294967294\n"
+        "from 0 to 4294967295\n"
     )
 
 
@@ -80,3 +80,8 @@ def test_a_path_declared_twice_in_a_layer_is_an_error(workspace: WorkspaceFactor
     assert fails(ws, "//pkg:l") == (
         "pkg/BUILD:3:1: error: layer //pkg:l: '/a' is declared in both 'directories' and 'symlinks'\n"
     )
+
+
+def test_a_source_date_epoch_no_initramfs_can_hold_is_refused(workspace: WorkspaceFactory) -> None:
+    ws = workspace(package('write_file(name = "w", out = "w.txt")\n'), toml="source_date_epoch = 4294967296\n")
+    assert fails(ws, "//pkg:w") == "mk.toml:1:1: error: source_date_epoch must be at most 4294967295, got 4294967296\n"

@@ -60,10 +60,10 @@ class Entry:
 # What Linux, and so every image format, can hold: permission bits only (the kind is separate),
 # 32-bit owners, sizes below 2^63 (off_t), and the kernel's dev_t of a 12-bit major and a 20-bit
 # minor. Refused in every tree, so no writer meets a number it would silently truncate.
-_MODE_MAX, _ID_MAX, _SIZE_MAX = 0o7777, (1 << 32) - 1, (1 << 63) - 1
-_MAJOR_MAX, _MINOR_MAX = (1 << 12) - 1, (1 << 20) - 1
-_LIMITS = {"mode": _MODE_MAX, "uid": _ID_MAX, "gid": _ID_MAX, "size": _SIZE_MAX, "major": _MAJOR_MAX,
-           "minor": _MINOR_MAX}
+MODE_MAX, ID_MAX, SIZE_MAX = 0o7777, (1 << 32) - 1, (1 << 63) - 1
+MAJOR_MAX, MINOR_MAX = (1 << 12) - 1, (1 << 20) - 1
+_LIMITS = {"mode": MODE_MAX, "uid": ID_MAX, "gid": ID_MAX, "size": SIZE_MAX, "major": MAJOR_MAX,
+           "minor": MINOR_MAX}
 _SHOWN = {"major": "device major", "minor": "device minor"}
 
 
@@ -131,8 +131,8 @@ class Tree:
         kinds = {e.path: e.kind for e in self.entries}
         for entry in self.entries:
             # Spelt out rather than looping over _LIMITS: this runs for every entry of every tree read.
-            if (entry.mode > _MODE_MAX or entry.uid > _ID_MAX or entry.gid > _ID_MAX or entry.size > _SIZE_MAX
-                    or entry.major > _MAJOR_MAX or entry.minor > _MINOR_MAX):
+            if (entry.mode > MODE_MAX or entry.uid > ID_MAX or entry.gid > ID_MAX or entry.size > SIZE_MAX
+                    or entry.major > MAJOR_MAX or entry.minor > MINOR_MAX):
                 raise _out_of_range(entry)
             if normalise(entry.path) != entry.path:
                 raise TreeError(f"'{entry.path}' is not a normalised path")

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mk.cache.tree import ID_MAX
+
 
 def _is_str(value: object) -> bool:
     return isinstance(value, str)
@@ -112,7 +114,7 @@ def keyed_records(name: str, parse: Callable[[str, str], object]) -> AttrType:
 
 # ---- records shared by rule families --------------------------------------------------------
 
-MAX_ID = (1 << 32) - 2  # uid/gid: 2^32 - 1 is (uid_t)-1, "no owner"
+MAX_ID = ID_MAX
 
 
 def parse_id(text: str, what: str) -> int:

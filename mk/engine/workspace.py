@@ -24,6 +24,7 @@ class Setting:
     doc: str
     env: str | None = None
     default: object = None
+    maximum: int | None = None  # for an int
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,9 @@ class Settings:
 
 
 ENGINE_SETTINGS = (
-    Setting("source_date_epoch", "int", "The timestamp (seconds) every output carries.", default=0),
+    # cpio (initramfs) headers hold 32 bits of time.
+    Setting("source_date_epoch", "int", "The timestamp (seconds) every output carries.", default=0,
+            maximum=(1 << 32) - 1),
     Setting("cache_dir", "string", "Local cache directory, relative to the workspace; default "
             "`$XDG_CACHE_HOME/mk`.", env="MK_CACHE_DIR"),
     Setting("remote_cache", "string", "Base URL of the shared remote cache (http or https).", env="MK_REMOTE_CACHE"),
@@ -111,8 +114,11 @@ def _read_settings(path: Path, table: Sequence[Setting]) -> Settings:
     for key, value in raw.items():
         if key not in known:
             raise MkError(f"unknown setting '{key}'{did_you_mean(key, known)}", Location(MARKER, 1, 1))
-        if not _KINDS[known[key].kind](value):
-            raise MkError(f"{key} must be {_KIND_NAMES[known[key].kind]}", Location(MARKER, 1, 1))
+        setting = known[key]
+        if not _KINDS[setting.kind](value):
+            raise MkError(f"{key} must be {_KIND_NAMES[setting.kind]}", Location(MARKER, 1, 1))
+        if setting.maximum is not None and isinstance(value, int) and value > setting.maximum:
+            raise MkError(f"{key} must be at most {setting.maximum}, got {value}", Location(MARKER, 1, 1))
     return Settings(
         source_date_epoch=raw.get("source_date_epoch", 0),
         cache_dir=raw.get("cache_dir"),

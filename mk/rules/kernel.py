@@ -45,7 +45,7 @@ def modinfo_depends(elf: bytes) -> list[str]:
 
 
 def _module_bytes(cas: ContentStore, entry: Entry) -> bytes:
-    data = cas.read_bytes(entry.digest)
+    data = cas.read_bytes(entry.digest, entry.size)
     if entry.path.endswith(".xz"):
         return lzma.decompress(data)
     if entry.path.endswith(".zst"):
@@ -106,7 +106,7 @@ def select(io: ActionIO) -> None:
         data = text.encode()
         entries.append(Entry(path, Kind.FILE, 0o644, digest=io.cas.put_bytes(data), size=len(data)))
     with open(io.output(0), "wb") as out:
-        io.cas.copy_to(kernels[0].digest, out)
+        io.cas.copy_to(kernels[0].digest, out, kernels[0].size)
     io.write_tree(Tree.build(entries), 1)
 
 
@@ -114,7 +114,7 @@ def _builtin(cas: ContentStore, tree: Tree, release: str) -> set[str]:
     entry = next((e for e in tree.entries if e.path == f"usr/lib/modules/{release}/modules.builtin"), None)
     if entry is None:
         return set()
-    return {_name(line) for line in cas.read_bytes(entry.digest).decode().splitlines() if line}
+    return {_name(line) for line in cas.read_bytes(entry.digest, entry.size).decode().splitlines() if line}
 
 
 def analyze(ctx: RuleContext) -> list[Provider]:

@@ -7,16 +7,13 @@ import stat
 from typing import Any
 
 from mk.cache.cas import ContentStore
-from mk.cache.tree import Entry, Kind, Tree, TreeError, check_symlink, dest_path, merge
+from mk.cache.tree import MAJOR_MAX, MINOR_MAX, Entry, Kind, Tree, TreeError, check_symlink, dest_path, merge
 from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules.providers import TreeInfo
 from mk.rules.tarball import import_tar
-
-# Linux's dev_t holds a 12-bit major and a 20-bit minor; cpio and tar fields hold less than 2^32.
-MAX_DEVICE_NUMBER = (1 << 20) - 1
 
 
 def build_layer(io: ActionIO) -> None:
@@ -163,8 +160,9 @@ def _device(path: str, spec: str) -> tuple[str, int, int]:
     if parts[0] not in ("c", "b") or not (parts[1].isdigit() and parts[2].isdigit()):
         raise ValueError(f"device '{path}' must be {form}, got '{spec}'")
     major, minor = int(parts[1]), int(parts[2])
-    if major > MAX_DEVICE_NUMBER or minor > MAX_DEVICE_NUMBER:
-        raise ValueError(f"device '{path}': major and minor must be at most {MAX_DEVICE_NUMBER}, got '{spec}'")
+    if major > MAJOR_MAX or minor > MINOR_MAX:  # what Linux's dev_t holds
+        raise ValueError(f"device '{path}': the major must be at most {MAJOR_MAX} and the minor at most "
+                         f"{MINOR_MAX}, got '{spec}'")
     return (Kind.CHAR.value if parts[0] == "c" else Kind.BLOCK.value, major, minor)
 
 
