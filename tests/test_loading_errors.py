@@ -75,7 +75,7 @@ def test_unknown_attribute_far_from_any_gets_no_suggestion(workspace: WorkspaceF
         ('genrule(name = "a", srcs = "in.txt", outs = ["a"], cmd = "true")',
          "genrule //pkg:a: attribute 'srcs' must be a list of labels, got string"),
         ('genrule(name = "a", outs = ["a", 1], cmd = "true")',
-         "genrule //pkg:a: attribute 'outs' must be a list of output file names, got list"),
+         "genrule //pkg:a: attribute 'outs' must be a list of output file names, got list whose entry 2 is an int"),
         ('write_file(name = "a", out = "a.txt", is_executable = "yes")',
          "write_file //pkg:a: attribute 'is_executable' must be a bool, got string"),
     ],

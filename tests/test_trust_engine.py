@@ -6,9 +6,17 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import Workspace, WorkspaceFactory, parse_summary
 
 from mk.cache.tree import Tree
+from mk.engine.actions import Action, Artifact
+from mk.engine.analysis import Analyzer
+from mk.engine.errors import MkError
+from mk.engine.labels import Label
+from mk.engine.loader import Loader
+from mk.engine.rule_api import DefaultInfo, Provider, Rule, RuleContext
+from mk.engine.workspace import find_workspace
 
 BUILD = textwrap.dedent("""
     layer(name = "etc", files = {"/etc/motd": "motd", "/etc/issue": "issue"})
@@ -102,3 +110,77 @@ def test_a_command_edited_inside_the_cached_graph_does_not_run(workspace: Worksp
     (ws.root / "mk-out/pkg/g.txt").unlink()
     ws.build("//pkg:g")
     assert ws.read("mk-out/pkg/g.txt") == "good\n"
+
+
+# ---- bad input: clear messages, never a traceback -------------------------------------------------
+
+
+def fails_with(ws: Workspace, target: str, code: int = 2) -> str:
+    result = ws.mk("build", target)
+    assert result.code == code, result
+    assert "Traceback" not in result.err
+    parse_summary(result.out)  # the summary line still ends the output
+    return result.err
+
+
+def test_a_build_file_that_is_not_utf8(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": b'write_file(name = "a", out = "a.txt")\n# caf\xe9\n'})
+    assert fails_with(ws, "//pkg:a") == (
+        "pkg/BUILD:2:1: error: not UTF-8 text: byte 0xe9 at offset 43 cannot be decoded\n")
+
+
+def test_brackets_nested_past_what_the_parser_survives(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'write_file(name = "a", out = "a.txt")\nx = ' + "[" * 3000 + "]" * 3000 + "\n"})
+    assert fails_with(ws, "//pkg:a") == "pkg/BUILD:2:1: error: brackets nest deeper than 100 levels\n"
+
+
+@pytest.mark.parametrize("chain", ["-" * 10000 + "1", "1 + " * 10000 + "1", "not " * 10000 + "True"])
+def test_an_operator_chain_past_what_the_parser_survives(workspace: WorkspaceFactory, chain: str) -> None:
+    ws = workspace({"pkg/BUILD": f'write_file(name = "a", out = "a.txt")\nx = {chain}\n'})
+    assert fails_with(ws, "//pkg:a") == (
+        "pkg/BUILD:2:1: error: one statement holds more than 1000 operators; split it up\n")
+
+
+def test_a_source_that_is_a_directory(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'genrule(name = "a", srcs = ["d"], outs = ["a.txt"], cmd = "cp $< $@")\n',
+                    "pkg/d/file": "x"})
+    assert fails_with(ws, "//pkg:a") == (
+        "pkg/BUILD:1:29: error: genrule //pkg:a: 'pkg/d' is a directory, not a file; name the files in it "
+        "(glob() lists them)\n")
+
+
+def test_a_command_with_a_nul_byte(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo \\x00 > $@")\n'})
+    assert fails_with(ws, "//pkg:a", code=1).splitlines()[-1] == (
+        "error: Genrule //pkg:a cannot run: its command holds a NUL byte (embedded null byte)")
+
+
+def test_a_command_longer_than_the_system_allows(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": f'genrule(name = "a", outs = ["a.txt"], cmd = "true {"x" * 200000}; touch $@")\n'})
+    assert fails_with(ws, "//pkg:a", code=1).splitlines()[-1] == (
+        "error: Genrule //pkg:a cannot run its command (200045 bytes): Argument list too long")
+
+
+def test_a_directory_where_an_output_goes(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'write_file(name = "a", out = "a.txt", content = "x")\n'})
+    (ws.root / "mk-out/pkg/a.txt").mkdir(parents=True)
+    result = ws.mk("build", "//pkg:a")
+    assert result.code == 2 and "Traceback" not in result.err, result
+    assert result.err.splitlines()[-1] == (
+        f"error: cannot place {ws.root}/mk-out/pkg/a.txt: a directory is in the way; remove it (or run `mk clean`)")
+    assert parse_summary(result.out)[:3] == (1, 1, 1)  # it still counts what ran
+
+
+def test_the_engine_refuses_an_output_outside_the_package(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'escape(name = "a")\n'})
+
+    def analyze(ctx: RuleContext) -> list[Provider]:
+        out = Artifact("other/../../../tmp/x", is_source=False)
+        ctx.add_action(Action(owner=ctx.label, mnemonic="Escape", inputs=(), outputs=(out,), command=("true",)))
+        return [DefaultInfo(files=(out,))]
+
+    loader = Loader(find_workspace(ws.root), {"escape": Rule("escape", "Writes outside.", (), analyze)})
+    with pytest.raises(MkError) as error:
+        Analyzer(loader, 0).analyze(Label("pkg", "a"))
+    assert str(error.value) == ("pkg/BUILD:1:1: error: escape //pkg:a: action Escape declares the output "
+                                "'other/../../../tmp/x', which is outside the package's output folder")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from mk.engine.actions import Artifact
+from mk.engine.actions import Action, Artifact
 from mk.engine.attrs import label_texts
 from mk.engine.errors import MkError
 from mk.engine.labels import Label, LabelError
@@ -45,6 +45,8 @@ class Analyzer:
                 raise MkError(f"{target.rule.name} {label}: {e}", target.location) from None
         finally:
             self._stack.pop()
+        for action in ctx.actions:
+            _check_outputs(target, action)
         dep_labels = tuple(sorted({d.label for ds in deps.values() for d in ds if d.label}))
         configured = ConfiguredTarget(target, providers, tuple(ctx.actions), dep_labels)
         self.done[label] = configured
@@ -94,6 +96,9 @@ class Analyzer:
         if text.startswith((":", "//")):
             hint = self.loader.nearest_targets(label)
             message = f"{target.rule.name} {target.label} depends on '{text}', which does not exist{hint}"
+        elif os.path.isdir(self.loader.root / path):
+            message = (f"{target.rule.name} {target.label}: '{path}' is a directory, not a file; name the files "
+                       "in it (glob() lists them)")
         else:
             message = f"{target.rule.name} {target.label}: source file '{path}' does not exist"
         raise MkError(message, where)
@@ -118,3 +123,15 @@ class Analyzer:
         locations = {lbl: self.loader.package(lbl.package).targets[lbl.name].location for lbl in cycle}
         lines = [f"    {lbl}  ({locations[lbl]})" for lbl in cycle]
         return MkError("dependency cycle:\n" + "\n".join(lines), locations[label])
+
+
+def _check_outputs(target: Target, action: Action) -> None:
+    """Whatever a rule asks for, an action writes only inside its own package's output folder."""
+    prefix = f"{target.label.package}/" if target.label.package else ""
+    for output in action.outputs:
+        path = output.path
+        parts = path.split("/")
+        if output.is_source or not path.startswith(prefix) or any(p in ("", ".", "..") for p in parts) \
+                or "\0" in path:
+            raise MkError(f"{target.rule.name} {target.label}: action {action.mnemonic} declares the output "
+                          f"'{path}', which is outside the package's output folder", target.location)

@@ -179,7 +179,7 @@ def build(
                     # A retry trusts no remembered result: each is checked whole (tree contents
                     # too), so whatever lost a blob is rebuilt.
                     schedule, outputs = _attempt(workspace, cache, stats, graph, recent if attempt == 1 else None,
-                                                 options, remote, registry.source_url(workspace.settings))
+                                                 options, remote, registry.source_url(workspace.settings), started)
                     break
                 except (CorruptBlobError, MissingBlobError) as e:
                     if attempt == _ATTEMPTS:
@@ -230,7 +230,7 @@ def _close_remote(cache: LocalCache, remote: RemoteCache) -> None:
 
 def _attempt(
     workspace: Workspace, cache: LocalCache, stats: StatCache, graph: Graph, recent: RecentResults | None,
-    options: BuildOptions, remote: RemoteCache | None, source_url: Callable[[str], str],
+    options: BuildOptions, remote: RemoteCache | None, source_url: Callable[[str], str], started: float,
 ) -> tuple[ScheduleResult, tuple[str, ...]]:
     # Blobs missing here are read from the remote cache, if this build has one.
     cas = cache.cas.with_fetcher(remote) if remote is not None else cache.cas
@@ -261,7 +261,10 @@ def _attempt(
     if remote is not None:  # download what must be placed in parallel, rather than one by one
         cas.prefetch(schedule.files[a.path].digest for a in artifacts if not a.is_source
                            and not up_to_date(workspace.output_dir, a.path, schedule.files[a.path], stats))
-    outputs = tuple(_publish(workspace, cas, stats, schedule, a) for a in artifacts)
+    try:
+        outputs = tuple(_publish(workspace, cas, stats, schedule, a) for a in artifacts)
+    except MkError as e:
+        raise BuildAborted(e.message, _summary(graph, schedule.outcomes, started)) from None
     return schedule, outputs
 
 
@@ -291,11 +294,11 @@ def _hash_sources(workspace: Workspace, stats: StatCache, graph: Graph) -> dict[
     for source in graph.sources:
         try:
             sources[source.path] = stats.digest(f"{workspace.root}/{source.path}")
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise MkError(
-                f"source file '{source.path}' of {source.owner} does not exist or is not a regular file",
-                source.location,
-            ) from None
+        except IsADirectoryError:
+            raise MkError(f"source file '{source.path}' of {source.owner} is a directory; name the files in it "
+                          "(glob() lists them)", source.location) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise MkError(f"source file '{source.path}' of {source.owner} does not exist", source.location) from None
     return sources
 
 

@@ -121,16 +121,23 @@ class Executor:
         }
         stdout_path, stderr_path = scratch / "stdout", scratch / "stderr"
         with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
-            proc = subprocess.Popen(
-                action.command,
-                cwd=execroot,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                umask=0o022,
-                start_new_session=True,
-            )
+            try:
+                proc = subprocess.Popen(
+                    action.command,
+                    cwd=execroot,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    umask=0o022,
+                    start_new_session=True,
+                )
+            except ValueError as e:  # a NUL byte in the command or the environment
+                raise ActionFailed(f"{action.describe()} cannot run: its command holds a NUL byte ({e})") from None
+            except OSError as e:
+                size = sum(len(a) for a in action.command)
+                raise ActionFailed(f"{action.describe()} cannot run its command ({size} bytes): "
+                                   f"{e.strerror or e}") from None
             self.processes.add(proc)
             try:
                 code = proc.wait()

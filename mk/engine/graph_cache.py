@@ -50,6 +50,12 @@ def _type_signature(path: str) -> Signature:
 _SIGNATURES = {True: _file_signature, False: _type_signature}
 
 
+class NotUtf8Error(ValueError):
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
 class Observations:
     """What loading depended on: path -> (whole stat?, signature); None: the path did not exist."""
 
@@ -65,8 +71,15 @@ class Observations:
         return signature is not None and stat.S_ISREG(signature[0])
 
     def read_text(self, path: Path) -> str:
+        """The file's text; a file that is not UTF-8 is an error naming it and the first bad byte."""
         self.depends_on(path)
-        return path.read_text(encoding="utf-8")
+        data = path.read_bytes()
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise NotUtf8Error(f"not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start} cannot be decoded",
+                               line) from None
 
     def depends_on(self, path: Path) -> None:
         """A file whose content loading used."""

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import starlark as sl
 
+from mk.engine import depth
 from mk.engine.attrs import output_names
 from mk.engine.errors import Location, MkError, did_you_mean
-from mk.engine.graph_cache import Observations
+from mk.engine.graph_cache import NotUtf8Error, Observations
 from mk.engine.labels import Label, LabelError, Pattern
 from mk.engine.rule_api import Rule
 from mk.engine.targets import Target
@@ -171,7 +172,11 @@ class Loader:
         return module
 
     def _evaluate(self, file: str) -> sl.Module:
-        source = self.observed.read_text(self.root / file)
+        try:
+            source = self.observed.read_text(self.root / file)
+            depth.check(source)
+        except (NotUtf8Error, depth.TooDeepError) as e:
+            raise MkError(str(e), Location(file, e.line, 1)) from None
         self._lines[file] = source.splitlines()
         self._file_stack.append(file)
         try:
@@ -332,9 +337,23 @@ def _declared_outputs(rule: Rule, attrs: dict[str, object]) -> list[str]:
     return [out for attr in rule.attrs if attr.type.holds_outputs for out in output_names(attrs[attr.name])]
 
 
+_TYPE_NAMES: dict[type, str] = {str: "string", bool: "bool", int: "int", list: "list", dict: "dict"}
+
+
 def _starlark_type(value: object) -> str:
-    names: dict[type, str] = {str: "string", bool: "bool", int: "int", list: "list", dict: "dict"}
-    return names.get(type(value), type(value).__name__)
+    """The value's type, and for a list or dict whose entries are not all strings, the first that is not:
+    'list whose entry 2 is an int' says more than 'list'."""
+    name = _TYPE_NAMES.get(type(value), type(value).__name__)
+    entries: list[tuple[str, object]] = []
+    if isinstance(value, list):
+        entries = [(f"entry {i + 1}", v) for i, v in enumerate(value)]
+    elif isinstance(value, dict):
+        entries = [(f"key {k!r}", k) if not isinstance(k, str) else (f"value for {k!r}", v) for k, v in value.items()]
+    wrong = next(((where, v) for where, v in entries if not isinstance(v, str)), None)
+    if wrong is None:
+        return name
+    kind = _TYPE_NAMES.get(type(wrong[1]), type(wrong[1]).__name__)
+    return f"{name} whose {wrong[0]} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def _skipped_dir(parent_rel: str, name: str) -> bool:
