@@ -1,0 +1,42 @@
+"""Rule families plug into the engine through the registry, which refuses two claims on one name."""
+
+from __future__ import annotations
+
+import pytest
+
+from mk.engine.registry import Family, Registry, RegistryError
+from mk.engine.workspace import Setting
+from mk.rules.families import registry
+
+
+def test_the_shipped_families_register_every_rule_once() -> None:
+    assert sorted(registry().rules) == ["cpio", "deb_packages", "filegroup", "genrule", "image", "kernel", "layer",
+                                        "oci_image", "rootfs", "tar", "write_file"]
+
+
+def test_two_families_may_not_register_one_setting() -> None:
+    setting = Setting("mirror", "string", "A mirror.")
+    with pytest.raises(RegistryError, match="^two rule families register the setting mirror$"):
+        Registry((Family("a", settings=(setting,)), Family("b", settings=(setting,))))
+
+
+def test_a_family_may_not_take_an_engine_setting() -> None:
+    with pytest.raises(RegistryError, match="^two rule families register the setting cache_dir$"):
+        Registry((Family("a", settings=(Setting("cache_dir", "string", "Mine."),)),))
+
+
+def test_two_families_may_not_register_one_rule() -> None:
+    twice = Registry((Family("a", rules=("mk.rules.layer:RULE",)), Family("b", rules=("mk.rules.layer:RULE",))))
+    with pytest.raises(RegistryError, match="^two rule families register the rule layer$"):
+        _ = twice.rules
+
+
+def test_a_download_source_is_resolved_by_the_family_that_offers_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mk.engine.workspace import Settings
+
+    monkeypatch.delenv("MK_DEBIAN_MIRROR", raising=False)
+    monkeypatch.delenv("MK_DEBIAN_SECURITY_MIRROR", raising=False)
+    lookup = registry().source_url(Settings(extra={"debian_mirror": "http://mirror.invalid/debian"}))
+    assert lookup("debian:main") == "http://mirror.invalid/debian"
+    with pytest.raises(RegistryError, match="^no rule family resolves the download source 'npm'$"):
+        lookup("npm:main")
