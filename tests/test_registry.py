@@ -16,18 +16,18 @@ def test_the_shipped_families_register_every_rule_once() -> None:
 
 def test_two_families_may_not_register_one_setting() -> None:
     setting = Setting("mirror", "string", "A mirror.")
-    with pytest.raises(RegistryError, match="^two rule families register the setting mirror$"):
+    with pytest.raises(RegistryError, match=r"^two rule families register the setting mirror$"):
         Registry((Family("a", settings=(setting,)), Family("b", settings=(setting,))))
 
 
 def test_a_family_may_not_take_an_engine_setting() -> None:
-    with pytest.raises(RegistryError, match="^two rule families register the setting cache_dir$"):
+    with pytest.raises(RegistryError, match=r"^two rule families register the setting cache_dir$"):
         Registry((Family("a", settings=(Setting("cache_dir", "string", "Mine."),)),))
 
 
 def test_two_families_may_not_register_one_rule() -> None:
     twice = Registry((Family("a", rules=("mk.rules.layer:RULE",)), Family("b", rules=("mk.rules.layer:RULE",))))
-    with pytest.raises(RegistryError, match="^two rule families register the rule layer$"):
+    with pytest.raises(RegistryError, match=r"^two rule families register the rule layer$"):
         _ = twice.rules
 
 
@@ -38,5 +38,5 @@ def test_a_download_source_is_resolved_by_the_family_that_offers_it(monkeypatch:
     monkeypatch.delenv("MK_DEBIAN_SECURITY_MIRROR", raising=False)
     lookup = registry().source_url(Settings(extra={"debian_mirror": "http://mirror.invalid/debian"}))
     assert lookup("debian:main") == "http://mirror.invalid/debian"
-    with pytest.raises(RegistryError, match="^no rule family resolves the download source 'npm'$"):
+    with pytest.raises(RegistryError, match=r"^no rule family resolves the download source 'npm'$"):
         lookup("npm:main")
