@@ -15,13 +15,19 @@ from pathlib import Path
 
 import msgpack
 import pytest
+import test_remote
+import zstandard
 from conftest import Workspace, WorkspaceFactory
-from remote_servers import tiny_disk
+from remote_servers import Remote, tiny_disk
+from test_remote import Keys, build, writer
 
-from mk.cache.cas import digest_bytes
+from mk.cache.cas import ContentStore, digest_bytes
 from mk.cache.fsutil import write_atomic
 from mk.cache.stat_cache import StatCache
 from mk.engine.errors import MkError
+
+# The shared-cache tests' fixtures (its servers, a signing key), shared rather than copied.
+keys, remote = test_remote.keys, test_remote.remote
 
 CHAIN = {
     "pkg/BUILD": textwrap.dedent("""
@@ -126,3 +132,36 @@ def test_a_build_whose_cache_disk_is_full_says_so(workspace: WorkspaceFactory, t
         blobs = cache / "cas"
         assert f"error: cannot write {blobs}/" in result.err and result.err.endswith(f": {DISK_FULL}\n"), result.err
         assert "Traceback" not in result.err
+
+
+# ---- 6: uploads send only verified bytes ----------------------------------------------------------
+
+LOG_LINE = "a line that is also a log"
+SHARED = {
+    "pkg/BUILD": textwrap.dedent(f"""
+        write_file(name = "note", out = "note.txt", content = "{LOG_LINE}\\n")
+        genrule(name = "talk", outs = ["talk.txt"], cmd = "echo '{LOG_LINE}'; echo out > $@")
+    """),
+}
+
+
+def test_a_corrupt_local_blob_is_not_uploaded_nor_its_result(
+    workspace: WorkspaceFactory, remote: Remote, keys: Keys, tmp_path: Path
+) -> None:
+    """:talk's log has the bytes of :note's output, so the store keeps the blob it already has, which
+    has rotted since :note was built: that blob must not reach the server, nor :talk's result."""
+    ws = workspace(SHARED)
+    cache = tmp_path / "A"
+    ws.build("//pkg:note", env={"MK_CACHE_DIR": str(cache)})  # no remote yet
+    shared = digest_bytes(f"{LOG_LINE}\n".encode())
+    rotten = ContentStore(cache.resolve()).path(shared)
+    rotten.write_bytes(zstandard.ZstdCompressor().compress(b"rotten\n"))
+
+    _, err = build(ws, cache, writer(remote.url, keys), "//pkg:talk")
+    assert ws.read("mk-out/pkg/talk.txt") == "out\n"
+    warning = (f"mk: warning: remote cache {remote.url}: local blob {shared} is corrupt: removed it, and uploaded "
+               "neither it nor the results that need it\n")
+    assert err.count(warning) == 1, err
+    assert remote.names("cas") == {digest_bytes(b"out\n")}
+    assert remote.names("ac") == set()
+    assert not rotten.exists()

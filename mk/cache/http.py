@@ -20,6 +20,7 @@ from typing import BinaryIO
 import urllib3
 
 _CHUNK = 1 << 20
+BLOB_SIZE_HEADER = "X-Mk-Blob-Size"  # an uploaded blob's uncompressed size (see cache.server)
 
 
 class TransportError(Exception):
@@ -110,8 +111,12 @@ class HttpStore:
         finally:
             _release(response, True)  # a HEAD answer has no body
 
-    def put(self, kind: str, name: str, body: bytes | BinaryIO, length: int) -> None:
+    def put(self, kind: str, name: str, body: bytes | BinaryIO, length: int, blob_size: int | None = None) -> None:
+        """Store `length` bytes; a blob's uncompressed `blob_size` lets `mk cache serve` bound what
+        checking it costs (other servers ignore the header)."""
         headers = {**self._headers, "Content-Length": str(length), "Content-Type": "application/octet-stream"}
+        if blob_size is not None:
+            headers[BLOB_SIZE_HEADER] = str(blob_size)
         response = self._request("PUT", kind, name, body=body, headers=headers)
         finished = False
         try:

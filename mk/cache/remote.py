@@ -12,7 +12,8 @@ What the build sees:
   verified against its digest as it streams in.
 - `upload(key, result, blobs)`: after an action ran, its output blobs, its log and every other
   blob it stored (tree contents) are uploaded in the background, then its signed result, never
-  before its blobs are all there.
+  before its blobs are all there. Each blob is verified first: a corrupt local blob is removed
+  (the next build makes it again) and neither it nor any result that needs it is uploaded.
 
 Failure policy: the remote can make a build slower but never wrong or failed. A result that is
 unsigned, wrongly signed, signed by an untrusted key or malformed is ignored (one warning per
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, TextIO
 import blake3
 
 from mk.cache.action_cache import ActionCache, ActionResult
-from mk.cache.cas import CorruptBlobError
+from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
 from mk.cache.signing import PublicKey, SecretKey, UntrustedResultError, sign, verify
 
@@ -123,6 +124,9 @@ class RemoteCache:
         self.local = local
         self.stream = stream
         self.mirror = ActionCache(local.root / "remote-ac", config.namespace())
+        # Uploads read the local store without a fetcher: a blob that is not here is not uploaded,
+        # rather than fetched from the very remote it was to be uploaded to.
+        self._store = ContentStore(local.root)
         self.stats = TransferStats()
         self._trusted: tuple[PublicKey, ...] | None = None
         self._lock = threading.Lock()
@@ -311,19 +315,27 @@ class RemoteCache:
 
         if not self.uploading:
             return False
-        path = self.local.cas.path(digest)
+        path = self._store.path(digest)
         try:
-            size = os.stat(path).st_size
             client = self._client()
-            if size >= _HEAD_FIRST_BYTES and digest not in self._bad_remote_blobs and client.head("cas", digest):
+            if (os.stat(path).st_size >= _HEAD_FIRST_BYTES and digest not in self._bad_remote_blobs
+                    and client.head("cas", digest)):
                 return True
+            blob_size = sum(len(chunk) for chunk in self._store.stream(digest))  # verified, or raises
             with open(path, "rb") as body:
-                client.put("cas", digest, body, size)
+                size = os.fstat(body.fileno()).st_size
+                client.put("cas", digest, body, size, blob_size)
         except TransportError as e:
             self._upload_failed(e)
             return False
-        except OSError:
-            return False  # gone from the local store (a concurrent gc); its result is not uploaded
+        except CorruptBlobError:  # the store removed it
+            with self._lock:
+                self._blob_uploads.pop(digest, None)  # so that a rebuilt blob of this name goes up
+            self._warn("corrupt", f"local blob {digest} is corrupt: removed it, and uploaded neither it nor "
+                                  "the results that need it")
+            return False
+        except (OSError, MissingBlobError):
+            return False  # gone from the local store; its result is not uploaded
         with self._lock:
             self.stats.blobs_up += 1
             self.stats.bytes_up += size
