@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import textwrap
+import time
 from pathlib import Path
 
 import msgpack
@@ -18,7 +20,7 @@ import pytest
 import test_remote
 import zstandard
 from conftest import Workspace, WorkspaceFactory
-from remote_servers import Remote, tiny_disk
+from remote_servers import Remote, http_request, serve_process, tiny_disk
 from test_remote import Keys, build, writer
 
 from mk.cache.cas import ContentStore, digest_bytes
@@ -27,7 +29,7 @@ from mk.cache.stat_cache import StatCache
 from mk.engine.errors import MkError
 
 # The shared-cache tests' fixtures (its servers, a signing key), shared rather than copied.
-keys, remote = test_remote.keys, test_remote.remote
+keys, remote, served = test_remote.keys, test_remote.remote, test_remote.served
 
 CHAIN = {
     "pkg/BUILD": textwrap.dedent("""
@@ -37,6 +39,12 @@ CHAIN = {
     "pkg/in.txt": "input\n",
 }
 DISK_FULL = "the disk is full (No space left on device)"
+SIZE = "X-Mk-Blob-Size"  # the uncompressed size of an uploaded blob, as mk sends it
+KEY = "a" * 64
+
+
+def blob(data: bytes) -> tuple[str, bytes]:
+    return digest_bytes(data), zstandard.ZstdCompressor().compress(data)
 
 
 @pytest.fixture
@@ -165,3 +173,75 @@ def test_a_corrupt_local_blob_is_not_uploaded_nor_its_result(
     assert remote.names("cas") == {digest_bytes(b"out\n")}
     assert remote.names("ac") == set()
     assert not rotten.exists()
+
+
+def test_a_blob_over_64_mib_is_uploaded_with_its_size(
+    workspace: WorkspaceFactory, served: Remote, keys: Keys, tmp_path: Path
+) -> None:
+    """mk declares each blob's size, so `mk cache serve` takes blobs beyond what it allows an
+    upload that does not say (64 MiB)."""
+    ws = workspace({"pkg/BUILD": 'genrule(name = "zeros", outs = ["zeros.bin"], '
+                                 'cmd = "head -c 70000000 /dev/zero > $@")\n'})
+    _, err = build(ws, tmp_path / "A", writer(served.url, keys), "//pkg:zeros")
+    assert "warning" not in err, err
+    assert digest_bytes(bytes(70_000_000)) in served.names("cas")
+    assert len(served.names("ac")) == 1
+
+
+# ---- 8: the server bounds decompression ----------------------------------------------------------
+
+
+def zstd_bomb(frames: int) -> bytes:
+    """`frames` zstd frames of 64 MiB of zeros, about 2 KiB each: 256 of them are a 512 KiB body
+    that decompresses to 16 GiB (about a minute of one core to hash)."""
+    return zstandard.ZstdCompressor(level=19).compress(bytes(64 << 20)) * frames
+
+
+@pytest.mark.parametrize(("declared", "answer"), [
+    pytest.param(None, (413, b"the blob decompresses to more than 67108864 bytes: send its size in X-Mk-Blob-Size\n"),
+                 id="undeclared"),
+    pytest.param("6", (400, b"the body is not the zstd-compressed blob named in the URL\n"), id="declared-small"),
+    pytest.param(str(1 << 40), (413, b"a blob of 1099511627776 bytes is larger than this server takes "
+                                     b"(4294967296)\n"), id="declared-huge"),
+])
+def test_serve_refuses_a_zstd_bomb_at_once(served: Remote, declared: str | None, answer: tuple[int, bytes]) -> None:
+    bomb = zstd_bomb(256)
+    assert len(bomb) < 600 << 10
+    started = time.monotonic()
+    got = http_request(served.url, "PUT", f"/cas/{digest_bytes(b'hello')}", bomb, {SIZE: declared} if declared else {})
+    took = time.monotonic() - started
+    assert got == answer
+    assert took < 5, f"the server spent {took:.1f} s on a 512 KiB upload"  # unbounded, it spends about a minute
+    assert served.names("cas") == set()
+    assert http_request(served.url, "GET", f"/cas/{digest_bytes(b'hello')}") == (404, b"")
+
+
+def test_serve_takes_a_blob_only_at_its_declared_size(served: Remote) -> None:
+    data = os.urandom(300_000)
+    digest, compressed = blob(data)
+    not_it = (400, b"the body is not the zstd-compressed blob named in the URL\n")
+    assert http_request(served.url, "PUT", f"/cas/{digest}", compressed, {SIZE: str(len(data) + 1)}) == not_it
+    assert http_request(served.url, "PUT", f"/cas/{digest}", compressed, {SIZE: str(len(data) - 1)}) == not_it
+    assert http_request(served.url, "PUT", f"/cas/{digest}", compressed, {SIZE: "many"}) == (
+        400, b"X-Mk-Blob-Size must be a number of bytes\n")
+    assert served.names("cas") == set()
+    assert http_request(served.url, "PUT", f"/cas/{digest}", compressed, {SIZE: str(len(data))}) == (201, b"")
+    assert http_request(served.url, "GET", f"/cas/{digest}") == (200, compressed)
+
+
+# ---- 13: mk cache serve on a full disk -------------------------------------------------------------
+
+
+def test_serve_on_a_full_disk_answers_507(tmp_path: Path) -> None:
+    with tiny_disk(tmp_path / "disk", "256k") as disk, serve_process(disk) as server:
+        data = os.urandom(400_000)
+        digest, compressed = blob(data)
+        full = (507, b"the cache server's disk is full\n")
+        assert http_request(server.url, "PUT", f"/cas/{digest}", compressed, {SIZE: str(len(data))}) == full
+        assert http_request(server.url, "PUT", f"/ac/{KEY}", os.urandom(400_000)) == full
+        assert http_request(server.url, "GET", f"/cas/{digest}") == (404, b"")
+        assert [p for p in disk.rglob("*") if p.is_file()] == []  # no temp file left to fill it
+        small, compressed_small = blob(b"small\n")  # the server goes on once there is room again
+        assert http_request(server.url, "PUT", f"/cas/{small}", compressed_small, {SIZE: "6"}) == (201, b"")
+        assert http_request(server.url, "GET", f"/cas/{small}") == (200, compressed_small)
+    assert server.log is not None and "Traceback" not in server.log.read_text()
