@@ -144,7 +144,7 @@ http {{
         listen 127.0.0.1:{port};
         root {prefix}/store;
         client_max_body_size 0;
-        location /cache/ {{
+        location /cache/ {{{put_fault}
             dav_methods PUT;
             create_full_put_path on;
             dav_access user:rw group:r all:r;
@@ -155,14 +155,16 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_server(prefix: Path) -> Iterator[Remote]:
-    """nginx serving `<prefix>/store/cache/` at `/cache/` (a base URL with a path, as in real life)."""
+def nginx_server(prefix: Path, put_status: int | None = None) -> Iterator[Remote]:
+    """nginx serving `<prefix>/store/cache/` at `/cache/` (a base URL with a path, as in real life);
+    with `put_status`, it answers every PUT with that status instead."""
     binary = nginx_binary()
     (prefix / "store" / "cache").mkdir(parents=True)
     (prefix / "temp").mkdir()
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(prefix=prefix, port=port))
+    put_fault = f"\n            if ($request_method = PUT) {{ return {put_status}; }}" if put_status else ""
+    conf.write_text(_NGINX_CONF.format(prefix=prefix, port=port, put_fault=put_fault))
     log = prefix / "error.log"
     with open(prefix / "stdout.log", "wb") as out:
         process = subprocess.Popen(

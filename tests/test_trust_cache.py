@@ -19,9 +19,9 @@ import msgpack
 import pytest
 import test_remote
 import zstandard
-from conftest import Workspace, WorkspaceFactory
-from remote_servers import Remote, http_request, serve_process, tiny_disk
-from test_remote import Keys, build, writer
+from conftest import Workspace, WorkspaceFactory, read_events
+from remote_servers import Remote, http_request, nginx_server, serve_process, tiny_disk
+from test_remote import GAVE_UP, Keys, build, writer
 
 from mk.cache.cas import ContentStore, digest_bytes
 from mk.cache.fsutil import write_atomic
@@ -170,6 +170,8 @@ def test_a_corrupt_local_blob_is_not_uploaded_nor_its_result(
     warning = (f"mk: warning: remote cache {remote.url}: local blob {shared} is corrupt: removed it, and uploaded "
                "neither it nor the results that need it\n")
     assert err.count(warning) == 1, err
+    assert (f"uploaded 1 blobs (13 B) and 0 results; failed to upload 1 blobs and 1 results "
+            f"(first error: local blob {shared[:16]}… is corrupt)\n") in err
     assert remote.names("cas") == {digest_bytes(b"out\n")}
     assert remote.names("ac") == set()
     assert not rotten.exists()
@@ -186,6 +188,31 @@ def test_a_blob_over_64_mib_is_uploaded_with_its_size(
     assert "warning" not in err, err
     assert digest_bytes(bytes(70_000_000)) in served.names("cas")
     assert len(served.names("ac")) == 1
+
+
+# ---- 11: failed uploads are reported ---------------------------------------------------------------
+
+TALK = {"pkg/BUILD": 'genrule(name = "talk", outs = ["talk.txt"], cmd = "echo built; echo out > $@")\n'}
+
+
+def test_failed_uploads_are_counted_with_the_first_error(
+    workspace: WorkspaceFactory, keys: Keys, tmp_path: Path
+) -> None:
+    """nginx refuses every PUT with a 500: the build succeeds, and says what was not uploaded."""
+    ws = workspace(TALK)
+    events = tmp_path / "events.jsonl"
+    with nginx_server(tmp_path / "nginx", put_status=500) as server:
+        _, err = build(ws, tmp_path / "A", writer(server.url, keys), "//pkg:talk", events=events)
+    assert ws.read("mk-out/pkg/talk.txt") == "out\n"
+    first = [f"PUT /cas/{digest_bytes(data)[:16]}…: HTTP 500" for data in (b"out\n", b"built\n")]
+    line = (f"mk: remote cache {server.url}: 0 hits, 1 misses, 0 rejected; downloaded 0 blobs (0 B); "
+            f"uploaded 0 blobs (0 B) and 0 results; failed to upload 2 blobs and 1 results (first error: {{}})\n")
+    assert any(line.format(error) in err for error in first), err  # either blob may fail first
+    assert err.count(GAVE_UP) == 1, err
+    [event] = [e for e in read_events(events) if "event" in e]
+    assert event in [{"event": "remote_upload_failed", "url": server.url, "blobs": 2, "results": 1,
+                      "first_error": error} for error in first]
+    assert server.names("cas") == set() and server.names("ac") == set()
 
 
 # ---- 8: the server bounds decompression ----------------------------------------------------------

@@ -21,17 +21,20 @@ build) and the action runs locally. A server that is unreachable, hangs past the
 answers 5xx or truncates a body is given up on for the rest of the build after one warning (a
 circuit breaker). A blob that the remote lacks or serves with wrong bytes also stops all remote
 *reads* for the rest of the process: the build's retry (see engine.build) then rebuilds locally
-whatever needed it, without any remote result.
+whatever needed it, without any remote result. Blobs and results that were not uploaded are
+counted: the summary line says how many and the first error, and so does a `remote_upload_failed`
+event in --json-events.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 import blake3
 
@@ -104,6 +107,10 @@ class TransferStats:
     bytes_up: int = 0
     results_up: int = 0
     errors: list[str] = field(default_factory=list)
+    # What was to be uploaded and was not, and why the first of it was not (for the CI's log).
+    blobs_failed: int = 0
+    results_failed: int = 0
+    upload_error: str | None = None
 
     def brief(self) -> str:
         """For the live progress view: the bytes moved so far."""
@@ -111,18 +118,30 @@ class TransferStats:
                 f"up {_human(self.bytes_up)} ({self.blobs_up} blobs)")
 
     def line(self, url: str) -> str:
+        failed = (f"; failed to upload {self.blobs_failed} blobs and {self.results_failed} results "
+                  f"(first error: {self.upload_error})" if self.blobs_failed or self.results_failed else "")
         return (
             f"mk: remote cache {url}: {self.hits} hits, {self.misses} misses, {self.rejected} rejected; "
             f"downloaded {self.blobs_down} blobs ({_human(self.bytes_down)}); "
-            f"uploaded {self.blobs_up} blobs ({_human(self.bytes_up)}) and {self.results_up} results"
+            f"uploaded {self.blobs_up} blobs ({_human(self.bytes_up)}) and {self.results_up} results{failed}"
         )
+
+    def event(self, url: str) -> dict[str, object] | None:
+        """The --json-events record of what failed to upload, or None when nothing did."""
+        if not (self.blobs_failed or self.results_failed):
+            return None
+        return {"event": "remote_upload_failed", "url": url, "blobs": self.blobs_failed,
+                "results": self.results_failed, "first_error": self.upload_error}
 
 
 class RemoteCache:
-    def __init__(self, config: RemoteConfig, local: LocalCache, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, config: RemoteConfig, local: LocalCache, stream: TextIO | None = None, events: TextIO | None = None,
+    ) -> None:
         self.config = config
         self.local = local
         self.stream = stream
+        self.events = events  # --json-events: told of failed uploads when the remote is closed
         self.mirror = ActionCache(local.root / "remote-ac", config.namespace())
         # Uploads read the local store without a fetcher: a blob that is not here is not uploaded,
         # rather than fetched from the very remote it was to be uploaded to.
@@ -133,6 +152,7 @@ class RemoteCache:
         self._http: HttpStore | None = None
         self._warned: set[str] = set()
         self._dead = False  # the circuit breaker: no more requests of any kind
+        self._gave_up: str | None = None  # why uploads stopped (the breaker, or a server that refuses them)
         self._reads_off = False  # a blob went missing or bad: no more remote results or blobs
         self._uploads_off = not config.upload or config.signing_key is None
         self._fetch_locks: dict[str, threading.Lock] = {}
@@ -166,6 +186,7 @@ class RemoteCache:
     def _trip(self, reason: str) -> None:
         """The server does not answer properly: stop asking it anything for the rest of the build."""
         self._dead = True
+        self._gave_up = self._gave_up or reason
         self.stats.errors.append(reason)
         self._warn("dead", f"{reason}; carrying on without it for the rest of this build")
 
@@ -314,7 +335,7 @@ class RemoteCache:
         from mk.cache.http import TransportError
 
         if not self.uploading:
-            return False
+            return self._not_uploaded("blob")
         path = self._store.path(digest)
         try:
             client = self._client()
@@ -327,15 +348,15 @@ class RemoteCache:
                 client.put("cas", digest, body, size, blob_size)
         except TransportError as e:
             self._upload_failed(e)
-            return False
+            return self._not_uploaded("blob", str(e))
         except CorruptBlobError:  # the store removed it
             with self._lock:
                 self._blob_uploads.pop(digest, None)  # so that a rebuilt blob of this name goes up
             self._warn("corrupt", f"local blob {digest} is corrupt: removed it, and uploaded neither it nor "
                                   "the results that need it")
-            return False
-        except (OSError, MissingBlobError):
-            return False  # gone from the local store; its result is not uploaded
+            return self._not_uploaded("blob", f"local blob {digest[:16]}… is corrupt")
+        except (OSError, MissingBlobError):  # gone from the local store; its result is not uploaded
+            return self._not_uploaded("blob", f"local blob {digest[:16]}… is gone")
         with self._lock:
             self.stats.blobs_up += 1
             self.stats.bytes_up += size
@@ -345,34 +366,51 @@ class RemoteCache:
         from mk.cache.http import TransportError
 
         if not all(f.result() for f in blobs) or not self.uploading:
-            return  # never a result whose blobs the remote may lack
+            self._not_uploaded("result")  # never a result whose blobs the remote may lack
+            return
         assert self.config.signing_key is not None
         envelope = sign(self.config.signing_key, key, result)
         try:
             self._client().put("ac", key, envelope, len(envelope))
         except TransportError as e:
             self._upload_failed(e)
+            self._not_uploaded("result", str(e))
             return
         with self._lock:
             self.stats.results_up += 1
 
     def _upload_failed(self, error: Exception) -> None:
         status = getattr(error, "status", None)
-        if status in (401, 403, 405):  # a read-only server, or a token that may only read
+        if status in (401, 403, 405, 507):  # a read-only server, a token that may only read, a full disk
             self._uploads_off = True
+            self._gave_up = self._gave_up or str(error)
             self._warn("refused", f"refuses uploads ({error}); not uploading for the rest of this build")
         else:
             self._trip(str(error))
 
+    def _not_uploaded(self, what: Literal["blob", "result"], reason: str | None = None) -> Literal[False]:
+        """Count a blob or a result that was to be uploaded and is not; `reason` defaults to why
+        uploads stopped."""
+        with self._lock:
+            if what == "blob":
+                self.stats.blobs_failed += 1
+            else:
+                self.stats.results_failed += 1
+            self.stats.upload_error = self.stats.upload_error or reason or self._gave_up
+        return False
+
     # ---- end of build -----------------------------------------------------------------------
 
     def close(self, wait: bool = True) -> None:
-        """Finish the uploads (each bounded by the timeouts), then release connections."""
+        """Finish the uploads (each bounded by the timeouts), tell --json-events of any that
+        failed, then release connections."""
         if wait:
             with self._lock:
                 pending = list(self._result_uploads)
             for future in pending:
                 future.exception()
+        if self.events is not None and (event := self.stats.event(self.config.url)) is not None:
+            self.events.write(self.config.redact(json.dumps(event, sort_keys=True)) + "\n")
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
@@ -383,7 +421,8 @@ class RemoteCache:
     def report(self) -> str | None:
         """One line on what was transferred, or None when the remote was not asked anything."""
         s = self.stats
-        if not (s.hits or s.misses or s.rejected or s.blobs_down or s.blobs_up or s.results_up or s.errors):
+        if not (s.hits or s.misses or s.rejected or s.blobs_down or s.blobs_up or s.results_up or s.errors
+                or s.blobs_failed or s.results_failed):
             return None
         return self.config.redact(s.line(self.config.url))
 

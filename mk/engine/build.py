@@ -188,7 +188,7 @@ def _open_remote(cache: LocalCache, options: BuildOptions) -> RemoteCache | None
         return None
     from mk.cache.remote import RemoteCache
 
-    remote = RemoteCache(options.remote, cache)
+    remote = RemoteCache(options.remote, cache, events=options.events)
     cache.cas.fetcher = remote
     return remote
 
