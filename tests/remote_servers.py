@@ -3,7 +3,8 @@
 - `serve_process`: the real `mk cache serve`, in a subprocess.
 - `nginx_server`: a real nginx with WebDAV PUT, with its own config and prefix under tmp_path.
 - `FaultyServer`: `mk cache serve`'s handler in a thread of the test, which can be switched to
-  misbehave: answer 500, hang, truncate bodies, send wrong bytes, or die after N requests.
+  misbehave: answer 500, hang, truncate bodies, send wrong bytes, die after N requests, or
+  trickle its answers (to every request, or to PUTs only) one byte every half second.
 """
 
 from __future__ import annotations
@@ -200,6 +201,9 @@ class _FaultyHandler(Handler):
             faults.release.wait(30)
             self.close_connection = True
             return True
+        if faults.mode == "trickle" or (faults.mode == "trickle-put" and self.command == "PUT"):
+            self._trickle()
+            return True
         if faults.mode == "die" and count > faults.die_after:
             self.close_connection = True  # no answer, on this connection or any other
             if not faults.dead.is_set():
@@ -225,6 +229,26 @@ class _FaultyHandler(Handler):
             return True
         return False
 
+    def _trickle(self) -> None:
+        """Answer as `mk cache serve` would (but store nothing), one byte every half second: each
+        byte comes well within any read timeout, so only a deadline on the whole request ends it."""
+        if self.command == "PUT":
+            self._discard_body()
+            answer = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+        else:
+            kind, name = self.path.rsplit("/", 2)[-2:]
+            path = self.server.storage.path(kind, name)
+            body = path.read_bytes() if path.is_file() else b""
+            status = b"200 OK" if path.is_file() else b"404 Not Found"
+            answer = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n" % (status, len(body))
+            answer += body if self.command == "GET" else b""
+        self.close_connection = True
+        with contextlib.suppress(OSError):  # the client gave up
+            for byte in answer:
+                if self.server.faults.release.wait(0.5):
+                    return
+                self.wfile.write(bytes([byte]))
+
     def do_GET(self) -> None:
         if not self._fault():
             super().do_GET()
@@ -240,7 +264,7 @@ class _FaultyHandler(Handler):
 
 @dataclass
 class Faults:
-    mode: str = "ok"  # ok, 500, hang, truncate, wrong, die
+    mode: str = "ok"  # ok, 500, hang, truncate, wrong, die, trickle, trickle-put
     die_after: int = 0  # with mode "die": requests answered before the server goes away
     requests: list[str] = field(default_factory=list)  # "GET /cas/..." for each request
     release: threading.Event = field(default_factory=threading.Event)  # ends hangs

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -19,9 +21,19 @@ import msgpack
 import pytest
 import test_remote
 import zstandard
-from conftest import Workspace, WorkspaceFactory, read_events
-from remote_servers import Remote, http_request, nginx_server, serve_process, tiny_disk
-from test_remote import GAVE_UP, Keys, build, writer
+from conftest import MK, Workspace, WorkspaceFactory, mk_env, parse_summary, read_events
+from remote_servers import Faults, Remote, faulty_server, http_request, nginx_server, serve_process, tiny_disk
+from test_remote import (
+    GAVE_UP,
+    SLOW,
+    Keys,
+    build,
+    fresh_outputs,
+    outputs,
+    reader,
+    reference_build,
+    writer,
+)
 
 from mk.cache.cas import ContentStore, digest_bytes
 from mk.cache.fsutil import write_atomic
@@ -29,7 +41,7 @@ from mk.cache.stat_cache import StatCache
 from mk.engine.errors import MkError
 
 # The shared-cache tests' fixtures (its servers, a signing key), shared rather than copied.
-keys, remote, served = test_remote.keys, test_remote.remote, test_remote.served
+keys, remote, served, examples = test_remote.keys, test_remote.remote, test_remote.served, test_remote.examples
 
 CHAIN = {
     "pkg/BUILD": textwrap.dedent("""
@@ -213,6 +225,97 @@ def test_failed_uploads_are_counted_with_the_first_error(
     assert event in [{"event": "remote_upload_failed", "url": server.url, "blobs": 2, "results": 1,
                       "first_error": error} for error in first]
     assert server.names("cas") == set() and server.names("ac") == set()
+
+
+# ---- 10: a remote that trickles -------------------------------------------------------------------
+
+
+def test_a_trickling_remote_is_given_up_at_the_deadline(examples: Workspace, keys: Keys, tmp_path: Path) -> None:
+    """Every answer comes one byte each half second, so no read ever times out; the build goes on
+    without the remote once a request's deadline passes (twice MK_REMOTE_TIMEOUT for an answer
+    this small)."""
+    expected = reference_build(examples, tmp_path)
+    with faulty_server(tmp_path / "store") as (server, faults):
+        build(examples, tmp_path / "A", writer(server.url, keys))
+        fresh_outputs(examples)
+        faults.mode = "trickle"
+        started = time.monotonic()
+        out, err = build(examples, tmp_path / "B", reader(server.url, keys, MK_REMOTE_TIMEOUT="1"))
+        took = time.monotonic() - started
+    assert outputs(examples) == expected
+    assert parse_summary(out).executed == 9
+    assert err.count(GAVE_UP) == 1, err
+    assert f"…: too slow (not done within 2.0 s); {GAVE_UP}" in err, err
+    assert took < 30, f"{took:.0f} s"  # unbounded, one result takes minutes
+
+
+def test_uploads_to_a_trickling_remote_end_at_the_deadline(
+    workspace: WorkspaceFactory, keys: Keys, tmp_path: Path
+) -> None:
+    ws = workspace(TALK)
+    with faulty_server(tmp_path / "store") as (server, faults):
+        faults.mode = "trickle-put"
+        started = time.monotonic()
+        _, err = build(ws, tmp_path / "A", writer(server.url, keys, MK_REMOTE_TIMEOUT="1"), "//pkg:talk")
+        took = time.monotonic() - started
+    assert ws.read("mk-out/pkg/talk.txt") == "out\n"
+    assert err.count(GAVE_UP) == 1, err
+    first = [f"PUT /cas/{digest_bytes(data)[:16]}…: too slow (not done within 2.0 s)"
+             for data in (b"out\n", b"built\n")]
+    assert any(f"failed to upload 2 blobs and 1 results (first error: {error})\n" in err for error in first), err
+    assert took < 20, f"{took:.0f} s"  # unbounded, a PUT's answer takes 22 s
+
+
+def interrupt_when(proc: subprocess.Popen[str], faults: Faults, request: str) -> tuple[str, str, float]:
+    """Ctrl-C for `proc` (SIGINT to its process group, as a terminal sends it) once the server has
+    been sent `request` (e.g. "PUT /cas/"); returns its stdout, stderr and how long it then took."""
+    try:
+        deadline = time.monotonic() + 30
+        while not any(r.startswith(request) for r in list(faults.requests)):
+            assert proc.poll() is None and time.monotonic() < deadline, f"no {request} request was made"
+            time.sleep(0.02)
+        time.sleep(0.3)  # well into the trickle
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        return out, err, time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def start_build(ws: Workspace, cache: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([MK, "build", *args], cwd=ws.root, env=mk_env(cache, env), text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def test_ctrl_c_is_not_held_up_by_a_trickling_lookup(examples: Workspace, keys: Keys, tmp_path: Path) -> None:
+    with faulty_server(tmp_path / "store") as (server, faults):
+        build(examples, tmp_path / "A", writer(server.url, keys))
+        fresh_outputs(examples)
+        faults.requests.clear()
+        faults.mode = "trickle"
+        proc = start_build(examples, tmp_path / "B", reader(server.url, keys, MK_REMOTE_TIMEOUT="60"), "//examples")
+        _, err, took = interrupt_when(proc, faults, "GET /ac/")
+    assert proc.returncode == 130, err
+    assert took < 3, f"Ctrl-C took {took:.1f} s"  # a second, and then some for a loaded machine
+    assert "mk: interrupted; nothing partial was kept" in err
+    assert "Traceback" not in err and "warning" not in err, err
+
+
+def test_ctrl_c_is_not_held_up_by_a_trickling_upload(workspace: WorkspaceFactory, keys: Keys, tmp_path: Path) -> None:
+    ws = workspace(SLOW)
+    with faulty_server(tmp_path / "store") as (server, faults):
+        faults.mode = "trickle-put"
+        env = writer(server.url, keys, MK_REMOTE_TIMEOUT="60")
+        proc = start_build(ws, tmp_path / "A", env, "//pkg:last", "-j", "1")
+        _, err, took = interrupt_when(proc, faults, "PUT /")
+    assert proc.returncode == 130, err
+    assert took < 3, f"Ctrl-C took {took:.1f} s"
+    assert "mk: interrupted; nothing partial was kept" in err
+    assert "Traceback" not in err and "warning" not in err, err
 
 
 # ---- 8: the server bounds decompression ----------------------------------------------------------

@@ -17,9 +17,11 @@ What the build sees:
 
 Failure policy: the remote can make a build slower but never wrong or failed. A result that is
 unsigned, wrongly signed, signed by an untrusted key or malformed is ignored (one warning per
-build) and the action runs locally. A server that is unreachable, hangs past the timeout,
-answers 5xx or truncates a body is given up on for the rest of the build after one warning (a
-circuit breaker). A blob that the remote lacks or serves with wrong bytes also stops all remote
+build) and the action runs locally. A server that is unreachable, hangs past the timeout, is
+too slow (each request has a total deadline, see `http`), answers 5xx or truncates a body is
+given up on for the rest of the build after one warning (a circuit breaker), and whatever was
+under way with it is cut at once. So is everything on Ctrl-C (see `stop_with`): no transfer
+thread holds the process up. A blob that the remote lacks or serves with wrong bytes also stops all remote
 *reads* for the rest of the process: the build's retry (see engine.build) then rebuilds locally
 whatever needed it, without any remote result. Blobs and results that were not uploaded are
 counted: the summary line says how many and the first error, and so does a `remote_upload_failed`
@@ -152,6 +154,8 @@ class RemoteCache:
         self._http: HttpStore | None = None
         self._warned: set[str] = set()
         self._dead = False  # the circuit breaker: no more requests of any kind
+        self._halted = False  # Ctrl-C: everything stops, quietly
+        self._cancelled: threading.Event | None = None  # see stop_with
         self._gave_up: str | None = None  # why uploads stopped (the breaker, or a server that refuses them)
         self._reads_off = False  # a blob went missing or bad: no more remote results or blobs
         self._uploads_off = not config.upload or config.signing_key is None
@@ -184,11 +188,25 @@ class RemoteCache:
         print(text, file=self.stream or sys.stderr, flush=True)
 
     def _trip(self, reason: str) -> None:
-        """The server does not answer properly: stop asking it anything for the rest of the build."""
-        self._dead = True
+        """The server does not answer properly: stop asking it anything for the rest of the build,
+        and cut what is under way with it (no thread waits out its own deadline)."""
+        with self._lock:
+            first, self._dead = not self._dead, True
+        if self._http is not None:
+            self._http.abort(reason)
+        if not first or self._interrupted():
+            return  # (the transfers cut here, or by Ctrl-C, fail too: that says nothing new)
         self._gave_up = self._gave_up or reason
         self.stats.errors.append(reason)
         self._warn("dead", f"{reason}; carrying on without it for the rest of this build")
+
+    def stop_with(self, cancelled: threading.Event) -> None:
+        """Cut every transfer, quietly, as soon as `cancelled` is set: the executor's flag, set on
+        Ctrl-C before the build waits for its worker threads, which may be waiting on the remote."""
+        self._cancelled = cancelled
+
+    def _interrupted(self) -> bool:
+        return self._halted or (self._cancelled is not None and self._cancelled.is_set())
 
     def _lose_reads(self, reason: str) -> None:
         self._reads_off = True
@@ -202,7 +220,7 @@ class RemoteCache:
                 from mk.cache.http import HttpStore
 
                 self._http = HttpStore(self.config.url, self.config.headers(), self.config.timeout,
-                                       self.config.connections, self.config.redact)
+                                       self.config.connections, self.config.redact, stop=self._interrupted)
             return self._http
 
     def _pool(self, name: str) -> cf.ThreadPoolExecutor:
@@ -402,21 +420,31 @@ class RemoteCache:
     # ---- end of build -----------------------------------------------------------------------
 
     def close(self, wait: bool = True) -> None:
-        """Finish the uploads (each bounded by the timeouts), tell --json-events of any that
-        failed, then release connections."""
-        if wait:
+        """Finish the uploads (each within its deadline), tell --json-events of any that failed,
+        then release connections. Without `wait` (Ctrl-C), or if interrupted while waiting, the
+        transfers under way are cut, so that no thread is left to hold the process up."""
+        try:
+            if wait:
+                with self._lock:
+                    pending = list(self._result_uploads)
+                for future in pending:
+                    future.exception()
+        except BaseException:
+            wait = False
+            raise
+        finally:
+            if not wait:
+                self._halted = self._dead = True
+                if self._http is not None:
+                    self._http.abort("interrupted")
+            if self.events is not None and (event := self.stats.event(self.config.url)) is not None:
+                self.events.write(self.config.redact(json.dumps(event, sort_keys=True)) + "\n")
             with self._lock:
-                pending = list(self._result_uploads)
-            for future in pending:
-                future.exception()
-        if self.events is not None and (event := self.stats.event(self.config.url)) is not None:
-            self.events.write(self.config.redact(json.dumps(event, sort_keys=True)) + "\n")
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            pool.shutdown(wait=wait, cancel_futures=not wait)
-        if self._http is not None:
-            self._http.close()
+                pools, self._pools = list(self._pools.values()), {}
+            for pool in pools:
+                pool.shutdown(wait=wait, cancel_futures=not wait)
+            if self._http is not None:
+                self._http.close()
 
     def report(self) -> str | None:
         """One line on what was transferred, or None when the remote was not asked anything."""

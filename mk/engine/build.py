@@ -209,6 +209,8 @@ def _attempt(
     tools = sorted({t for a in graph.actions for t in a.host_tools})
     tool_digests = {t: _tool_digest(stats, t) for t in tools}
     executor = Executor(cache, workspace.root, _source_urls(workspace))
+    if remote is not None:
+        remote.stop_with(executor.processes.cancelled)  # Ctrl-C cuts remote transfers too
     rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force, remote=remote)
     transfer = remote.stats.brief if remote is not None else None
     reporter = Reporter(len(graph.actions), options.events, profiler=options.profiler, transfer=transfer)
