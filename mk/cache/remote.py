@@ -383,7 +383,7 @@ class RemoteCache:
     def _put_result(self, key: str, result: ActionResult, blobs: list[cf.Future[bool]]) -> None:
         from mk.cache.http import TransportError
 
-        if not all(f.result() for f in blobs) or not self.uploading:
+        if not all([f.result() for f in blobs]) or not self.uploading:  # (a list: every blob is done)
             self._not_uploaded("result")  # never a result whose blobs the remote may lack
             return
         assert self.config.signing_key is not None
@@ -437,14 +437,14 @@ class RemoteCache:
                 self._halted = self._dead = True
                 if self._http is not None:
                     self._http.abort("interrupted")
-            if self.events is not None and (event := self.stats.event(self.config.url)) is not None:
-                self.events.write(self.config.redact(json.dumps(event, sort_keys=True)) + "\n")
             with self._lock:
                 pools, self._pools = list(self._pools.values()), {}
             for pool in pools:
                 pool.shutdown(wait=wait, cancel_futures=not wait)
             if self._http is not None:
                 self._http.close()
+            if self.events is not None and (event := self.stats.event(self.config.url)) is not None:
+                self.events.write(self.config.redact(json.dumps(event, sort_keys=True)) + "\n")
 
     def report(self) -> str | None:
         """One line on what was transferred, or None when the remote was not asked anything."""
