@@ -181,6 +181,9 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(404, b"")
             return
         with f:
+            # Marked used before the answer goes out: once a client has it, its next request
+            # (which may evict the least recently used) must see this entry as just used.
+            storage.used(kind, name)
             size = os.fstat(f.fileno()).st_size
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -188,7 +191,6 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if send_body:
                 shutil.copyfileobj(f, self.wfile, _CHUNK)
-        storage.used(kind, name)
 
     def parse_request(self) -> bool:
         parsed = super().parse_request()
