@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import click
 
+from mk.cache.fsutil import CacheFileError
 from mk.cache.local import LocalCache
 from mk.cache.units import human_size
 from mk.engine.errors import MkError
@@ -47,6 +48,8 @@ def main() -> None:
         sys.exit(EXIT_USAGE)
     except MkError as e:
         _die(str(e), EXIT_USAGE)
+    except CacheFileError as e:  # a full disk, or a cache file in the way: said with its path
+        _die(f"error: {e}", EXIT_USAGE)
 
 
 def _die(message: str, code: int) -> NoReturn:
@@ -138,8 +141,8 @@ def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
                 forced = BuildOptions(jobs=request.jobs, force=True, events=events, output_groups=request.groups)
                 result = session.build(request.targets, forced)
                 differs = _report_check(session.cache, reference.schedule, result.schedule)
-        except MkError as e:
-            print(str(e), file=sys.stderr)
+        except (MkError, CacheFileError) as e:
+            print(str(e) if isinstance(e, MkError) else f"error: {e}", file=sys.stderr)
             nothing = Summary(0, 0, 0, 0, 0, time.perf_counter() - started)
             print((e.summary if isinstance(e, BuildAborted) else nothing).line())
             sys.exit(EXIT_USAGE)

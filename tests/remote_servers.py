@@ -3,12 +3,14 @@
 - `serve_process`: the real `mk cache serve`, in a subprocess.
 - `nginx_server`: a real nginx with WebDAV PUT, with its own config and prefix under tmp_path.
 - `FaultyServer`: `mk cache serve`'s handler in a thread of the test, which can be switched to
-  misbehave: answer 500, hang, truncate bodies, send wrong bytes, or die after N requests.
+  misbehave: answer 500, hang, truncate bodies, send wrong bytes, die after N requests, or
+  trickle its answers (to every request, or to PUTs only) one byte every half second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
@@ -19,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import zstandard
@@ -54,6 +57,19 @@ class Remote:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
+
+
+def http_request(url: str, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One request to the server at `url` (the path goes after the URL's own): (status, body)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    try:
+        conn.request(method, f"{parts.path}{path}", body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 def free_port() -> int:
@@ -129,7 +145,7 @@ http {{
         listen 127.0.0.1:{port};
         root {prefix}/store;
         client_max_body_size 0;
-        location /cache/ {{
+        location /cache/ {{{put_fault}
             dav_methods PUT;
             create_full_put_path on;
             dav_access user:rw group:r all:r;
@@ -140,14 +156,16 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx_server(prefix: Path) -> Iterator[Remote]:
-    """nginx serving `<prefix>/store/cache/` at `/cache/` (a base URL with a path, as in real life)."""
+def nginx_server(prefix: Path, put_status: int | None = None) -> Iterator[Remote]:
+    """nginx serving `<prefix>/store/cache/` at `/cache/` (a base URL with a path, as in real life);
+    with `put_status`, it answers every PUT with that status instead."""
     binary = nginx_binary()
     (prefix / "store" / "cache").mkdir(parents=True)
     (prefix / "temp").mkdir()
     port = free_port()
     conf = prefix / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(prefix=prefix, port=port))
+    put_fault = f"\n            if ($request_method = PUT) {{ return {put_status}; }}" if put_status else ""
+    conf.write_text(_NGINX_CONF.format(prefix=prefix, port=port, put_fault=put_fault))
     log = prefix / "error.log"
     with open(prefix / "stdout.log", "wb") as out:
         process = subprocess.Popen(
@@ -183,6 +201,9 @@ class _FaultyHandler(Handler):
             faults.release.wait(30)
             self.close_connection = True
             return True
+        if faults.mode == "trickle" or (faults.mode == "trickle-put" and self.command == "PUT"):
+            self._trickle()
+            return True
         if faults.mode == "die" and count > faults.die_after:
             self.close_connection = True  # no answer, on this connection or any other
             if not faults.dead.is_set():
@@ -208,6 +229,26 @@ class _FaultyHandler(Handler):
             return True
         return False
 
+    def _trickle(self) -> None:
+        """Answer as `mk cache serve` would (but store nothing), one byte every half second: each
+        byte comes well within any read timeout, so only a deadline on the whole request ends it."""
+        if self.command == "PUT":
+            self._discard_body()
+            answer = b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+        else:
+            kind, name = self.path.rsplit("/", 2)[-2:]
+            path = self.server.storage.path(kind, name)
+            body = path.read_bytes() if path.is_file() else b""
+            status = b"200 OK" if path.is_file() else b"404 Not Found"
+            answer = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n" % (status, len(body))
+            answer += body if self.command == "GET" else b""
+        self.close_connection = True
+        with contextlib.suppress(OSError):  # the client gave up
+            for byte in answer:
+                if self.server.faults.release.wait(0.5):
+                    return
+                self.wfile.write(bytes([byte]))
+
     def do_GET(self) -> None:
         if not self._fault():
             super().do_GET()
@@ -223,7 +264,7 @@ class _FaultyHandler(Handler):
 
 @dataclass
 class Faults:
-    mode: str = "ok"  # ok, 500, hang, truncate, wrong, die
+    mode: str = "ok"  # ok, 500, hang, truncate, wrong, die, trickle, trickle-put
     die_after: int = 0  # with mode "die": requests answered before the server goes away
     requests: list[str] = field(default_factory=list)  # "GET /cas/..." for each request
     release: threading.Event = field(default_factory=threading.Event)  # ends hangs
@@ -255,3 +296,25 @@ def faulty_server(storage: Path) -> Iterator[tuple[Remote, Faults]]:
             server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+# ---- a disk that fills up -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tiny_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "64k") mounted at `path`: a real disk that fills up (ENOSPC).
+
+    Mounting needs root, which CI has; elsewhere the test is skipped."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        message = f"cannot mount a tmpfs at {path}: {mounted.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=True)  # lazy: even while a server still has it open

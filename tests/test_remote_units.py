@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import zstandard
+from remote_servers import http_request
 
 from mk.cache.action_cache import ActionResult, OutputFile
 from mk.cache.cas import digest_bytes
@@ -152,14 +152,7 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 
 def request(server: CacheServer, method: str, path: str, body: bytes | None = None,
             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    host, port = server.server_address[:2]
-    conn = http.client.HTTPConnection(str(host), int(port), timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    return http_request(server.url, method, path, body, headers)
 
 
 def blob(data: bytes) -> tuple[str, bytes]:

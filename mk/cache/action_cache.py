@@ -134,12 +134,27 @@ class ActionCache:
             self.path(key).unlink()
 
     def all_keys(self) -> Iterator[str]:
+        """Every stored key, in order; strays (see `strays`) are passed over."""
+        return (path.name for path, is_entry in self._scan() if is_entry)
+
+    def strays(self) -> list[Path]:
+        """What no writer of mk leaves here (a file beside the shards, a folder inside one), for
+        maintenance to name and leave alone rather than trip on."""
+        return [path for path, is_entry in self._scan() if not is_entry]
+
+    def _scan(self) -> Iterator[tuple[Path, bool]]:
+        """Everything under the folder but temp files, in order, and whether it is an entry."""
         if not self.root.is_dir():
             return
         for shard in sorted(self.root.iterdir()):
-            for entry in sorted(shard.iterdir()):
-                if not entry.name.startswith(".tmp-"):
-                    yield entry.name
+            if shard.name.startswith(".tmp-"):
+                continue
+            if not shard.is_dir():
+                yield shard, False
+                continue
+            for path in sorted(shard.iterdir()):
+                if not path.name.startswith(".tmp-"):
+                    yield path, path.is_file()
 
 
 class RecentResults:
@@ -150,9 +165,10 @@ class RecentResults:
     def __init__(self, file: Path) -> None:
         self.file = file
         try:
-            self._encoded: dict[str, bytes] = msgpack.unpackb(file.read_bytes())
+            loaded = msgpack.unpackb(file.read_bytes())
         except (OSError, ValueError, msgpack.UnpackException):
-            self._encoded = {}
+            loaded = None
+        self._encoded: dict[str, bytes] = loaded if isinstance(loaded, dict) else {}
 
     def get(self, key: str) -> tuple[ActionResult, int] | None:
         """The remembered result and the size its action-cache entry had."""

@@ -1,12 +1,31 @@
-"""Atomic file writes: a reader never sees a half-written file, whatever happens to the writer."""
+"""Atomic file writes: a reader never sees a half-written file, whatever happens to the writer.
+
+A write that fails because the disk is full raises `CacheFileError`, which names the file: an
+OSError still (for callers that handle those), which the command line shows without a traceback.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class CacheFileError(OSError):
+    """A file of the cache that cannot be written or used, said in words with its path."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.errno = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @contextlib.contextmanager
@@ -14,17 +33,29 @@ def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
     """Yield a temp file beside `path`; rename it into place only if the block succeeds."""
     import tempfile  # imports shutil: a no-op build writes nothing and never needs it
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name[-16:])
+    with _full_disk_named(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name[-16:])
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                yield tmp
+                tmp.flush()
+            os.chmod(tmp_name, mode)
+            os.replace(tmp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+
+
+@contextlib.contextmanager
+def _full_disk_named(path: Path) -> Iterator[None]:
+    """Turn a full disk's OSError into one that names `path` (a bare errno 28 names nothing)."""
     try:
-        with os.fdopen(fd, "wb") as tmp:
-            yield tmp
-            tmp.flush()
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        yield
+    except OSError as e:
+        if e.errno in _DISK_FULL and not isinstance(e, CacheFileError):
+            raise CacheFileError(f"cannot write {path}: the disk is full ({e.strerror})", e.errno) from None
         raise
 
 

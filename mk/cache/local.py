@@ -12,6 +12,7 @@ import blake3
 
 from mk.cache.action_cache import ActionCache
 from mk.cache.cas import ContentStore
+from mk.cache.fsutil import CacheFileError
 from mk.cache.stat_cache import StatCache
 
 
@@ -37,7 +38,13 @@ class LocalCache:
     @contextlib.contextmanager
     def lock(self, exclusive: bool = False) -> Iterator[None]:
         """Builds hold the lock shared; garbage collection holds it exclusively."""
-        with open(self.root / "lock", "a+b") as f:
+        path = self.root / "lock"
+        try:
+            f = open(path, "a+b")  # noqa: SIM115 (closed below)
+        except OSError as e:
+            why = "it is a folder (remove it)" if isinstance(e, IsADirectoryError) else e.strerror
+            raise CacheFileError(f"cannot use the cache lock {path}: {why}", e.errno) from None
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
             try:
                 yield

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mk.cache.action_cache import ActionResult
+from mk.cache.action_cache import ActionCache, ActionResult
 from mk.cache.local import LocalCache
 
 
@@ -36,6 +37,7 @@ class VerifyReport:
 
 
 def stats(cache: LocalCache) -> CacheStats:
+    _warn_about_strays(cache)
     blob_sizes = [_size(cache.cas.path(d)) for d in cache.cas.digests()]
     action_sizes = [_size(cache.ac.path(k)) for k in cache.ac.all_keys()]
     remote_sizes = [_size(p) for p in _remote_results(cache)]
@@ -45,8 +47,20 @@ def stats(cache: LocalCache) -> CacheStats:
 
 def _remote_results(cache: LocalCache) -> list[Path]:
     """Results remembered from remote caches: `remote-ac/<namespace>/<2 hex>/<key>`."""
+    return [mirror.path(key) for mirror in _mirrors(cache) for key in mirror.all_keys()]
+
+
+def _mirrors(cache: LocalCache) -> list[ActionCache]:
     root = cache.root / "remote-ac"
-    return sorted(p for p in root.glob("*/*/*") if not p.name.startswith(".tmp-")) if root.is_dir() else []
+    return [ActionCache(root, n.name) for n in sorted(root.iterdir()) if n.is_dir()] if root.is_dir() else []
+
+
+def _warn_about_strays(cache: LocalCache) -> None:
+    """Name what mk never writes where results live (it is left alone), rather than trip on it."""
+    for path in [*cache.ac.strays(), *(path for mirror in _mirrors(cache) for path in mirror.strays())]:
+        kind = "folder" if path.is_dir() else "file"
+        print(f"mk: warning: ignoring {path}: a stray {kind} in the action cache (mk never writes one there)",
+              file=sys.stderr)
 
 
 def gc(cache: LocalCache, max_size: int) -> GcReport:
@@ -57,6 +71,7 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
     points at nothing.
     """
     with cache.lock(exclusive=True):
+        _warn_about_strays(cache)
         removed, freed = _remove_temp_files(cache)
         files: list[tuple[int, int, Path]] = []
         last_used: dict[str, int] = {}
@@ -99,6 +114,7 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
 def verify(cache: LocalCache) -> VerifyReport:
     """Re-hash every blob (dropping corrupt ones) and drop action results that lost a blob."""
     with cache.lock(exclusive=True):
+        _warn_about_strays(cache)
         checked = 0
         corrupt = []
         for digest in list(cache.cas.digests()):

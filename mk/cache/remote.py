@@ -12,30 +12,36 @@ What the build sees:
   verified against its digest as it streams in.
 - `upload(key, result, blobs)`: after an action ran, its output blobs, its log and every other
   blob it stored (tree contents) are uploaded in the background, then its signed result, never
-  before its blobs are all there.
+  before its blobs are all there. Each blob is verified first: a corrupt local blob is removed
+  (the next build makes it again) and neither it nor any result that needs it is uploaded.
 
 Failure policy: the remote can make a build slower but never wrong or failed. A result that is
 unsigned, wrongly signed, signed by an untrusted key or malformed is ignored (one warning per
-build) and the action runs locally. A server that is unreachable, hangs past the timeout,
-answers 5xx or truncates a body is given up on for the rest of the build after one warning (a
-circuit breaker). A blob that the remote lacks or serves with wrong bytes also stops all remote
+build) and the action runs locally. A server that is unreachable, hangs past the timeout, is
+too slow (each request has a total deadline, see `http`), answers 5xx or truncates a body is
+given up on for the rest of the build after one warning (a circuit breaker), and whatever was
+under way with it is cut at once. So is everything on Ctrl-C (see `stop_with`): no transfer
+thread holds the process up. A blob that the remote lacks or serves with wrong bytes also stops all remote
 *reads* for the rest of the process: the build's retry (see engine.build) then rebuilds locally
-whatever needed it, without any remote result.
+whatever needed it, without any remote result. Blobs and results that were not uploaded are
+counted: the summary line says how many and the first error, and so does a `remote_upload_failed`
+event in --json-events.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Literal, TextIO
 
 import blake3
 
 from mk.cache.action_cache import MAX_RESULT_BYTES, ActionCache, ActionResult
-from mk.cache.cas import CorruptBlobError
+from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
 from mk.cache.signing import PublicKey, SecretKey, UntrustedResultError, sign, verify
 from mk.cache.units import human_size
@@ -102,6 +108,10 @@ class TransferStats:
     bytes_up: int = 0
     results_up: int = 0
     errors: list[str] = field(default_factory=list)
+    # What was to be uploaded and was not, and why the first of it was not (for the CI's log).
+    blobs_failed: int = 0
+    results_failed: int = 0
+    upload_error: str | None = None
 
     def brief(self) -> str:
         """For the live progress view: the bytes moved so far."""
@@ -109,25 +119,43 @@ class TransferStats:
                 f"up {human_size(self.bytes_up)} ({self.blobs_up} blobs)")
 
     def line(self, url: str) -> str:
+        failed = (f"; failed to upload {self.blobs_failed} blobs and {self.results_failed} results "
+                  f"(first error: {self.upload_error})" if self.blobs_failed or self.results_failed else "")
         return (
             f"mk: remote cache {url}: {self.hits} hits, {self.misses} misses, {self.rejected} rejected; "
             f"downloaded {self.blobs_down} blobs ({human_size(self.bytes_down)}); "
-            f"uploaded {self.blobs_up} blobs ({human_size(self.bytes_up)}) and {self.results_up} results"
+            f"uploaded {self.blobs_up} blobs ({human_size(self.bytes_up)}) and {self.results_up} results{failed}"
         )
+
+    def event(self, url: str) -> dict[str, object] | None:
+        """The --json-events record of what failed to upload, or None when nothing did."""
+        if not (self.blobs_failed or self.results_failed):
+            return None
+        return {"event": "remote_upload_failed", "url": url, "blobs": self.blobs_failed,
+                "results": self.results_failed, "first_error": self.upload_error}
 
 
 class RemoteCache:
-    def __init__(self, config: RemoteConfig, local: LocalCache, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, config: RemoteConfig, local: LocalCache, stream: TextIO | None = None, events: TextIO | None = None,
+    ) -> None:
         self.config = config
         self.local = local
         self.stream = stream
+        self.events = events  # --json-events: told of failed uploads when the remote is closed
         self.mirror = ActionCache(local.root / "remote-ac", config.namespace())
+        # Uploads read the local store without a fetcher: a blob that is not here is not uploaded,
+        # rather than fetched from the very remote it was to be uploaded to.
+        self._store = ContentStore(local.root)
         self.stats = TransferStats()
         self._trusted: tuple[PublicKey, ...] | None = None
         self._lock = threading.Lock()
         self._http: HttpStore | None = None
         self._warned: set[str] = set()
         self._dead = False  # the circuit breaker: no more requests of any kind
+        self._halted = False  # Ctrl-C: everything stops, quietly
+        self._cancelled: threading.Event | None = None  # see stop_with
+        self._gave_up: str | None = None  # why uploads stopped (the breaker, or a server that refuses them)
         self._reads_off = False  # a blob went missing or bad: no more remote results or blobs
         self._uploads_off = not config.upload or config.signing_key is None
         self._fetch_locks: dict[str, threading.Lock] = {}
@@ -159,10 +187,25 @@ class RemoteCache:
         print(text, file=self.stream or sys.stderr, flush=True)
 
     def _trip(self, reason: str) -> None:
-        """The server does not answer properly: stop asking it anything for the rest of the build."""
-        self._dead = True
+        """The server does not answer properly: stop asking it anything for the rest of the build,
+        and cut what is under way with it (no thread waits out its own deadline)."""
+        with self._lock:
+            first, self._dead = not self._dead, True
+        if self._http is not None:
+            self._http.abort(reason)
+        if not first or self._interrupted():
+            return  # (the transfers cut here, or by Ctrl-C, fail too: that says nothing new)
+        self._gave_up = self._gave_up or reason
         self.stats.errors.append(reason)
         self._warn("dead", f"{reason}; carrying on without it for the rest of this build")
+
+    def stop_with(self, cancelled: threading.Event) -> None:
+        """Cut every transfer, quietly, as soon as `cancelled` is set: the executor's flag, set on
+        Ctrl-C before the build waits for its worker threads, which may be waiting on the remote."""
+        self._cancelled = cancelled
+
+    def _interrupted(self) -> bool:
+        return self._halted or (self._cancelled is not None and self._cancelled.is_set())
 
     def _lose_reads(self, reason: str) -> None:
         self._reads_off = True
@@ -176,7 +219,7 @@ class RemoteCache:
                 from mk.cache.http import HttpStore
 
                 self._http = HttpStore(self.config.url, self.config.headers(), self.config.timeout,
-                                       self.config.connections, self.config.redact)
+                                       self.config.connections, self.config.redact, stop=self._interrupted)
             return self._http
 
     def _pool(self, name: str) -> cf.ThreadPoolExecutor:
@@ -309,20 +352,28 @@ class RemoteCache:
         from mk.cache.http import TransportError
 
         if not self.uploading:
-            return False
-        path = self.local.cas.path(digest)
+            return self._not_uploaded("blob")
+        path = self._store.path(digest)
         try:
-            size = os.stat(path).st_size
             client = self._client()
-            if size >= _HEAD_FIRST_BYTES and digest not in self._bad_remote_blobs and client.head("cas", digest):
+            if (os.stat(path).st_size >= _HEAD_FIRST_BYTES and digest not in self._bad_remote_blobs
+                    and client.head("cas", digest)):
                 return True
+            blob_size = sum(len(chunk) for chunk in self._store.stream(digest))  # verified, or raises
             with open(path, "rb") as body:
-                client.put("cas", digest, body, size)
+                size = os.fstat(body.fileno()).st_size
+                client.put("cas", digest, body, size, blob_size)
         except TransportError as e:
             self._upload_failed(e)
-            return False
-        except OSError:
-            return False  # gone from the local store (a concurrent gc); its result is not uploaded
+            return self._not_uploaded("blob", str(e))
+        except CorruptBlobError:  # the store removed it
+            with self._lock:
+                self._blob_uploads.pop(digest, None)  # so that a rebuilt blob of this name goes up
+            self._warn("corrupt", f"local blob {digest} is corrupt: removed it, and uploaded neither it nor "
+                                  "the results that need it")
+            return self._not_uploaded("blob", f"local blob {digest[:16]}… is corrupt")
+        except (OSError, MissingBlobError):  # gone from the local store; its result is not uploaded
+            return self._not_uploaded("blob", f"local blob {digest[:16]}… is gone")
         with self._lock:
             self.stats.blobs_up += 1
             self.stats.bytes_up += size
@@ -331,46 +382,74 @@ class RemoteCache:
     def _put_result(self, key: str, result: ActionResult, blobs: list[cf.Future[bool]]) -> None:
         from mk.cache.http import TransportError
 
-        if not all(f.result() for f in blobs) or not self.uploading:
-            return  # never a result whose blobs the remote may lack
+        if not all([f.result() for f in blobs]) or not self.uploading:  # (a list: every blob is done)
+            self._not_uploaded("result")  # never a result whose blobs the remote may lack
+            return
         assert self.config.signing_key is not None
         envelope = sign(self.config.signing_key, key, result)
         try:
             self._client().put("ac", key, envelope, len(envelope))
         except TransportError as e:
             self._upload_failed(e)
+            self._not_uploaded("result", str(e))
             return
         with self._lock:
             self.stats.results_up += 1
 
     def _upload_failed(self, error: Exception) -> None:
         status = getattr(error, "status", None)
-        if status in (401, 403, 405):  # a read-only server, or a token that may only read
+        if status in (401, 403, 405, 507):  # a read-only server, a token that may only read, a full disk
             self._uploads_off = True
+            self._gave_up = self._gave_up or str(error)
             self._warn("refused", f"refuses uploads ({error}); not uploading for the rest of this build")
         else:
             self._trip(str(error))
 
+    def _not_uploaded(self, what: Literal["blob", "result"], reason: str | None = None) -> Literal[False]:
+        """Count a blob or a result that was to be uploaded and is not; `reason` defaults to why
+        uploads stopped."""
+        with self._lock:
+            if what == "blob":
+                self.stats.blobs_failed += 1
+            else:
+                self.stats.results_failed += 1
+            self.stats.upload_error = self.stats.upload_error or reason or self._gave_up
+        return False
+
     # ---- end of build -----------------------------------------------------------------------
 
     def close(self, wait: bool = True) -> None:
-        """Finish the uploads (each bounded by the timeouts), then release connections."""
-        if wait:
+        """Finish the uploads (each within its deadline), tell --json-events of any that failed,
+        then release connections. Without `wait` (Ctrl-C), or if interrupted while waiting, the
+        transfers under way are cut, so that no thread is left to hold the process up."""
+        try:
+            if wait:
+                with self._lock:
+                    pending = list(self._result_uploads)
+                for future in pending:
+                    future.exception()
+        except BaseException:
+            wait = False
+            raise
+        finally:
+            if not wait:
+                self._halted = self._dead = True
+                if self._http is not None:
+                    self._http.abort("interrupted")
             with self._lock:
-                pending = list(self._result_uploads)
-            for future in pending:
-                future.exception()
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            pool.shutdown(wait=wait, cancel_futures=not wait)
-        if self._http is not None:
-            self._http.close()
+                pools, self._pools = list(self._pools.values()), {}
+            for pool in pools:
+                pool.shutdown(wait=wait, cancel_futures=not wait)
+            if self._http is not None:
+                self._http.close()
+            if self.events is not None and (event := self.stats.event(self.config.url)) is not None:
+                self.events.write(self.config.redact(json.dumps(event, sort_keys=True)) + "\n")
 
     def report(self) -> str | None:
         """One line on what was transferred, or None when the remote was not asked anything."""
         s = self.stats
-        if not (s.hits or s.misses or s.rejected or s.blobs_down or s.blobs_up or s.results_up or s.errors):
+        if not (s.hits or s.misses or s.rejected or s.blobs_down or s.blobs_up or s.results_up or s.errors
+                or s.blobs_failed or s.results_failed):
             return None
         return self.config.redact(s.line(self.config.url))
 

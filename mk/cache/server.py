@@ -5,7 +5,11 @@ It speaks the same protocol as nginx with WebDAV or bazel-remote: GET, HEAD and 
 one). Storage uses the local cache's layout (`cas/<2 hex>/<digest>`, `ac/<2 hex>/<key>`).
 
 - A CAS upload is verified while it streams to disk: it must be zstd that decompresses to bytes
-  whose blake3 is the digest in the URL, or it is refused (400) and nothing is stored.
+  whose blake3 is the digest in the URL, or it is refused (400) and nothing is stored. mk says
+  how many bytes that is in `X-Mk-Blob-Size`, and decompression stops the moment it passes that
+  (or `max_blob_size`, or 64 MiB for an upload that does not say): a small body of zstd frames
+  that would expand to gigabytes is refused at once (400, or 413 when too large to take at all).
+- A full disk is answered 507, and the server goes on.
 - Action results are stored as sent. The server does not check their signatures: clients do,
   against their own trusted keys, so a server cannot be trusted into anything.
 - `token`: every request must carry `Authorization: Bearer TOKEN`, or basic auth whose password
@@ -21,21 +25,29 @@ import base64
 import binascii
 import collections
 import contextlib
+import errno
 import hmac
 import os
 import re
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO, cast
+
+import blake3
+import zstandard
 
 from mk.cache.action_cache import MAX_RESULT_BYTES
-from mk.cache.cas import ContentStore, CorruptBlobError
+from mk.cache.cas import CorruptBlobError
 from mk.cache.fsutil import atomic_writer
+from mk.cache.http import BLOB_SIZE_HEADER
 
 _ROUTE = re.compile(r"^(?:/[^?#]*)?/(cas|ac)/([0-9a-f]{64})$")
+# What a blob that does not declare its size may decompress to: checking one costs that much CPU.
+_UNDECLARED_BLOB_BYTES = 64 << 20
 _CHUNK = 1 << 20
 _KINDS = ("cas", "ac")
 
@@ -48,6 +60,7 @@ class ServerOptions:
     read_only: bool = False
     token: str | None = None
     max_size: int | None = None  # bytes
+    max_blob_size: int = 4 << 30  # bytes of one blob, uncompressed: bounds what checking an upload costs
 
 
 class Storage:
@@ -56,7 +69,6 @@ class Storage:
     def __init__(self, root: Path, max_size: int | None) -> None:
         self.root = root
         self.max_size = max_size
-        self.cas = ContentStore(root)
         self._lock = threading.Lock()
         self._entries: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.total = 0
@@ -115,6 +127,7 @@ class Handler(BaseHTTPRequestHandler):
     timeout = 60  # a client that stops sending frees its thread
     disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms stall
     server: CacheServer
+    _left: int | None = None  # how much of the request's body is still to be read (None: unknown)
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # quiet: a build makes thousands of requests
@@ -168,6 +181,9 @@ class Handler(BaseHTTPRequestHandler):
             self._reply(404, b"")
             return
         with f:
+            # Marked used before the answer goes out: once a client has it, its next request
+            # (which may evict the least recently used) must see this entry as just used.
+            storage.used(kind, name)
             size = os.fstat(f.fileno()).st_size
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
@@ -175,7 +191,12 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if send_body:
                 shutil.copyfileobj(f, self.wfile, _CHUNK)
-        storage.used(kind, name)
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        length = self.headers.get("Content-Length", "") if parsed else ""
+        self._left = int(length) if length.isdigit() else None  # the body, not yet read
+        return parsed
 
     def do_PUT(self) -> None:
         route = self._route()
@@ -186,12 +207,11 @@ class Handler(BaseHTTPRequestHandler):
             self._discard_body()
             self._reply(403, b"this cache is read-only\n")
             return
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        size = self._left
+        if size is None:
             self.close_connection = True
             self._reply(411, b"Content-Length required\n")
             return
-        size = int(length)
         limit = self.server.options.max_size
         if (kind == "ac" and size > MAX_RESULT_BYTES) or (limit is not None and size > limit):
             self.close_connection = True
@@ -200,35 +220,56 @@ class Handler(BaseHTTPRequestHandler):
         storage = self.server.storage
         try:
             if kind == "cas":
-                storage.cas.put_compressed_stream(name, self._body(size))
+                bound = self._blob_bound()
+                if bound is None:
+                    return
+                _store_blob(storage.path(kind, name), name, self._body(), *bound)
             else:
                 with atomic_writer(storage.path(kind, name)) as out:
-                    for chunk in self._body(size):
+                    for chunk in self._body():
                         out.write(chunk)
-        except CorruptBlobError:
-            self.close_connection = True  # the body may not have been read to its end
-            self._reply(400, b"the body is not the zstd-compressed blob named in the URL\n")
-            return
         except (ConnectionError, TimeoutError, EOFError):
             self.close_connection = True  # the client went away mid-upload; nothing was stored
+            return
+        except (CorruptBlobError, _TooLarge, OSError) as e:
+            self._discard_body()  # (or the client may see a reset instead of this answer)
+            self._reply(*_refusal(e))
             return
         storage.added(kind, name)
         self._reply(201, b"")
 
-    def _body(self, size: int) -> Iterator[bytes]:
-        left = size
-        while left:
-            chunk = self.rfile.read(min(_CHUNK, left))
+    def _blob_bound(self) -> tuple[int, bool] | None:
+        """How many bytes the blob may decompress to, and whether exactly that many (as declared);
+        None when the upload was refused for its declaration."""
+        declared = self.headers.get(BLOB_SIZE_HEADER)
+        most = self.server.options.max_blob_size
+        if declared is None:
+            return min(most, _UNDECLARED_BLOB_BYTES), False
+        if not declared.isdigit():
+            self._discard_body()
+            self._reply(400, f"{BLOB_SIZE_HEADER} must be a number of bytes\n".encode())
+            return None
+        if int(declared) > most:
+            self._discard_body()
+            self._reply(413, f"a blob of {declared} bytes is larger than this server takes ({most})\n".encode())
+            return None
+        return int(declared), True
+
+    def _body(self) -> Iterator[bytes]:
+        """The rest of the request body, in chunks."""
+        while self._left:
+            chunk = self.rfile.read(min(_CHUNK, self._left))
             if not chunk:
                 raise EOFError("request body cut short")
-            left -= len(chunk)
+            self._left -= len(chunk)
             yield chunk
 
     def _discard_body(self) -> None:
-        length = self.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) <= MAX_RESULT_BYTES:
+        """Read the rest of a small body, so the connection can carry the next request; a large
+        (or unknown) one closes the connection instead."""
+        if self._left is not None and self._left <= MAX_RESULT_BYTES:
             with contextlib.suppress(OSError, EOFError):
-                for _ in self._body(int(length)):
+                for _ in self._body():
                     pass
         else:
             self.close_connection = True
@@ -241,6 +282,53 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if body and self.command != "HEAD":
             self.wfile.write(body)
+
+
+class _TooLarge(Exception):
+    def __init__(self, most: int) -> None:
+        super().__init__(f"the blob decompresses to more than {most} bytes: send its size in {BLOB_SIZE_HEADER}")
+
+
+def _store_blob(path: Path, digest: str, chunks: Iterable[bytes], most: int, exactly: bool) -> None:
+    """Store zstd-compressed bytes arriving in chunks if they decompress to content named `digest`
+    of at most `most` bytes (exactly `most` if `exactly`, the size the client declared).
+
+    Decompression stops as soon as `most` is passed, so what checking an upload costs is bounded
+    by its declared size, not by how well a hostile body compresses.
+    """
+    hasher = blake3.blake3()
+    total = 0
+
+    class _Checker:
+        def write(self, data: bytes) -> int:
+            nonlocal total
+            total += len(data)
+            if total > most:
+                raise CorruptBlobError(digest, path) if exactly else _TooLarge(most)
+            hasher.update(data)
+            return len(data)
+
+    try:
+        with atomic_writer(path) as out:
+            with zstandard.ZstdDecompressor().stream_writer(cast(BinaryIO, _Checker()), closefd=False) as checker:
+                for chunk in chunks:
+                    out.write(chunk)
+                    checker.write(chunk)
+            if hasher.hexdigest() != digest or (exactly and total != most):
+                raise CorruptBlobError(digest, path)
+    except zstandard.ZstdError:
+        raise CorruptBlobError(digest, path) from None
+
+
+def _refusal(error: Exception) -> tuple[int, bytes]:
+    """The answer to an upload that could not be stored."""
+    if isinstance(error, CorruptBlobError):
+        return 400, b"the body is not the zstd-compressed blob named in the URL\n"
+    if isinstance(error, _TooLarge):
+        return 413, f"{error}\n".encode()
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507, b"the cache server's disk is full\n"
+    return 500, f"cannot store it: {getattr(error, 'strerror', None) or error}\n".encode()
 
 
 def make_server(options: ServerOptions) -> CacheServer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +31,29 @@ class FileDigest:
     executable: bool
 
 
+def _load(file: Path) -> dict[str, _Entry]:
+    """The entries saved in `file`: none if it is missing or damaged (every source is then hashed
+    again, which is slower but never wrong)."""
+    try:
+        loaded = msgpack.unpackb(file.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return _damaged(file, "not msgpack")
+    return loaded if isinstance(loaded, dict) else _damaged(file, "not a map")
+
+
+def _damaged(file: Path, why: str) -> dict[str, _Entry]:
+    print(f"mk: warning: the stat cache {file} is damaged ({why}); hashing every source again", file=sys.stderr)
+    return {}
+
+
 class StatCache:
     def __init__(self, file: Path) -> None:
         self.file = file
         self.hashes = 0
         self._dirty = False
-        try:
-            self._entries: dict[str, _Entry] = msgpack.unpackb(file.read_bytes())
-        except (FileNotFoundError, ValueError, msgpack.UnpackException):
-            self._entries = {}
+        self._entries: dict[str, _Entry] = _load(file)
 
     def digest(self, path: str | Path) -> FileDigest:
         """The blake3 of the file at `path`; raises FileNotFoundError if it is gone.
@@ -51,7 +66,7 @@ class StatCache:
             raise IsADirectoryError(f"{path} is not a regular file")
         entry = self._entries.get(key)
         if (
-            entry is not None
+            isinstance(entry, list)
             and len(entry) == 7
             and entry[0] == st.st_mtime_ns
             and entry[1] == st.st_size

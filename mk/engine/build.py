@@ -218,7 +218,7 @@ def _open_remote(cache: LocalCache, options: BuildOptions) -> RemoteCache | None
         return None
     from mk.cache.remote import RemoteCache
 
-    return RemoteCache(options.remote, cache)
+    return RemoteCache(options.remote, cache, events=options.events)
 
 
 def _close_remote(cache: LocalCache, remote: RemoteCache) -> None:
@@ -238,6 +238,8 @@ def _attempt(
     tools = sorted({t for a in graph.actions for t in a.host_tools})
     tool_digests = {t: _tool_digest(stats, t) for t in tools}
     executor = Executor(cache, cas, workspace.root, source_url)
+    if remote is not None:
+        remote.stop_with(executor.processes.cancelled)  # Ctrl-C cuts remote transfers too
     rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force, remote=remote)
     transfer = remote.stats.brief if remote is not None else None
     reporter = Reporter(len(graph.actions), options.events, profiler=options.profiler, transfer=transfer)
