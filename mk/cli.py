@@ -130,7 +130,7 @@ def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
             session = Session(REGISTRY)  # inside: a bad mk.toml still ends with the summary line
             remote = _remote(session.workspace, upload=False if request.no_remote_upload else None)
             options = BuildOptions(jobs=request.jobs, keep_going=request.keep_going, events=events, remote=remote,
-                                   output_groups=request.groups, profiler=profiler)
+                                   output_groups=request.groups, profiler=profiler, isolated_loading=True)
             try:
                 result = session.build(request.targets, options)
             finally:

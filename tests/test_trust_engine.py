@@ -184,3 +184,21 @@ def test_the_engine_refuses_an_output_outside_the_package(workspace: WorkspaceFa
         Analyzer(loader, 0).analyze(Label("pkg", "a"))
     assert str(error.value) == ("pkg/BUILD:1:1: error: escape //pkg:a: action Escape declares the output "
                                 "'other/../../../tmp/x', which is outside the package's output folder")
+
+
+# ---- BUILD evaluation is bounded in memory and time -------------------------------------------------
+
+
+def test_a_build_file_that_needs_too_much_memory(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'x = list(range(100000000))\nwrite_file(name = "a", out = "a.txt")\n'},
+                   toml="load_memory_mib = 1024\n")
+    assert fails_with(ws, "//pkg:a") == (
+        "error: loading failed: evaluating BUILD files needed more than 1024 MiB of memory "
+        "(load_memory_mib in mk.toml)\n")
+
+
+def test_a_build_file_that_runs_too_long(workspace: WorkspaceFactory) -> None:
+    endless = "def spin(n):\n    for i in range(n):\n        for j in range(n):\n            pass\n\nspin(1000000)\n"
+    ws = workspace({"pkg/BUILD": endless + 'write_file(name = "a", out = "a.txt")\n'}, toml="load_seconds = 2\n")
+    assert fails_with(ws, "//pkg:a") == (
+        "error: evaluating BUILD files took more than 2 s (load_seconds in mk.toml); stopped in pkg/BUILD\n")

@@ -47,6 +47,7 @@ class BuildOptions:
     output_groups: tuple[str, ...] = ()  # extra outputs to build, e.g. ("tar",) for an image
     remote: RemoteConfig | None = None  # a shared remote cache (see engine.remote_config)
     profiler: Profiler | None = None  # --profile: records when and where each action ran
+    isolated_loading: bool = False  # evaluate BUILD files in a bounded child process (see `isolated`)
 
 
 @dataclass(frozen=True)
@@ -85,19 +86,32 @@ class Graph:
 
 def analyse(
     workspace: Workspace, registry: Registry, graph_cache: GraphCache, patterns: Sequence[str],
-    groups: Sequence[str] = (),
+    groups: Sequence[str] = (), isolate_in: Path | None = None,
 ) -> Graph:
     """The analysed graph, reused from the last build when no BUILD, .bzl or source moved.
 
-    Only the actions that the requested files need are kept (an image's `tar` format is not
-    built unless its output group is asked for)."""
+    With `isolate_in` (a scratch folder), BUILD files are evaluated in a child process bounded in
+    memory and time (see `isolated`); `mk build` does so."""
     cached = graph_cache.load(Graph)
     if cached is not None:
         return cached
+    if isolate_in is not None:
+        from mk.engine.isolated import analyse_in_child
+
+        return analyse_in_child(workspace, registry, graph_cache, patterns, groups, isolate_in)
+    return analyse_here(workspace, registry, graph_cache, patterns, groups)
+
+
+def analyse_here(
+    workspace: Workspace, registry: Registry, graph_cache: GraphCache, patterns: Sequence[str],
+    groups: Sequence[str] = (), seconds: float | None = None,
+) -> Graph:
+    """Load and analyse in this process, and save the graph. Only the actions that the requested
+    files need are kept (an image's `tar` format is not built unless its output group is asked for)."""
     from mk.engine.analysis import Analyzer  # Starlark is needed only when the graph changed
     from mk.engine.loader import Loader
 
-    loader = Loader(workspace, registry.rules)
+    loader = Loader(workspace, registry.rules, seconds)
     analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
     labels: dict[Label, None] = {}
     for pattern in patterns:
@@ -167,7 +181,11 @@ def build(
 ) -> BuildResult:
     started = time.perf_counter()
     graph_cache = GraphCache(cache.root, workspace.root, [*patterns, *(f"group:{g}" for g in options.output_groups)])
-    graph = analyse(workspace, registry, graph_cache, patterns, options.output_groups)
+    if options.isolated_loading:
+        with cache.scratch_dir("analysis") as scratch:
+            graph = analyse(workspace, registry, graph_cache, patterns, options.output_groups, scratch)
+    else:
+        graph = analyse(workspace, registry, graph_cache, patterns, options.output_groups)
     recent = RecentResults(graph_cache.results_file)
     cache.sweep_stale_scratch()
     stats = cache.stat_cache(workspace.root)

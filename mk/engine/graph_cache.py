@@ -99,6 +99,7 @@ def _code_fingerprint() -> list[tuple[str, Signature]]:
 
 class GraphCache:
     def __init__(self, cache_root: Path, workspace_root: Path, patterns: list[str]) -> None:
+        self.cache_root = cache_root
         name = blake3.blake3(repr((str(workspace_root), patterns)).encode()).hexdigest()[:32]
         self.file = cache_root / "graphs" / f"{name}.pickle"
         self.results_file = self.file.with_suffix(".results")  # see RecentResults

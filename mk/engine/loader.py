@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +44,14 @@ class Package:
 
 
 class Loader:
-    def __init__(self, workspace: Workspace, rules: Mapping[str, Rule]) -> None:
+    def __init__(self, workspace: Workspace, rules: Mapping[str, Rule], seconds: float | None = None) -> None:
+        """`seconds`: how long evaluating BUILD and .bzl files may take in all (None: no limit)."""
         self.root = workspace.root
         self.rules = rules
+        self._deadline = time.monotonic() + seconds if seconds is not None else None
+        self._seconds = seconds
+        # Starlark asks this every thousand or so instructions; True stops the evaluation.
+        self._options = sl.EvalOptions(check_cancelled=self._out_of_time if seconds is not None else None)
         self.observed = Observations()
         self.observed.depends_on(workspace.root / MARKER)
         self._globals = sl.Globals.extended_by(
@@ -182,12 +188,18 @@ class Loader:
         try:
             module = self._new_module(file)
             ast = sl.parse(file, source)
-            sl.eval(module, ast, self._globals, sl.FileLoader(self._load_bzl))
+            sl.eval_with(self._options, module, ast, self._globals, sl.FileLoader(self._load_bzl))
             return module
         except sl.StarlarkError as e:
+            if self._out_of_time():
+                raise MkError(f"evaluating BUILD files took more than {self._seconds:g} s (load_seconds in mk.toml); "
+                              f"stopped in {file}") from None
             raise self._translate(e) from None
         finally:
             self._file_stack.pop()
+
+    def _out_of_time(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
 
     def _translate(self, error: sl.StarlarkError) -> MkError:
         pending, self._pending = self._pending, None

@@ -88,6 +88,10 @@ class Registry:
             if duplicates:
                 raise RegistryError(f"two rule families register the {what} {', '.join(duplicates)}")
 
+    def __getstate__(self) -> dict[str, object]:
+        # Sent to the process that evaluates BUILD files: the rules are imported there again.
+        return {"families": self.families}
+
     @functools.cached_property
     def rules(self) -> dict[str, Rule]:
         rules: dict[str, Rule] = {}

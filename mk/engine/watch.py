@@ -114,7 +114,7 @@ class Watcher:
     def rebuild(self) -> None:
         started = time.perf_counter()
         try:
-            result = self.session.build(tuple(self.patterns), BuildOptions(jobs=self.jobs))
+            result = self.session.build(tuple(self.patterns), BuildOptions(jobs=self.jobs, isolated_loading=True))
         except MkError as e:
             print(str(e), file=sys.stderr, flush=True)
             self.say("mk watch: build failed; waiting for the next change")

@@ -36,6 +36,8 @@ class Settings:
     remote_cache: str | None = None
     remote_upload: bool = True  # False: the remote cache is only read
     trusted_keys: tuple[str, ...] = ()
+    load_memory_mib: int = 4096
+    load_seconds: int = 300
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def get(self, key: str) -> object:
@@ -53,6 +55,10 @@ ENGINE_SETTINGS = (
             env="MK_REMOTE_UPLOAD", default=True),
     Setting("trusted_keys", "list of strings", "Public keys (`NAME:BASE64`) whose signed remote results are "
             "accepted (`MK_TRUSTED_KEYS`: comma-separated).", env="MK_TRUSTED_KEYS", default=[]),
+    Setting("load_memory_mib", "int", "Memory (MiB of address space) that evaluating BUILD files may use; "
+            "past it, the build stops with an error.", default=4096),
+    Setting("load_seconds", "int", "Seconds that evaluating BUILD files may take; past them, the build stops "
+            "with an error.", default=300),
     Setting(None, "string", "Path of the secret key that signs uploaded results (needed to upload).",
             env="MK_SIGNING_KEY"),
     Setting(None, "string", "Bearer token for the remote cache.", env="MK_REMOTE_TOKEN"),
@@ -125,5 +131,7 @@ def _read_settings(path: Path, table: Sequence[Setting]) -> Settings:
         remote_cache=raw.get("remote_cache"),
         remote_upload=raw.get("remote_upload", True),
         trusted_keys=tuple(raw.get("trusted_keys", [])),
+        load_memory_mib=raw.get("load_memory_mib", 4096),
+        load_seconds=raw.get("load_seconds", 300),
         extra={k: v for k, v in raw.items() if k not in _ENGINE_KEYS},
     )
