@@ -6,6 +6,7 @@ user would, with `MK_CACHE_DIR` pointing at a fresh directory under the test's t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -84,6 +85,21 @@ def read_events(path: Path) -> list[dict[str, object]]:
 def executed_labels(path: Path) -> list[str]:
     """Sorted labels of the actions that ran (not cached) according to a --json-events file."""
     return sorted(str(e["label"]) for e in read_events(path) if e["status"] == "executed")
+
+
+def assert_nothing_imported(cache_dir: Path, content: bytes) -> None:
+    """After a refused archive: no blob holds the malicious member's `content`, and no tree was made."""
+    from mk.cache.cas import ContentStore
+    from mk.cache.tree import Tree, TreeError
+
+    cas = ContentStore(cache_dir)
+    blobs = [cas.read_bytes(digest) for digest in cas.digests()]
+    assert content not in blobs, f"the content of a refused member was stored: {content!r}"
+    trees = []
+    for blob in blobs:
+        with contextlib.suppress(TreeError):
+            trees.append(Tree.decode(blob))
+    assert trees == [], f"a tree was stored: {trees}"
 
 
 def mk_env(cache_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
