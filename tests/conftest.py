@@ -87,6 +87,24 @@ def executed_labels(path: Path) -> list[str]:
     return sorted(str(e["label"]) for e in read_events(path) if e["status"] == "executed")
 
 
+def assert_cache_is_sound(cache_dir: Path, logs: bool = False) -> None:
+    """Every local action result decodes and names output blobs (and with `logs`, a log blob) that
+    exist and hash to their names, and every blob hashes to its name. (`mk cache gc` may drop a
+    log that a kept result names: a hit never reads it. Until then every log is there.)"""
+    from mk.cache.action_cache import ActionCache, ActionResult
+    from mk.cache.cas import ContentStore
+
+    cas, ac = ContentStore(cache_dir), ActionCache(cache_dir)
+    for key in ac.all_keys():
+        result = ActionResult.decode(ac.path(key).read_bytes())
+        named = [(o.path, o.digest) for o in result.outputs] + ([("its log", result.log_digest)] if logs else [])
+        for path, digest in named:
+            assert cas.has(digest), f"action {key}: blob {digest} of {path} is missing"
+            assert cas.verify(digest), f"action {key}: blob {digest} of {path} is corrupt"
+    for digest in cas.digests():
+        assert cas.verify(digest), f"blob {digest} is corrupt"
+
+
 def assert_nothing_imported(cache_dir: Path, content: bytes) -> None:
     """After a refused archive: no blob holds the malicious member's `content`, and no tree was made."""
     from mk.cache.cas import ContentStore
