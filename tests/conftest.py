@@ -61,6 +61,17 @@ class Summary(NamedTuple):
     seconds: float
 
 
+def require(tool: str, also_in: str | None = None) -> str:
+    """The path of a host tool a test needs (looked for on PATH, then in `also_in`). Without it the
+    test is skipped, except in CI (CI set), where every tool must be there: it fails."""
+    path = shutil.which(tool) or (shutil.which(tool, path=also_in) if also_in else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed; scripts/setup.sh should have installed it")
+        pytest.skip(f"{tool} is not installed")
+    return path
+
+
 def parse_summary(stdout: str) -> Summary:
     """Parse the summary line, which must be the last line of `mk build`'s stdout."""
     lines = stdout.rstrip("\n").splitlines()

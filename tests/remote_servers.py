@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import zstandard
-from conftest import MK
+from conftest import MK, require
 
 from mk.cache.server import CacheServer, Handler, ServerOptions
 
@@ -101,16 +99,6 @@ def serve_process(storage: Path, *args: str, env: dict[str, str] | None = None) 
         _stop(process)
 
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/sbin")
-    if found is None:
-        message = "nginx is not installed (scripts/setup.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
 _NGINX_CONF = """\
 daemon off;
 master_process off;
@@ -142,7 +130,7 @@ http {{
 @contextlib.contextmanager
 def nginx_server(prefix: Path) -> Iterator[Remote]:
     """nginx serving `<prefix>/store/cache/` at `/cache/` (a base URL with a path, as in real life)."""
-    binary = nginx_binary()
+    binary = require("nginx", also_in="/usr/sbin:/usr/local/sbin:/sbin")
     (prefix / "store" / "cache").mkdir(parents=True)
     (prefix / "temp").mkdir()
     port = free_port()

@@ -12,17 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import MK, mk_env, parse_summary
+from conftest import MK, mk_env, parse_summary, require
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.qemu, pytest.mark.mirror]
-
-
-def need(tool: str) -> None:
-    if shutil.which(tool) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is not installed; scripts/setup.sh should have installed it")
-        pytest.skip(f"{tool} is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +35,7 @@ def free_port() -> int:
 
 
 def test_hello_boots_and_prints_its_line(cache: Path) -> None:
-    need("qemu-system-x86_64")
+    require("qemu-system-x86_64")
     result = mk("run", "//examples:hello", "--accel", "tcg", cache=cache, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Hello from an mk image!" in result.stdout
@@ -51,8 +44,8 @@ def test_hello_boots_and_prints_its_line(cache: Path) -> None:
 
 @pytest.fixture
 def sshd_vm(cache: Path, tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[str]]]:
-    need("qemu-system-x86_64")
-    need("ssh")
+    require("qemu-system-x86_64")
+    require("ssh")
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(key)], check=True)
     build = mk("image", "//examples:sshd", cache=cache)

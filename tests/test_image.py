@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import MK, WorkspaceFactory, mk_env
+from conftest import MK, WorkspaceFactory, mk_env, require
 from debrepo import Deb, Member, Repo
 
 from mk.engine import vm
@@ -179,8 +178,7 @@ def test_unknown_module_is_named(workspace: WorkspaceFactory, repo: Repo, tmp_pa
 
 def test_qemu_command_line(tmp_path: Path) -> None:
     (tmp_path / "cmdline").write_text("console=ttyS0\n")
-    if shutil.which(vm.QEMU) is None:
-        pytest.skip("qemu is not installed")
+    require(vm.QEMU)
     options = vm.VmOptions(mem="1G", cpus=2, publish=((2222, 22), (8080, 80)), ssh_key="ssh-ed25519 AAAA key@host")
     command = vm.command(tmp_path, options, "tcg")
     assert command[1:7] == ["-accel", "tcg", "-m", "1G", "-smp", "2"]

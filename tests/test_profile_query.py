@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, WorkspaceFactory
+from conftest import Workspace, WorkspaceFactory, require
 
 BUILD = textwrap.dedent("""
     genrule(name = "slow1", srcs = ["a.txt"], outs = ["slow1.out"], cmd = "sleep 0.5; cp $< $@")
@@ -68,8 +67,8 @@ def test_query_graph_as_edges_and_dot(ws: Workspace) -> None:
     assert '"//pkg:top" -> "//pkg:slow1";' in dot.out and '"//pkg:top" -> "//pkg:slow2";' in dot.out
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz is not installed")
 def test_query_graph_as_svg(ws: Workspace) -> None:
+    require("dot")
     result = ws.mk("query", "graph", "//pkg:top", "--output", "svg")
     assert result.code == 0, result.err
     assert "<svg" in result.out and "//pkg:slow1" in result.out
