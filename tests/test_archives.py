@@ -88,7 +88,11 @@ def test_check_finds_every_writer_deterministic(workspace: WorkspaceFactory) -> 
     result = subprocess.run([MK, "build", "--check", "//img:all"], cwd=root, env=mk_env(ws.cache_dir),
                             capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "outputs are identical" in result.stderr
+    actions = 2 + 1 + 2 * len(COMPRESSIONS) + 2  # layers, rootfs, a tar and a cpio per compression, 2 OCI images
+    assert parse_summary(result.stdout).actions == actions
+    assert result.stderr.splitlines()[-1] == (
+        f"mk: --check: rebuilt {actions} actions; all {actions} outputs are identical"  # one output each
+    )
 
 
 EXPECTED_LISTING = {
