@@ -11,13 +11,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -36,6 +37,10 @@ def _find_mk() -> str:
 
 MK = _find_mk()
 SUBPROCESS_TIMEOUT = 60
+# The longest one step against the Debian mirror may take (an `mk lock`, or an image build with an
+# empty cache, which downloads every package). Marked tests add up their steps' limits and set
+# their own pytest timeout above the sum, so that a slow step fails with a message naming it.
+MIRROR_SECONDS = 300
 
 _SUMMARY = re.compile(
     r"^mk: (?P<targets>\d+) targets, (?P<actions>\d+) actions: (?P<executed>\d+) executed, "
@@ -139,23 +144,42 @@ def mk_env(cache_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str,
     return env
 
 
+def tail(text: str, lines: int = 30) -> str:
+    """The last lines of what a process wrote."""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_within(args: Sequence[str], seconds: float, what: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """subprocess.run (text, output captured) with a deadline. Past it the process and everything it
+    started (a QEMU) are killed, and the test fails with a message naming what it waited for and how
+    long, rather than with a TimeoutExpired traceback."""
+    with subprocess.Popen(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # something it started left its own group with our pipes
+                out, err = "", ""
+            pytest.fail(f"{what} did not finish within {seconds:.0f} s; its last output:\n{tail(out)}\n{tail(err)}",
+                        pytrace=False)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_mk(
     args: list[str] | tuple[str, ...],
     cwd: Path,
     cache_dir: Path,
     env: Mapping[str, str] | None = None,
     timeout: float = SUBPROCESS_TIMEOUT,
+    what: str = "",
 ) -> Result:
-    proc = subprocess.run(
-        [MK, *args],
-        cwd=cwd,
-        env=mk_env(cache_dir, env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """`mk ARGS`; `what` says what it waits for, in the failure message if it takes over `timeout` s."""
+    command = f"`mk {' '.join(args)}`"
+    proc = run_within([MK, *args], timeout, f"{command} ({what})" if what else command, cwd=cwd,
+                      env=mk_env(cache_dir, env), stdin=subprocess.DEVNULL)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -178,8 +202,9 @@ class Workspace:
     def read(self, path: str) -> str:
         return (self.root / path).read_text(encoding="utf-8")
 
-    def mk(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = SUBPROCESS_TIMEOUT) -> Result:
-        return run_mk(args, self.root, self.cache_dir, env, timeout)
+    def mk(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = SUBPROCESS_TIMEOUT,
+           what: str = "") -> Result:
+        return run_mk(args, self.root, self.cache_dir, env, timeout, what)
 
     def build(self, *targets: str, events: Path | None = None, env: Mapping[str, str] | None = None) -> Result:
         """`mk build`, which must succeed; its summary line is checked to be well formed."""

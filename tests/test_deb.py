@@ -11,7 +11,7 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import Workspace, WorkspaceFactory, assert_nothing_imported, parse_summary
+from conftest import MIRROR_SECONDS, Workspace, WorkspaceFactory, assert_nothing_imported, parse_summary
 from debrepo import Deb, Member, Repo, build_deb
 
 from mk.cache.tree import Kind, Tree
@@ -321,15 +321,16 @@ def test_packages_already_in_the_store_are_not_downloaded_again(
 
 
 @pytest.mark.mirror
+@pytest.mark.timeout(2 * MIRROR_SECONDS + 60)
 def test_real_mirror_openssh_server_and_busybox(workspace: WorkspaceFactory) -> None:
     """Against the Debian archive this machine's apt sources (or MK_DEBIAN_MIRROR) name."""
     ws = workspace({"os/BUILD": 'deb_packages(name = "base", packages = ["openssh-server", "busybox-static"])\n'},
                    name="mirror")
-    result = ws.mk("lock", "//os:base", timeout=600)
+    result = ws.mk("lock", "//os:base", timeout=MIRROR_SECONDS, what="reads the mirror's package indices")
     assert result.code == 0, result.err
     names = {p["name"] for p in json.loads(ws.read("os/base.lock.json"))["packages"]}
     assert {"openssh-server", "busybox-static", "libc6", "libssl3"} <= names
-    result = ws.mk("build", "//os:base", timeout=600)
+    result = ws.mk("build", "//os:base", timeout=MIRROR_SECONDS, what="downloads the packages from the mirror")
     assert result.code == 0, result.err
     tree = Tree.decode((ws.root / "mk-out/os/base.tree").read_bytes())
     entries = {e.path: e for e in tree.entries}
