@@ -93,5 +93,7 @@ def test_changed_host_tool(ws: Workspace, cache_dir: Path, monkeypatch: pytest.M
 def test_a_failed_action_is_explained(ws: Workspace) -> None:
     ws.build("//pkg:a")
     ws.write("pkg/BUILD", BUILD.replace("cp $< $@", "false"))
-    assert ws.mk("build", "//pkg:a").code == 1
+    failed = ws.mk("build", "//pkg:a")
+    assert failed.code == 1
+    assert "error: Genrule //pkg:a failed (exit code 1)\n  command: false\n" in failed.err, failed.err
     assert explain(ws, "//pkg:a") == ["Genrule //pkg:a: command changed"]

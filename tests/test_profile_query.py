@@ -52,7 +52,9 @@ def test_profile_is_a_trace_with_one_track_per_worker(ws: Workspace, tmp_path: P
 def test_profile_is_written_when_the_build_fails(ws: Workspace, tmp_path: Path) -> None:
     ws.write("pkg/BUILD", BUILD.replace("cat $(SRCS) > $@", "false"))
     profile = tmp_path / "profile.json"
-    assert ws.mk("build", "//pkg:top", "--profile", str(profile)).code == 1
+    failed = ws.mk("build", "//pkg:top", "--profile", str(profile))
+    assert failed.code == 1
+    assert "error: Genrule //pkg:top failed (exit code 1)\n  command: false\n" in failed.err, failed.err
     assert len(complete_events(json.loads(profile.read_text(encoding="utf-8")))) == 2
 
 
@@ -77,4 +79,4 @@ def test_query_graph_as_svg(ws: Workspace) -> None:
 def test_query_svg_without_graphviz(ws: Workspace, tmp_path: Path) -> None:
     result = ws.mk("query", "graph", "//pkg:top", "--output", "svg", env={"PATH": str(tmp_path)})
     assert result.code == 2
-    assert "graphviz" in result.err
+    assert result.err == "error: --output svg needs graphviz's `dot`; on Debian: apt-get install graphviz\n"

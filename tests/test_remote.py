@@ -582,5 +582,6 @@ def test_keygen_writes_a_key_pair(tmp_path: Path) -> None:
     assert parse_public_key(line).name == "ci-1"
     again = subprocess.run([MK, "cache", "keygen", str(tmp_path / "ci-1")], capture_output=True, text=True,
                            timeout=60, check=False, env=mk_env(tmp_path / "cache"))
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert (again.returncode, again.stderr) == (
+        2, f"error: mk cache keygen: {secret} already exists; not overwriting a key\n")
     assert public.read_text().strip() == line
