@@ -6,17 +6,19 @@ user would, with `MK_CACHE_DIR` pointing at a fresh directory under the test's t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -35,6 +37,10 @@ def _find_mk() -> str:
 
 MK = _find_mk()
 SUBPROCESS_TIMEOUT = 60
+# The longest one step against the Debian mirror may take (an `mk lock`, or an image build with an
+# empty cache, which downloads every package). Marked tests add up their steps' limits and set
+# their own pytest timeout above the sum, so that a slow step fails with a message naming it.
+MIRROR_SECONDS = 300
 
 _SUMMARY = re.compile(
     r"^mk: (?P<targets>\d+) targets, (?P<actions>\d+) actions: (?P<executed>\d+) executed, "
@@ -58,6 +64,17 @@ class Summary(NamedTuple):
     local: int
     remote: int
     seconds: float
+
+
+def require(tool: str, also_in: str | None = None) -> str:
+    """The path of a host tool a test needs (looked for on PATH, then in `also_in`). Without it the
+    test is skipped, except in CI (CI set), where every tool must be there: it fails."""
+    path = shutil.which(tool) or (shutil.which(tool, path=also_in) if also_in else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is not installed; scripts/setup.sh should have installed it")
+        pytest.skip(f"{tool} is not installed")
+    return path
 
 
 def parse_summary(stdout: str) -> Summary:
@@ -86,6 +103,39 @@ def executed_labels(path: Path) -> list[str]:
     return sorted(str(e["label"]) for e in read_events(path) if e["status"] == "executed")
 
 
+def assert_cache_is_sound(cache_dir: Path, logs: bool = False) -> None:
+    """Every local action result decodes and names output blobs (and with `logs`, a log blob) that
+    exist and hash to their names, and every blob hashes to its name. (`mk cache gc` may drop a
+    log that a kept result names: a hit never reads it. Until then every log is there.)"""
+    from mk.cache.action_cache import ActionCache, ActionResult
+    from mk.cache.cas import ContentStore
+
+    cas, ac = ContentStore(cache_dir), ActionCache(cache_dir)
+    for key in ac.all_keys():
+        result = ActionResult.decode(ac.path(key).read_bytes())
+        named = [(o.path, o.digest) for o in result.outputs] + ([("its log", result.log_digest)] if logs else [])
+        for path, digest in named:
+            assert cas.has(digest), f"action {key}: blob {digest} of {path} is missing"
+            assert cas.verify(digest), f"action {key}: blob {digest} of {path} is corrupt"
+    for digest in cas.digests():
+        assert cas.verify(digest), f"blob {digest} is corrupt"
+
+
+def assert_nothing_imported(cache_dir: Path, content: bytes) -> None:
+    """After a refused archive: no blob holds the malicious member's `content`, and no tree was made."""
+    from mk.cache.cas import ContentStore
+    from mk.cache.tree import Tree, TreeError
+
+    cas = ContentStore(cache_dir)
+    blobs = [cas.read_bytes(digest) for digest in cas.digests()]
+    assert content not in blobs, f"the content of a refused member was stored: {content!r}"
+    trees = []
+    for blob in blobs:
+        with contextlib.suppress(TreeError):
+            trees.append(Tree.decode(blob))
+    assert trees == [], f"a tree was stored: {trees}"
+
+
 def mk_env(cache_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The host environment minus every MK_* setting, plus our private cache."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MK_")}
@@ -94,23 +144,42 @@ def mk_env(cache_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str,
     return env
 
 
+def tail(text: str, lines: int = 30) -> str:
+    """The last lines of what a process wrote."""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_within(args: Sequence[str], seconds: float, what: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """subprocess.run (text, output captured) with a deadline. Past it the process and everything it
+    started (a QEMU) are killed, and the test fails with a message naming what it waited for and how
+    long, rather than with a TimeoutExpired traceback."""
+    with subprocess.Popen(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kwargs) as proc:
+        try:
+            out, err = proc.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:  # something it started left its own group with our pipes
+                out, err = "", ""
+            pytest.fail(f"{what} did not finish within {seconds:.0f} s; its last output:\n{tail(out)}\n{tail(err)}",
+                        pytrace=False)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def run_mk(
     args: list[str] | tuple[str, ...],
     cwd: Path,
     cache_dir: Path,
     env: Mapping[str, str] | None = None,
     timeout: float = SUBPROCESS_TIMEOUT,
+    what: str = "",
 ) -> Result:
-    proc = subprocess.run(
-        [MK, *args],
-        cwd=cwd,
-        env=mk_env(cache_dir, env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """`mk ARGS`; `what` says what it waits for, in the failure message if it takes over `timeout` s."""
+    command = f"`mk {' '.join(args)}`"
+    proc = run_within([MK, *args], timeout, f"{command} ({what})" if what else command, cwd=cwd,
+                      env=mk_env(cache_dir, env), stdin=subprocess.DEVNULL)
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -133,8 +202,9 @@ class Workspace:
     def read(self, path: str) -> str:
         return (self.root / path).read_text(encoding="utf-8")
 
-    def mk(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = SUBPROCESS_TIMEOUT) -> Result:
-        return run_mk(args, self.root, self.cache_dir, env, timeout)
+    def mk(self, *args: str, env: Mapping[str, str] | None = None, timeout: float = SUBPROCESS_TIMEOUT,
+           what: str = "") -> Result:
+        return run_mk(args, self.root, self.cache_dir, env, timeout, what)
 
     def build(self, *targets: str, events: Path | None = None, env: Mapping[str, str] | None = None) -> Result:
         """`mk build`, which must succeed; its summary line is checked to be well formed."""

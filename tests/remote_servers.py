@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import zstandard
-from conftest import MK
+from conftest import MK, require
 
 from mk.cache.server import CacheServer, Handler, ServerOptions
 
@@ -117,16 +116,6 @@ def serve_process(storage: Path, *args: str, env: dict[str, str] | None = None) 
         _stop(process)
 
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/sbin")
-    if found is None:
-        message = "nginx is not installed (scripts/setup.sh installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
 _NGINX_CONF = """\
 daemon off;
 master_process off;
@@ -159,7 +148,7 @@ http {{
 def nginx_server(prefix: Path, put_status: int | None = None) -> Iterator[Remote]:
     """nginx serving `<prefix>/store/cache/` at `/cache/` (a base URL with a path, as in real life);
     with `put_status`, it answers every PUT with that status instead."""
-    binary = nginx_binary()
+    binary = require("nginx", also_in="/usr/sbin:/usr/local/sbin:/sbin")
     (prefix / "store" / "cache").mkdir(parents=True)
     (prefix / "temp").mkdir()
     port = free_port()

@@ -6,13 +6,12 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import MK, WorkspaceFactory, mk_env, parse_summary
+from conftest import MK, WorkspaceFactory, mk_env, parse_summary, require
 
 COMPRESSIONS = {"none": "", "gzip": ".gz", "zstd": ".zst", "xz": ".xz"}
 
@@ -89,16 +88,11 @@ def test_check_finds_every_writer_deterministic(workspace: WorkspaceFactory) -> 
     result = subprocess.run([MK, "build", "--check", "//img:all"], cwd=root, env=mk_env(ws.cache_dir),
                             capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "outputs are identical" in result.stderr
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is not installed; scripts/setup.sh should have installed it")
-        pytest.skip(f"{tool} is not installed")
-    return path
+    actions = 2 + 1 + 2 * len(COMPRESSIONS) + 2  # layers, rootfs, a tar and a cpio per compression, 2 OCI images
+    assert parse_summary(result.stdout).actions == actions
+    assert result.stderr.splitlines()[-1] == (
+        f"mk: --check: rebuilt {actions} actions; all {actions} outputs are identical"  # one output each
+    )
 
 
 EXPECTED_LISTING = {

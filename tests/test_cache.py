@@ -18,7 +18,16 @@ import blake3
 import msgpack
 import pytest
 import zstandard
-from conftest import MK, Workspace, WorkspaceFactory, executed_labels, mk_env, parse_summary, read_events
+from conftest import (
+    MK,
+    Workspace,
+    WorkspaceFactory,
+    assert_cache_is_sound,
+    executed_labels,
+    mk_env,
+    parse_summary,
+    read_events,
+)
 
 from mk.cache.action_cache import ActionResult
 from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError, digest_bytes
@@ -61,17 +70,6 @@ def cache_entries(cache_dir: Path, kind: str) -> dict[str, Path]:
 def scratch_entries(cache_dir: Path) -> list[str]:
     tmp = cache_dir / "tmp"
     return sorted(os.listdir(tmp)) if tmp.is_dir() else []
-
-
-def assert_cache_is_sound(cache_dir: Path) -> None:
-    """Every action result decodes and names blobs that exist and hash to their names."""
-    cas = ContentStore(cache_dir)
-    for key, path in cache_entries(cache_dir, "ac").items():
-        result = ActionResult.decode(path.read_bytes())
-        for output in result.outputs:
-            assert cas.verify(output.digest), f"action {key}: blob {output.digest} of {output.path} is bad"
-    for digest in cache_entries(cache_dir, "cas"):
-        assert cas.verify(digest), f"blob {digest} is corrupt"
 
 
 @pytest.fixture
@@ -261,7 +259,7 @@ def test_cache_gc_to_zero_empties_the_cache(chain: Workspace, tmp_path: Path) ->
 def test_cache_gc_rejects_a_bad_size(chain: Workspace) -> None:
     result = chain.mk("cache", "gc", "--max-size", "lots")
     assert result.code == 2
-    assert "not a size: 'lots'" in result.err
+    assert result.err.endswith("\nError: Invalid value for --max-size: not a size: 'lots' (try 500M or 2G)\n")
 
 
 # ---- crashes, interrupts and concurrent builds --------------------------------------------------
@@ -654,7 +652,7 @@ def test_remembered_results_are_not_trusted_once_their_entry_is_gone(chain: Work
     (chain.root / "mk-out/pkg/use.txt").unlink()
     chain.build("//pkg:use", events=events)
     assert executed_labels(events) == ["//pkg:use"]
-    assert chain.read("mk-out/pkg/use.txt").endswith("\n")
+    assert (chain.root / "mk-out/pkg/use.txt").read_bytes() == USE
     assert_cache_is_sound(chain.cache_dir)
 
 
@@ -669,7 +667,8 @@ def test_gc_keeps_results_whole_including_the_files_of_a_tree(workspace: Workspa
     assert data_blob.is_file()  # referenced through the layer's tree
     data_blob.unlink()  # lost anyway: gc must then drop the layer's result, not keep a hollow one
     assert ws.mk("cache", "gc", "--max-size", "10G").code == 0
+    tar = (ws.root / "mk-out/p/t.tar").read_bytes()
     (ws.root / "mk-out/p/t.tar").unlink()
     ws.build("//p:t", events=events)
-    assert "//p:l" in executed_labels(events)
-    assert (ws.root / "mk-out/p/t.tar").is_file()
+    assert executed_labels(events) == ["//p:l"]  # the same tree again, so the tar's result still holds
+    assert (ws.root / "mk-out/p/t.tar").read_bytes() == tar

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, WorkspaceFactory
+from conftest import Workspace, WorkspaceFactory, require
 
 BUILD = textwrap.dedent("""
     genrule(name = "slow1", srcs = ["a.txt"], outs = ["slow1.out"], cmd = "sleep 0.5; cp $< $@")
@@ -53,7 +52,9 @@ def test_profile_is_a_trace_with_one_track_per_worker(ws: Workspace, tmp_path: P
 def test_profile_is_written_when_the_build_fails(ws: Workspace, tmp_path: Path) -> None:
     ws.write("pkg/BUILD", BUILD.replace("cat $(SRCS) > $@", "false"))
     profile = tmp_path / "profile.json"
-    assert ws.mk("build", "//pkg:top", "--profile", str(profile)).code == 1
+    failed = ws.mk("build", "//pkg:top", "--profile", str(profile))
+    assert failed.code == 1
+    assert "error: Genrule //pkg:top failed (exit code 1)\n  command: false\n" in failed.err, failed.err
     assert len(complete_events(json.loads(profile.read_text(encoding="utf-8")))) == 2
 
 
@@ -68,8 +69,8 @@ def test_query_graph_as_edges_and_dot(ws: Workspace) -> None:
     assert '"//pkg:top" -> "//pkg:slow1";' in dot.out and '"//pkg:top" -> "//pkg:slow2";' in dot.out
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz is not installed")
 def test_query_graph_as_svg(ws: Workspace) -> None:
+    require("dot")
     result = ws.mk("query", "graph", "//pkg:top", "--output", "svg")
     assert result.code == 0, result.err
     assert "<svg" in result.out and "//pkg:slow1" in result.out
@@ -78,4 +79,4 @@ def test_query_graph_as_svg(ws: Workspace) -> None:
 def test_query_svg_without_graphviz(ws: Workspace, tmp_path: Path) -> None:
     result = ws.mk("query", "graph", "//pkg:top", "--output", "svg", env={"PATH": str(tmp_path)})
     assert result.code == 2
-    assert "graphviz" in result.err
+    assert result.err == "error: --output svg needs graphviz's `dot`; on Debian: apt-get install graphviz\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import textwrap
@@ -33,8 +34,10 @@ class Watch:
         self.lines: queue.Queue[str] = queue.Queue()
         self.errors: list[str] = []
         assert self.proc.stdout is not None and self.proc.stderr is not None
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.errors.append), daemon=True).start()
+        self.pumps = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True),
+                      threading.Thread(target=self._pump, args=(self.proc.stderr, self.errors.append), daemon=True)]
+        for pump in self.pumps:
+            pump.start()
 
     @staticmethod
     def _pump(stream: IO[str], sink: object) -> None:
@@ -62,8 +65,12 @@ class Watch:
         return got
 
     def stop(self) -> int:
+        """Ctrl-C; once it has exited, `errors` holds all it wrote on stderr."""
         self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout=TIMEOUT)
+        code = self.proc.wait(timeout=TIMEOUT)
+        for pump in self.pumps:
+            pump.join(timeout=TIMEOUT)
+        return code
 
 
 @pytest.fixture
@@ -125,21 +132,29 @@ def test_a_new_target_in_build_is_picked_up(watching: tuple[Workspace, Watch]) -
 
 def test_a_broken_edit_reports_and_the_next_good_one_recovers(watching: tuple[Workspace, Watch]) -> None:
     ws, w = watching
-    edit(ws, "pkg/BUILD", BUILD + "genrule(name = \n")
+    edit(ws, "pkg/BUILD", BUILD + "genrule(name = )\n")
     lines = w.until_watching()
-    assert "mk watch: build failed; waiting for the next change" in lines
-    assert any("BUILD" in e for e in w.errors), w.errors
+    assert lines[:2] == ["mk watch: changed pkg/BUILD", "mk watch: build failed; waiting for the next change"], lines
     edit(ws, "pkg/a.txt", "three\n")  # still watched
     edit(ws, "pkg/BUILD", BUILD)
     lines = w.until_watching()
     assert "mk watch: ran Genrule //pkg:a, Genrule //pkg:b" in lines, lines
     assert ws.read("mk-out/pkg/b.out") == "three\nthree\n"
-    # A failing command is reported too, and the previous outputs stay.
+    assert w.stop() == 0
+    errors = [e for e in w.errors if "error" in e]
+    assert len(errors) == 1, w.errors
+    assert errors[0].startswith("pkg/BUILD:5:16: error: unexpected symbol ')' here, expected one of "), errors
+
+
+def test_a_failing_command_is_reported_and_the_outputs_stay(watching: tuple[Workspace, Watch]) -> None:
+    ws, w = watching
     edit(ws, "pkg/BUILD", BUILD.replace("cp $< $@", "exit 3"))
     lines = w.until_watching()
-    assert "mk watch: failed in" in " ".join(lines), lines
+    assert lines[0] == "mk watch: changed pkg/BUILD", lines
+    assert re.fullmatch(r"mk watch: failed in \d+\.\d\d s", lines[-2]), lines
     assert w.stop() == 0
-    assert os.path.exists(ws.root / "mk-out/pkg/b.out")
+    assert "error: Genrule //pkg:a failed (exit code 3)\n  command: exit 3\n" in "\n".join(w.errors), w.errors
+    assert ws.read("mk-out/pkg/b.out") == "one\none\n"  # what the last good build placed
 
 
 def test_run_reboots_the_vm_after_each_good_rebuild(workspace: WorkspaceFactory, tmp_path: Path) -> None:
