@@ -202,3 +202,23 @@ def test_run_reboots_the_vm_after_each_good_rebuild(workspace: WorkspaceFactory,
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=TIMEOUT)
     assert len([line for line in log.read_text().splitlines() if line.startswith("stop")]) == 2
+
+
+def test_an_edit_made_during_a_build_is_not_lost(workspace: WorkspaceFactory) -> None:
+    """The first build sleeps; the source is edited while it runs, before any watch exists."""
+    slow = 'genrule(name = "s", srcs = ["s.txt"], outs = ["s.out"], cmd = "sleep 2; cp $< $@")\n'
+    ws = workspace({"pkg/BUILD": slow, "pkg/s.txt": "before\n"})
+    ws.age_sources()
+    w = Watch(ws, "//pkg:s")
+    try:
+        time.sleep(1.0)  # the build is sleeping now
+        edit(ws, "pkg/s.txt", "after\n")
+        first = w.until_watching()
+        assert "mk watch: ran Genrule //pkg:s" in first, first
+        second = w.until_watching()
+        assert second[0] == "mk watch: changed pkg/s.txt", second
+        assert "mk watch: ran Genrule //pkg:s" in second, second
+        assert ws.read("mk-out/pkg/s.out") == "after\n"
+        assert w.quiet() == []  # and then it settles
+    finally:
+        assert w.stop() == 0

@@ -19,6 +19,7 @@ from typing import TextIO
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from mk.cache.stat_cache import RACY_NS
 from mk.engine.build import BuildOptions, BuildResult, analyse
 from mk.engine.errors import MkError
 from mk.engine.graph_cache import GraphCache
@@ -101,18 +102,23 @@ class Watcher:
     def run(self) -> None:
         self.observer.start()
         try:
-            self.rebuild()
+            changed = self.rebuild()
             while True:
-                changed = self.wait_for_changes()
+                changed = changed or self.wait_for_changes()
                 shown = sorted(os.path.relpath(p, self.workspace.root) for p in changed)
                 self.say(f"mk watch: changed {', '.join(shown)}")
-                self.rebuild()
+                changed = self.rebuild()
         finally:
             self.observer.stop()
             self.observer.join()
 
-    def rebuild(self) -> None:
+    def rebuild(self) -> set[str]:
+        """Build, then watch what the build depended on; returns the files edited meanwhile.
+
+        Watches are set up only once the build says what it depends on, so an edit made while it
+        ran is found by its modification time instead, and starts the next build at once."""
         started = time.perf_counter()
+        started_ns = time.time_ns() - RACY_NS  # a file system's clock may lag a little behind
         try:
             result = self.session.build(tuple(self.patterns), BuildOptions(jobs=self.jobs, isolated_loading=True))
         except MkError as e:
@@ -129,6 +135,19 @@ class Watcher:
             if not result.schedule.failures and self.after_success is not None:
                 self.after_success(result)  # a failed build leaves the previous VM running
         self.rewatch()
+        return self._edited_since(started_ns)
+
+    def _edited_since(self, when_ns: int) -> set[str]:
+        edited, now = set(), time.time_ns()
+        for path in self.current.files if self.current is not None else ():
+            try:
+                mtime = os.stat(path).st_mtime_ns
+                # (A file dated in the future would otherwise start a build after every build.)
+                if when_ns <= mtime <= now and not path.startswith(self.ignored):
+                    edited.add(path)
+            except OSError:
+                continue
+        return edited
 
     def rewatch(self) -> None:
         """Watch what the last build depended on (the previous set if analysis failed)."""
