@@ -3,11 +3,14 @@ retry rebuilds what lost one, and a cached graph that was altered is never used.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, WorkspaceFactory, parse_summary
+from conftest import MK, Workspace, WorkspaceFactory, mk_env, parse_summary
 
 from mk.cache.tree import Tree
 from mk.engine.actions import Action, Artifact
@@ -202,3 +205,55 @@ def test_a_build_file_that_runs_too_long(workspace: WorkspaceFactory) -> None:
     ws = workspace({"pkg/BUILD": endless + 'write_file(name = "a", out = "a.txt")\n'}, toml="load_seconds = 2\n")
     assert fails_with(ws, "//pkg:a") == (
         "error: evaluating BUILD files took more than 2 s (load_seconds in mk.toml); stopped in pkg/BUILD\n")
+
+
+# ---- what a killed mk leaves behind ------------------------------------------------------------------
+
+
+def test_commands_die_with_a_killed_mk(workspace: WorkspaceFactory, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    # (In a genrule, `$$` is a `$` for the shell.)
+    cmd = f"echo $$$$ >> {pids}; (sleep 300; echo late) & echo $$! >> {pids}; sleep 300; touch $@"
+    ws = workspace({"pkg/BUILD": f'genrule(name = "slow", outs = ["slow.txt"], cmd = "{cmd}")\n'})
+    mk = subprocess.Popen([MK, "build", "//pkg:slow"], cwd=ws.root, env=mk_env(ws.cache_dir),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (pids.exists() and len(pids.read_text().split()) == 2):
+        assert time.monotonic() < deadline and mk.poll() is None, "the command never started"
+        time.sleep(0.05)
+    shell, background = (int(p) for p in pids.read_text().split())
+    mk.kill()
+    mk.wait()
+    deadline = time.monotonic() + 10
+    while alive(shell) or alive(background):
+        assert time.monotonic() < deadline, f"still running after mk was killed: {shell}, {background}"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")  # a zombie is gone too
+
+
+def test_temp_files_of_a_killed_placement_are_removed(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'write_file(name = "a", out = "a.txt", content = "x")\n'})
+    ws.build("//pkg:a")
+    dead_pid = subprocess.Popen(["true"])  # a process that has ended: its pid names a killed build
+    dead_pid.wait()
+    leftover = ws.write("mk-out/pkg/.tmp-abc123a.txt", "half")
+    marker = ws.write(f"mk-out/.mk-placing-{dead_pid.pid}", "")
+    ws.build("//pkg:a")
+    assert not leftover.exists() and not marker.exists()
+    assert ws.read("mk-out/pkg/a.txt") == "x"
+
+
+def test_temp_files_of_a_running_build_are_left_alone(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'write_file(name = "a", out = "a.txt", content = "x")\n'})
+    ws.build("//pkg:a")
+    writing = ws.write("mk-out/pkg/.tmp-abc123a.txt", "half")
+    marker = ws.write(f"mk-out/.mk-placing-{os.getpid()}", "")  # this process is alive
+    ws.build("//pkg:a")
+    assert writing.exists() and marker.exists()

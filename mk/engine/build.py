@@ -21,7 +21,7 @@ from mk.engine.execute import Executor
 from mk.engine.explain import ExplainLog
 from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
-from mk.engine.outputs import place, up_to_date
+from mk.engine.outputs import placing, sweep_interrupted, up_to_date
 from mk.engine.rebuilder import Outcome, Rebuilder
 from mk.engine.registry import Registry
 from mk.engine.report import Reporter, Summary
@@ -281,8 +281,10 @@ def _attempt(
     if remote is not None:  # download what must be placed in parallel, rather than one by one
         cas.prefetch(schedule.files[a.path].digest for a in artifacts if not a.is_source
                            and not up_to_date(workspace.output_dir, a.path, schedule.files[a.path], stats))
+    sweep_interrupted(workspace.output_dir)
     try:
-        outputs = tuple(_publish(workspace, cas, stats, schedule, a) for a in artifacts)
+        with placing(workspace.output_dir) as place:
+            outputs = tuple(_publish(place, cas, stats, schedule, a) for a in artifacts)
     except MkError as e:
         raise BuildAborted(e.message, _summary(graph, schedule.outcomes, started)) from None
     return schedule, outputs
@@ -300,12 +302,13 @@ def _record_explain(cache: LocalCache, workspace: Workspace, schedule: ScheduleR
 
 
 def _publish(
-    workspace: Workspace, cas: ContentStore, stats: StatCache, schedule: ScheduleResult, artifact: Artifact
+    place: Callable[[str, FileDigest, ContentStore, StatCache], None], cas: ContentStore, stats: StatCache,
+    schedule: ScheduleResult, artifact: Artifact,
 ) -> str:
     """Where the requested file can be found, relative to the workspace root."""
     if artifact.is_source:
         return artifact.path
-    place(workspace.output_dir, artifact.path, schedule.files[artifact.path], cas, stats)
+    place(artifact.path, schedule.files[artifact.path], cas, stats)
     return f"{OUTPUT_DIR}/{artifact.path}"
 
 

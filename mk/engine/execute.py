@@ -24,6 +24,7 @@ from mk.cache.stat_cache import FileDigest
 from mk.cache.tree import Tree, TreeError
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
+from mk.engine.reaper import Reaper
 
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
 _STDERR_TAIL = 4000
@@ -46,8 +47,10 @@ class RunningProcesses:
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen[bytes]] = set()
         self.cancelled = threading.Event()
+        self._reaper = Reaper()  # if mk is killed outright, it kills them
 
     def add(self, proc: subprocess.Popen[bytes]) -> None:
+        self._reaper.watch(proc.pid)  # (the command leads a process group of its own)
         with self._lock:
             self._procs.add(proc)
         if self.cancelled.is_set():
@@ -56,6 +59,7 @@ class RunningProcesses:
     def remove(self, proc: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._procs.discard(proc)
+        self._reaper.forget(proc.pid)
 
     def kill_all(self) -> None:
         self.cancelled.set()

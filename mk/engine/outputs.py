@@ -1,8 +1,16 @@
-"""Places built files under `mk-out/` at the workspace root, for people and other tools."""
+"""Places built files under `mk-out/` at the workspace root, for people and other tools.
+
+Each file is written to a temp file beside it and renamed into place. While a build writes
+there, a marker `mk-out/.mk-placing-PID` exists; a build that finds the marker of a process that
+is gone (it was killed mid-write) removes the temp files it left.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mk.cache.cas import ContentStore
@@ -19,11 +27,59 @@ def up_to_date(out_dir: Path, path: str, want: FileDigest, stats: StatCache) -> 
         return False
 
 
-def place(out_dir: Path, path: str, want: FileDigest, cas: ContentStore, stats: StatCache) -> None:
-    """Make `out_dir/path` hold the blob `want`; a file already up to date is left untouched."""
-    if up_to_date(out_dir, path, want, stats):
+_MARKER = ".mk-placing-"
+
+
+def sweep_interrupted(out_dir: Path) -> None:
+    """Remove the temp files of a build that was killed while it placed outputs."""
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
         return
-    target = f"{out_dir}/{path}"
+    for name in names:
+        pid = name.removeprefix(_MARKER)
+        if name.startswith(_MARKER) and pid.isdigit() and not _alive(int(pid)):
+            for temp in out_dir.rglob(".tmp-*"):
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+            with contextlib.suppress(OSError):
+                os.unlink(out_dir / name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def placing(out_dir: Path) -> Iterator[Callable[[str, FileDigest, ContentStore, StatCache], None]]:
+    """A `place` function for this build; the marker exists from its first write to the end."""
+    marker = out_dir / f"{_MARKER}{os.getpid()}"
+    wrote = False
+
+    def place_one(path: str, want: FileDigest, cas: ContentStore, stats: StatCache) -> None:
+        nonlocal wrote
+        if up_to_date(out_dir, path, want, stats):
+            return
+        if not wrote:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+            wrote = True
+        _write(f"{out_dir}/{path}", want, cas, stats)
+
+    try:
+        yield place_one
+    finally:
+        if wrote:
+            marker.unlink(missing_ok=True)
+
+
+def _write(target: str, want: FileDigest, cas: ContentStore, stats: StatCache) -> None:
     try:
         with atomic_writer(Path(target), 0o755 if want.executable else 0o644) as out:
             cas.copy_to(want.digest, out)
