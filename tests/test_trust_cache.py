@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import blake3
 import msgpack
 import pytest
 import test_remote
@@ -66,10 +67,16 @@ def chain(workspace: WorkspaceFactory) -> Workspace:
 # ---- 13: damaged or odd files in the local cache ----------------------------------------------
 
 
+def checked(payload: bytes) -> bytes:
+    """A stat cache file's bytes: the blake3 of the payload, then the payload."""
+    return blake3.blake3(payload).digest() + payload
+
+
 @pytest.mark.parametrize(("content", "why"), [
-    pytest.param(msgpack.packb([1, 2, 3]), "not a map", id="a-list"),
-    pytest.param(msgpack.packb("text"), "not a map", id="a-string"),
-    pytest.param(b"\xc1 not msgpack", "not msgpack", id="garbage"),
+    pytest.param(checked(msgpack.packb([1, 2, 3])), "not a map", id="a-list"),
+    pytest.param(checked(msgpack.packb("text")), "not a map", id="a-string"),
+    pytest.param(checked(b"\xc1 not msgpack"), "not msgpack", id="garbage"),
+    pytest.param(msgpack.packb({}), "its checksum does not match", id="no-checksum"),
 ])
 def test_a_damaged_stat_cache_is_named_and_rebuilt(chain: Workspace, content: bytes, why: str) -> None:
     chain.build("//pkg:use")
@@ -77,15 +84,27 @@ def test_a_damaged_stat_cache_is_named_and_rebuilt(chain: Workspace, content: by
     store.write_bytes(content)
     result = chain.build("//pkg:use")
     assert result.err == f"mk: warning: the stat cache {store} is damaged ({why}); hashing every source again\n"
-    assert isinstance(msgpack.unpackb(store.read_bytes()), dict)  # written afresh
+    assert isinstance(msgpack.unpackb(store.read_bytes()[32:]), dict)  # written afresh
     assert chain.build("//pkg:use").err == ""
+
+
+def test_a_flipped_bit_in_a_stat_cache_entry_is_caught(chain: Workspace) -> None:
+    """A digest changed in place would name other contents for an unchanged file."""
+    chain.build("//pkg:use")
+    [store] = (chain.cache_dir.resolve() / "stat").glob("*.msgpack")
+    data = bytearray(store.read_bytes())
+    data[-10] ^= 0x01
+    store.write_bytes(bytes(data))
+    result = chain.build("//pkg:use")
+    assert result.err == (f"mk: warning: the stat cache {store} is damaged (its checksum does not match); "
+                          "hashing every source again\n")
 
 
 def test_a_stat_cache_entry_of_the_wrong_type_is_rehashed(tmp_path: Path) -> None:
     file = tmp_path / "f.txt"
     file.write_bytes(b"x")
     store = tmp_path / "stat.msgpack"
-    store.write_bytes(msgpack.packb({str(file): 5}))
+    store.write_bytes(checked(msgpack.packb({str(file): 5})))
     stats = StatCache(store)
     assert stats.digest(file).digest == digest_bytes(b"x")
     assert stats.hashes == 1

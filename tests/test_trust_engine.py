@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import MK, Workspace, WorkspaceFactory, mk_env, parse_summary
+from remote_servers import tiny_disk
 
 from mk.cache.tree import Tree
 from mk.engine.actions import Action, Artifact
@@ -257,3 +258,14 @@ def test_temp_files_of_a_running_build_are_left_alone(workspace: WorkspaceFactor
     marker = ws.write(f"mk-out/.mk-placing-{os.getpid()}", "")  # this process is alive
     ws.build("//pkg:a")
     assert writing.exists() and marker.exists()
+
+
+def test_a_full_disk_under_mk_out_is_named(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"pkg/BUILD": 'write_file(name = "big", out = "big.txt", content = "x" * 200000)\n'})
+    with tiny_disk(ws.root / "mk-out", "64k"):
+        result = ws.mk("build", "//pkg:big")
+        assert result.code == 2 and "Traceback" not in result.err, result
+        assert result.err.splitlines()[-1] == (
+            f"error: cannot place {ws.root}/mk-out/pkg/big.txt: the disk is full; nothing partial was kept")
+        assert parse_summary(result.out)[:3] == (1, 1, 1)
+        assert [p.name for p in (ws.root / "mk-out/pkg").iterdir()] == []  # no temp file left

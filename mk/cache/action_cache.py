@@ -12,13 +12,15 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+import blake3
 import msgpack
 
-from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.cache.fsutil import write_atomic
-from mk.cache.tree import Tree, TreeError
+
+if TYPE_CHECKING:
+    from mk.cache.cas import ContentStore
 
 # An action result is small; anything bigger is not one (a remote or a server must refuse it).
 MAX_RESULT_BYTES = 16 << 20
@@ -42,6 +44,8 @@ class ActionResult:
     log_digest: str
 
     def encode(self) -> bytes:
+        """msgpack, after a checksum of it: a flipped bit in a stored result must not turn it into
+        another valid result (a digest naming other bytes, an output under another name)."""
         packed: bytes = msgpack.packb(
             {
                 "outputs": [[o.path, o.digest, o.executable, o.tree] for o in self.outputs],
@@ -49,13 +53,16 @@ class ActionResult:
                 "log": self.log_digest,
             }
         )
-        return packed
+        return _checksum(packed) + packed
 
     def blobs(self, cas: ContentStore, log: bool = True) -> list[str]:
         """Every blob this result needs: its outputs, its log, and the files of each tree it output
         (a layer's file contents are not outputs themselves, but the layer is useless without
         them). A tree that cannot be read adds nothing: its own digest, listed, is then found
         missing or bad."""
+        from mk.cache.cas import CorruptBlobError, MissingBlobError  # (a no-op build reads no tree)
+        from mk.cache.tree import Tree, TreeError
+
         digests = [o.digest for o in self.outputs] + ([self.log_digest] if log else [])
         for output in self.outputs:
             if output.tree and cas.has(output.digest):
@@ -74,8 +81,10 @@ class ActionResult:
     @staticmethod
     def decode(data: bytes) -> ActionResult:
         """Parse an entry; raises ValueError on anything malformed (it may come from a remote)."""
+        if len(data) < _CHECK_BYTES or _checksum(data[_CHECK_BYTES:]) != data[:_CHECK_BYTES]:
+            raise ValueError("malformed action result: its checksum does not match")
         try:
-            raw = msgpack.unpackb(data)
+            raw = msgpack.unpackb(data[_CHECK_BYTES:])
             outputs = tuple(OutputFile(str(p), _hex(d), bool(x), bool(t)) for p, d, x, t in raw["outputs"])
             return ActionResult(outputs, int(raw["exit_code"]), _hex(raw["log"]))
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
@@ -83,6 +92,12 @@ class ActionResult:
 
 
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+_CHECK_BYTES = 16
+
+
+def _checksum(payload: bytes) -> bytes:
+    check: bytes = blake3.blake3(payload).digest()[:_CHECK_BYTES]
+    return check
 
 
 def _hex(value: object) -> str:

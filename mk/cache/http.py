@@ -14,7 +14,8 @@ Ctrl-C) for as long as it likes. A watchdog thread enforces the
 deadline by shutting the connection's socket down, which wakes the thread blocked on it;
 `abort()` does the same to every request under way, and refuses new ones.
 
-urllib3 is imported with this module, which is loaded only when a remote cache is configured.
+It also makes plain downloads (`get_chunks`: Debian archives), so mk has one HTTP client.
+urllib3 is imported with this module, which is loaded only when something goes over the network.
 """
 
 from __future__ import annotations
@@ -276,3 +277,42 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, urllib3.exceptions.ProtocolError):
         return f"connection broken ({error.args[0] if error.args else error})"
     return f"{type(error).__name__}: {error}"
+
+
+# ---- plain downloads (Debian archives): the same client, without the cache's layout ------------
+
+_DOWNLOAD_CONNECT, _DOWNLOAD_READ = 10.0, 60.0
+_downloads: urllib3.PoolManager | None = None
+_downloads_lock = threading.Lock()
+
+
+def get_chunks(url: str, shown: str) -> Iterator[bytes]:
+    """The body of `url`, in chunks, for a fetch whose bytes the caller checks against a known
+    digest. `shown` is the URL as messages may show it (without credentials). Raises
+    TransportError, whose status is 404 when the file is not there."""
+    global _downloads
+    with _downloads_lock:  # one pool per process, made on first use
+        if _downloads is None:
+            _downloads = urllib3.PoolManager(maxsize=8, headers={"User-Agent": "mk"})
+        pool = _downloads
+    try:
+        response = pool.request("GET", url, preload_content=False, retries=False,
+                                timeout=urllib3.Timeout(connect=_DOWNLOAD_CONNECT, read=_DOWNLOAD_READ))
+    except _ERRORS as e:
+        raise TransportError(f"{shown}: {type(e).__name__}: {e}") from None
+    try:
+        if response.status != 200:
+            reason = "404 Not Found" if response.status == 404 else f"HTTP {response.status}"
+            raise TransportError(f"{shown}: {reason}", response.status)
+        expected = response.headers.get("Content-Length")
+        total = 0
+        try:
+            for chunk in response.stream(_CHUNK, decode_content=False):
+                total += len(chunk)
+                yield chunk
+        except _ERRORS as e:
+            raise TransportError(f"{shown}: connection lost after {total} bytes ({type(e).__name__})") from None
+        if expected is not None and total != int(expected):
+            raise TransportError(f"{shown}: connection closed after {total} of {expected} bytes")
+    finally:
+        response.release_conn()

@@ -146,7 +146,7 @@ def verify(envelope: bytes, key: str, trusted: Sequence[PublicKey]) -> ActionRes
     try:
         raw = msgpack.unpackb(envelope, raw=False, max_bin_len=1 << 24, max_str_len=1 << 12)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
-        raise UntrustedResultError(f"not a signed result ({type(e).__name__})") from None
+        raise UntrustedResultError(f"not a signed result (unsigned, or another format: {type(e).__name__})") from None
     if not isinstance(raw, dict) or set(raw) != {"format", "signer", "result", "signature"}:
         raise UntrustedResultError("not a signed result (unsigned, or another format)")
     signer, result, signature = raw["signer"], raw["result"], raw["signature"]

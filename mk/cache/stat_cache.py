@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import msgpack
 
 from mk.cache.cas import digest_file
 from mk.cache.fsutil import write_atomic
 
 RACY_NS = 50_000_000
+_CHECK_BYTES = 32
 
 # path -> [mtime_ns, size, ino, ctime_ns, hashed_at_ns, digest, executable]
 _Entry = list[object]
@@ -33,11 +35,18 @@ class FileDigest:
 
 def _load(file: Path) -> dict[str, _Entry]:
     """The entries saved in `file`: none if it is missing or damaged (every source is then hashed
-    again, which is slower but never wrong)."""
+    again, which is slower but never wrong).
+
+    The file starts with the blake3 of the rest: an entry whose digest changed by a flipped bit
+    would otherwise name other contents for an unchanged file, for good."""
     try:
-        loaded = msgpack.unpackb(file.read_bytes())
+        data = file.read_bytes()
     except FileNotFoundError:
         return {}
+    if len(data) < _CHECK_BYTES or blake3.blake3(data[_CHECK_BYTES:]).digest() != data[:_CHECK_BYTES]:
+        return _damaged(file, "its checksum does not match")
+    try:
+        loaded = msgpack.unpackb(data[_CHECK_BYTES:])
     except (ValueError, TypeError, msgpack.UnpackException):
         return _damaged(file, "not msgpack")
     return loaded if isinstance(loaded, dict) else _damaged(file, "not a map")
@@ -95,5 +104,6 @@ class StatCache:
 
     def save(self) -> None:
         if self._dirty:
-            write_atomic(self.file, msgpack.packb(self._entries))
+            payload = msgpack.packb(self._entries)
+            write_atomic(self.file, blake3.blake3(payload).digest() + payload)
             self._dirty = False

@@ -7,11 +7,14 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mk.cache.cas import ContentStore
-from mk.cache.tree import Tree
 from mk.engine.keys import StaticMaterial, static_material
 from mk.engine.labels import Label
+
+if TYPE_CHECKING:
+    from mk.cache.tree import Tree
 
 Params = Mapping[str, object]
 
@@ -62,6 +65,8 @@ class ActionIO:
         return value
 
     def read_tree(self, path: str) -> Tree:
+        from mk.cache.tree import Tree  # when an action runs: a no-op build reads no tree
+
         return Tree.decode(self.inputs[path].read_bytes())
 
     def write_tree(self, tree: Tree, index: int = 0) -> None:

@@ -86,19 +86,20 @@ class Graph:
 
 def analyse(
     workspace: Workspace, registry: Registry, graph_cache: GraphCache, patterns: Sequence[str],
-    groups: Sequence[str] = (), isolate_in: Path | None = None,
+    groups: Sequence[str] = (), cache: LocalCache | None = None,
 ) -> Graph:
     """The analysed graph, reused from the last build when no BUILD, .bzl or source moved.
 
-    With `isolate_in` (a scratch folder), BUILD files are evaluated in a child process bounded in
-    memory and time (see `isolated`); `mk build` does so."""
+    Given the `cache` (for a scratch folder), BUILD files are evaluated in a child process bounded
+    in memory and time (see `isolated`); `mk build` does so."""
     cached = graph_cache.load(Graph)
     if cached is not None:
         return cached
-    if isolate_in is not None:
+    if cache is not None:
         from mk.engine.isolated import analyse_in_child
 
-        return analyse_in_child(workspace, registry, graph_cache, patterns, groups, isolate_in)
+        with cache.scratch_dir("analysis") as scratch:
+            return analyse_in_child(workspace, registry, graph_cache, patterns, groups, scratch)
     return analyse_here(workspace, registry, graph_cache, patterns, groups)
 
 
@@ -131,7 +132,7 @@ def analyse_here(
     needed = _needed(requested_files, producers)
     actions = tuple(a for a in actions if id(a) in needed)
     for action in actions:  # computed now, so the cached graph carries them
-        _ = action.static, action.sorted_inputs
+        _ = action.static.digest, action.sorted_inputs
     graph = Graph(len(targets), requested_files, actions, _source_files(targets, actions, requested_files),
                   pickle.dumps({str(t.target.label): t.providers for t in requested}))
     graph_cache.save(graph, loader.observed)
@@ -181,11 +182,8 @@ def build(
 ) -> BuildResult:
     started = time.perf_counter()
     graph_cache = GraphCache(cache.root, workspace.root, [*patterns, *(f"group:{g}" for g in options.output_groups)])
-    if options.isolated_loading:
-        with cache.scratch_dir("analysis") as scratch:
-            graph = analyse(workspace, registry, graph_cache, patterns, options.output_groups, scratch)
-    else:
-        graph = analyse(workspace, registry, graph_cache, patterns, options.output_groups)
+    graph = analyse(workspace, registry, graph_cache, patterns, options.output_groups,
+                    cache if options.isolated_loading else None)
     recent = RecentResults(graph_cache.results_file)
     cache.sweep_stale_scratch()
     stats = cache.stat_cache(workspace.root)

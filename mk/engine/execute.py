@@ -21,7 +21,6 @@ from mk.cache.action_cache import ActionResult, OutputFile
 from mk.cache.cas import ContentStore, digest_file
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest
-from mk.cache.tree import Tree, TreeError
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 from mk.engine.reaper import Reaper
@@ -195,6 +194,8 @@ class Executor:
     def _check_tree(self, action: Action, output: OutputFile) -> None:
         """A tree output must be a readable manifest whose every file is in the store: its result
         is then complete, and everything it references can be uploaded and kept together."""
+        from mk.cache.tree import Tree, TreeError  # only when a tree was made
+
         try:
             tree = Tree.decode(self.cas.read_bytes(output.digest))
         except TreeError as e:

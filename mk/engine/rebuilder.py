@@ -77,9 +77,10 @@ class Rebuilder:
             # tree contents included.
             complete = all(self.cache.cas.has(o.digest) for o in result.outputs) if remembered \
                 else result.complete(self.executor.cas)
-            if complete:
+            if complete and _names_its_outputs(result, action):
                 return Outcome(action, material, result, "cached", "local", time.perf_counter() - started)
-        if self.remote is not None and (result := self.remote.remembered(key)) is not None:
+        if self.remote is not None and (result := self.remote.remembered(key)) is not None \
+                and _names_its_outputs(result, action):
             return Outcome(action, material, result, "cached", "remote", time.perf_counter() - started)
         return None
 
@@ -109,3 +110,10 @@ class Rebuilder:
             # Blobs first (tree contents too), then the signed result.
             self.remote.upload(key, result, result.blobs(self.cache.cas))
         return Outcome(action, material, result, "executed", "local", time.perf_counter() - started)
+
+
+def _names_its_outputs(result: ActionResult, action: Action) -> bool:
+    """A result is used only for the action whose outputs it names, in order: anything else
+    (a damaged entry, say) is a miss, never outputs filed under the wrong names."""
+    return len(result.outputs) == len(action.outputs) and all(
+        o.path == a.path for o, a in zip(result.outputs, action.outputs, strict=True))

@@ -12,13 +12,10 @@ import hashlib
 import os
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 _ATTEMPTS = 3
 _CHUNK = 1 << 20
-_TIMEOUT_CONNECT, _TIMEOUT_READ = 10.0, 60.0
 
 
 class DownloadError(Exception):
@@ -80,50 +77,15 @@ def _fetch(url: str, out: Path) -> tuple[str, int]:
             except FileNotFoundError:
                 raise DownloadError(f"{url}: no such file", not_found=True) from None
         elif scheme in ("http", "https"):
-            for chunk in _http_chunks(url):
-                digest.update(chunk)
-                size += len(chunk)
-                sink.write(chunk)
+            from mk.cache.http import TransportError, get_chunks  # only when something is downloaded
+
+            try:
+                for chunk in get_chunks(url, redact(url)):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    sink.write(chunk)
+            except TransportError as e:
+                raise DownloadError(str(e), not_found=e.status == 404) from None
         else:
             raise DownloadError(f"{redact(url)}: unsupported URL scheme '{scheme}'", not_found=True)
     return digest.hexdigest(), size
-
-
-def _http_chunks(url: str) -> Iterator[bytes]:
-    import urllib3  # only when something is actually downloaded
-
-    try:
-        response = _pool().request("GET", url, preload_content=False, retries=False,
-                                   timeout=urllib3.Timeout(connect=_TIMEOUT_CONNECT, read=_TIMEOUT_READ))
-    except urllib3.exceptions.HTTPError as e:
-        raise DownloadError(f"{redact(url)}: {type(e).__name__}: {e}") from None
-    try:
-        if response.status == 404:
-            raise DownloadError(f"{redact(url)}: 404 Not Found", not_found=True)
-        if response.status != 200:
-            raise DownloadError(f"{redact(url)}: HTTP {response.status}")
-        expected = response.headers.get("Content-Length")
-        total = 0
-        try:
-            for chunk in response.stream(_CHUNK, decode_content=False):
-                total += len(chunk)
-                yield chunk
-        except urllib3.exceptions.HTTPError as e:
-            raise DownloadError(f"{redact(url)}: connection lost after {total} bytes ({type(e).__name__})") from None
-        if expected is not None and total != int(expected):
-            raise DownloadError(f"{redact(url)}: connection closed after {total} of {expected} bytes")
-    finally:
-        response.release_conn()
-
-
-_POOL: Any = None
-
-
-def _pool() -> Any:
-    """One connection pool per process, made on first use."""
-    global _POOL
-    if _POOL is None:
-        import urllib3
-
-        _POOL = urllib3.PoolManager(maxsize=8)
-    return _POOL
