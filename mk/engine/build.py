@@ -15,12 +15,12 @@ from mk.cache.action_cache import RecentResults
 from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
 from mk.cache.stat_cache import FileDigest, StatCache
-from mk.engine.actions import Action, Artifact
-from mk.engine.errors import Location, MkError
+from mk.engine.actions import Artifact
+from mk.engine.errors import MkError
 from mk.engine.execute import Executor
 from mk.engine.explain import ExplainLog
+from mk.engine.graph import Graph, analyse_here
 from mk.engine.graph_cache import GraphCache
-from mk.engine.labels import Label
 from mk.engine.outputs import placing, sweep_interrupted, up_to_date
 from mk.engine.rebuilder import Outcome, Rebuilder
 from mk.engine.registry import Registry
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from mk.cache.remote import RemoteCache, RemoteConfig
     from mk.engine.profile import Profiler
     from mk.engine.rule_api import Providers
-    from mk.engine.targets import ConfiguredTarget
 
 # A corrupt blob found mid-build is deleted; the next attempt rebuilds whatever needed it.
 _ATTEMPTS = 3
@@ -64,26 +63,6 @@ class BuildResult:
         return found
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    path: str
-    owner: str  # the first target that uses it, for error messages
-    location: Location
-
-
-@dataclass(frozen=True)
-class Graph:
-    """What a build needs of the analysed closure; small, as it is unpickled on every build."""
-
-    target_count: int
-    requested_files: tuple[Artifact, ...]
-    actions: tuple[Action, ...]
-    sources: tuple[SourceFile, ...]
-    # The providers of each requested target, by label, pickled apart: they are read only by
-    # `mk run` and `mk watch --run`, so a no-op build does not import the modules that define them.
-    requested_providers: bytes
-
-
 def analyse(
     workspace: Workspace, registry: Registry, graph_cache: GraphCache, patterns: Sequence[str],
     groups: Sequence[str] = (), cache: LocalCache | None = None,
@@ -101,80 +80,6 @@ def analyse(
         with cache.scratch_dir("analysis") as scratch:
             return analyse_in_child(workspace, registry, graph_cache, patterns, groups, scratch)
     return analyse_here(workspace, registry, graph_cache, patterns, groups)
-
-
-def analyse_here(
-    workspace: Workspace, registry: Registry, graph_cache: GraphCache, patterns: Sequence[str],
-    groups: Sequence[str] = (), seconds: float | None = None,
-) -> Graph:
-    """Load and analyse in this process, and save the graph. Only the actions that the requested
-    files need are kept (an image's `tar` format is not built unless its output group is asked for)."""
-    from mk.engine.analysis import Analyzer  # Starlark is needed only when the graph changed
-    from mk.engine.loader import Loader
-
-    loader = Loader(workspace, registry.rules, seconds)
-    analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
-    labels: dict[Label, None] = {}
-    for pattern in patterns:
-        labels.update(dict.fromkeys(loader.expand(pattern)))
-    requested = [analyzer.analyze(label) for label in labels]
-    targets = analyzer.closure()
-    actions = tuple(a for t in targets for a in t.actions)
-    producers: dict[str, Action] = {}
-    for action in actions:
-        for out in action.outputs:
-            if out.path in producers:
-                raise MkError(
-                    f"'{out.path}' is an output of both {producers[out.path].owner} and {action.owner}"
-                )
-            producers[out.path] = action
-    requested_files = tuple(dict.fromkeys(f for t in requested for f in _files(t, groups)))
-    needed = _needed(requested_files, producers)
-    actions = tuple(a for a in actions if id(a) in needed)
-    for action in actions:  # computed now, so the cached graph carries them
-        _ = action.static.digest, action.sorted_inputs
-    graph = Graph(len(targets), requested_files, actions, _source_files(targets, actions, requested_files),
-                  pickle.dumps({str(t.target.label): t.providers for t in requested}))
-    graph_cache.save(graph, loader.observed)
-    return graph
-
-
-def _files(configured: ConfiguredTarget, groups: Sequence[str]) -> list[Artifact]:
-    default = configured.providers.default
-    files = list(default.files)
-    for group in groups:
-        if group not in default.groups:
-            known = ", ".join(sorted(default.groups)) or "none"
-            raise MkError(f"{configured.target.label} has no output group '{group}' (it has: {known})",
-                          configured.target.location)
-        files += default.groups[group]
-    return files
-
-
-def _needed(files: Sequence[Artifact], producers: dict[str, Action]) -> set[int]:
-    """ids of the actions that `files` depend on, directly or not."""
-    needed: set[int] = set()
-    stack = [producers[f.path] for f in files if not f.is_source]
-    while stack:
-        action = stack.pop()
-        if id(action) not in needed:
-            needed.add(id(action))
-            stack.extend(producers[i.path] for i in action.inputs if not i.is_source)
-    return needed
-
-
-def _source_files(
-    targets: Sequence[ConfiguredTarget], actions: Sequence[Action], requested: Sequence[Artifact]
-) -> tuple[SourceFile, ...]:
-    """The source files the kept actions read, or that were requested, with who uses them."""
-    used = {i.path for a in actions for i in a.inputs if i.is_source} | {f.path for f in requested if f.is_source}
-    sources: dict[str, SourceFile] = {}
-    for configured in targets:
-        for artifact in [i for a in configured.actions for i in a.inputs] + list(configured.providers.default.files):
-            if artifact.is_source and artifact.path in used and artifact.path not in sources:
-                target = configured.target
-                sources[artifact.path] = SourceFile(artifact.path, str(target.label), target.location)
-    return tuple(sources.values())
 
 
 def build(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from mk.engine.errors import MkError
 
 if TYPE_CHECKING:
-    from mk.engine.build import Graph
+    from mk.engine.graph import Graph
     from mk.engine.graph_cache import GraphCache
     from mk.engine.registry import Registry
     from mk.engine.workspace import Workspace
@@ -93,7 +93,7 @@ def _main() -> None:
     # ends the process, which the parent reports.
     cpu = request.seconds + _CPU_GRACE
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    from mk.engine.build import analyse_here
+    from mk.engine.graph import analyse_here
     from mk.engine.graph_cache import GraphCache
 
     graph_cache = GraphCache(request.cache_root, request.workspace.root,
