@@ -397,6 +397,8 @@ class RemoteCache:
             self.stats.results_up += 1
 
     def _upload_failed(self, error: Exception) -> None:
+        with self._lock:  # first, before the transfers this failure cuts report theirs
+            self.stats.upload_error = self.stats.upload_error or str(error)
         status = getattr(error, "status", None)
         if status in (401, 403, 405, 507):  # a read-only server, a token that may only read, a full disk
             self._uploads_off = True
