@@ -33,7 +33,8 @@ class LocalCache:
     def stat_cache(self, workspace: Path) -> StatCache:
         """One stat cache per workspace, so two checkouts sharing a cache do not evict each other."""
         name = blake3.blake3(str(workspace).encode()).hexdigest()[:32]
-        return StatCache(self.root / "stat" / f"{name}.msgpack")
+        # "-2": the checksummed format; a file of the first format is left alone, not called damaged.
+        return StatCache(self.root / "stat" / f"{name}-2.msgpack")
 
     @contextlib.contextmanager
     def lock(self, exclusive: bool = False) -> Iterator[None]:
