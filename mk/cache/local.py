@@ -72,11 +72,12 @@ class LocalCache:
             return
         for entry in base.iterdir():
             pid = entry.name.split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 _rmtree_writable(entry)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id exists (ours or another user's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mk.cache.cas import ContentStore
 from mk.cache.fsutil import atomic_writer
+from mk.cache.local import process_alive
 from mk.cache.stat_cache import FileDigest, StatCache
 from mk.engine.errors import MkError
 
@@ -38,22 +39,12 @@ def sweep_interrupted(out_dir: Path) -> None:
         return
     for name in names:
         pid = name.removeprefix(_MARKER)
-        if name.startswith(_MARKER) and pid.isdigit() and not _alive(int(pid)):
+        if name.startswith(_MARKER) and pid.isdigit() and not process_alive(int(pid)):
             for temp in out_dir.rglob(".tmp-*"):
                 with contextlib.suppress(OSError):
                     temp.unlink()
             with contextlib.suppress(OSError):
                 os.unlink(out_dir / name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
