@@ -85,15 +85,6 @@ def one_of(*allowed: str) -> AttrType:
     return AttrType(f"one of {shown}", _is_str, convert)
 
 
-def int_range(low: int, high: int) -> AttrType:
-    def convert(value: int) -> int:
-        if not low <= value <= high:
-            raise ValueError(f"{value} is out of range ({low} to {high})")
-        return value
-
-    return AttrType(f"int from {low} to {high}", _is_int, convert)
-
-
 def records(name: str, parse: Callable[[str], object]) -> AttrType:
     """A list of records, each written as a string that `parse` turns into a value."""
 
@@ -114,12 +105,9 @@ def keyed_records(name: str, parse: Callable[[str, str], object]) -> AttrType:
 
 # ---- records shared by rule families --------------------------------------------------------
 
-MAX_ID = ID_MAX
-
-
 def parse_id(text: str, what: str) -> int:
-    if not text.isdigit() or int(text) > MAX_ID:
-        raise ValueError(f"{what} '{text}' is not a number from 0 to {MAX_ID}")
+    if not text.isdigit() or int(text) > ID_MAX:
+        raise ValueError(f"{what} '{text}' is not a number from 0 to {ID_MAX}")
     return int(text)
 
 
