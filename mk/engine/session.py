@@ -36,7 +36,8 @@ class Session:
     def loader(self) -> Loader:
         from mk.engine.loader import Loader  # Starlark only when BUILD files are read
 
-        return Loader(self.workspace, self.registry.rules)
+        # `mk build` bounds memory too, in a child process (see `isolated`); here, time only.
+        return Loader(self.workspace, self.registry.rules, self.workspace.settings.load_seconds)
 
     def analyzer(self) -> tuple[Loader, Analyzer]:
         from mk.engine.analysis import Analyzer
