@@ -393,3 +393,26 @@ def test_serve_on_a_full_disk_answers_507(tmp_path: Path) -> None:
         assert http_request(server.url, "PUT", f"/cas/{small}", compressed_small, {SIZE: "6"}) == (201, b"")
         assert http_request(server.url, "GET", f"/cas/{small}") == (200, compressed_small)
     assert server.log is not None and "Traceback" not in server.log.read_text()
+
+
+def test_stray_files_and_folders_in_the_content_store_are_named_and_left_alone(chain: Workspace) -> None:
+    chain.build("//pkg:use")
+    cas = chain.cache_dir.resolve() / "cas"
+    shard = sorted(p for p in cas.iterdir() if p.is_dir())[0]
+    stray_folder, stray_file = shard / "backup", shard / "notes.txt"
+    stray_folder.mkdir()
+    (stray_folder / "old").write_bytes(b"kept")
+    stray_file.write_text("notes\n")
+    warnings = "".join(
+        f"mk: warning: ignoring {path}: a stray {kind} in the content store (mk never writes one there)\n"
+        for path, kind in sorted([(stray_file, "file"), (stray_folder, "folder")], key=lambda p: str(p[0]))
+    )
+    stats = chain.mk("cache", "stats")
+    assert (stats.code, stats.err) == (0, warnings)
+    assert stats.out.splitlines()[1].startswith("blobs: 3 (")
+    verify = chain.mk("cache", "verify")
+    assert (verify.code, verify.out, verify.err) == (0, "checked 3 blobs: 0 corrupt, 0 action results dropped\n",
+                                                     warnings)
+    gc = chain.mk("cache", "gc", "--max-size", "1G")
+    assert (gc.code, gc.err) == (0, warnings)
+    assert stray_file.read_text() == "notes\n" and (stray_folder / "old").read_bytes() == b"kept"

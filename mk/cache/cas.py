@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -26,6 +27,7 @@ from mk.cache.fsutil import atomic_writer
 # Fixed level and no threads: the compressed bytes never depend on the machine.
 _ZSTD_LEVEL = 3
 _CHUNK = 1 << 20
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _zstd() -> ModuleType:
@@ -262,6 +264,15 @@ class ContentStore:
         return True
 
     def digests(self) -> Iterator[str]:
+        """Every stored blob's digest, in order; strays (see `strays`) are passed over."""
+        return (path.name for path, is_blob in self._scan() if is_blob)
+
+    def strays(self) -> list[Path]:
+        """What mk never writes here (a folder inside a shard, a file not named by its digest),
+        for maintenance to name and leave alone rather than trip on."""
+        return [path for path, is_blob in self._scan() if not is_blob]
+
+    def _scan(self) -> Iterator[tuple[Path, bool]]:
         if not self.root.is_dir():
             return
         for shard in sorted(self.root.iterdir()):
@@ -269,7 +280,8 @@ class ContentStore:
                 continue
             for blob in sorted(shard.iterdir()):
                 if not blob.name.startswith(".tmp-"):
-                    yield blob.name
+                    yield blob, (_DIGEST.fullmatch(blob.name) is not None and blob.name.startswith(shard.name)
+                                 and blob.is_file())
 
     def _drop(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -56,11 +56,14 @@ def _mirrors(cache: LocalCache) -> list[ActionCache]:
 
 
 def _warn_about_strays(cache: LocalCache) -> None:
-    """Name what mk never writes where results live (it is left alone), rather than trip on it."""
-    for path in [*cache.ac.strays(), *(path for mirror in _mirrors(cache) for path in mirror.strays())]:
-        kind = "folder" if path.is_dir() else "file"
-        print(f"mk: warning: ignoring {path}: a stray {kind} in the action cache (mk never writes one there)",
-              file=sys.stderr)
+    """Name what mk never writes where results and blobs live (it is left alone), rather than trip
+    on it."""
+    results = [*cache.ac.strays(), *(path for mirror in _mirrors(cache) for path in mirror.strays())]
+    for where, paths in (("action cache", results), ("content store", cache.cas.strays())):
+        for path in paths:
+            kind = "folder" if path.is_dir() else "file"
+            print(f"mk: warning: ignoring {path}: a stray {kind} in the {where} (mk never writes one there)",
+                  file=sys.stderr)
 
 
 def gc(cache: LocalCache, max_size: int) -> GcReport:
