@@ -151,6 +151,7 @@ def test_a_failing_command_is_reported_and_the_outputs_stay(watching: tuple[Work
     edit(ws, "pkg/BUILD", BUILD.replace("cp $< $@", "exit 3"))
     lines = w.until_watching()
     assert lines[0] == "mk watch: changed pkg/BUILD", lines
+    assert "mk watch: ran Genrule //pkg:a (failed)" in lines, lines
     assert re.fullmatch(r"mk watch: failed in \d+\.\d\d s", lines[-2]), lines
     assert w.stop() == 0
     assert "error: Genrule //pkg:a failed (exit code 3)\n  command: exit 3\n" in "\n".join(w.errors), w.errors

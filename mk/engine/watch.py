@@ -128,6 +128,7 @@ class Watcher:
             for _action, error in result.schedule.failures:
                 print(error if isinstance(error, MkError) else f"error: {error}", file=sys.stderr, flush=True)
             ran = [o.action.describe() for o in result.schedule.outcomes if o.status == "executed"]
+            ran += [f"{action.describe()} (failed)" for action, _ in result.schedule.failures]
             self.say(result.summary.line())
             self.say(f"mk watch: ran {', '.join(sorted(ran))}" if ran else "mk watch: nothing ran")
             state = "failed" if result.schedule.failures else "done"
