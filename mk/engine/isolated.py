@@ -68,8 +68,11 @@ def analyse_in_child(
 
 
 def _crash(code: int, request: Request) -> str:
-    if code in (-signal.SIGXCPU, -signal.SIGKILL):
+    if code == -signal.SIGXCPU:
         what = f"evaluating BUILD files took more than {request.seconds} s (load_seconds in mk.toml)"
+    elif code == -signal.SIGKILL:
+        what = (f"the process evaluating BUILD files was killed: it ran past load_seconds ({request.seconds} s), "
+                "or the system ran out of memory")
     elif code == -signal.SIGSEGV:
         what = ("the Starlark evaluator crashed (its stack overflowed): a BUILD or .bzl file recurses or nests "
                 "too deeply")
@@ -92,7 +95,7 @@ def _main() -> None:
     # The loader stops evaluation at its deadline; CPU time past it (a long native call, say)
     # ends the process, which the parent reports.
     cpu = request.seconds + _CPU_GRACE
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))  # SIGXCPU first, SIGKILL 5 s later
     from mk.engine.graph import analyse_here
     from mk.engine.graph_cache import GraphCache
 
