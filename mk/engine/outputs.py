@@ -37,14 +37,16 @@ def sweep_interrupted(out_dir: Path) -> None:
         names = os.listdir(out_dir)
     except OSError:
         return
-    for name in names:
-        pid = name.removeprefix(_MARKER)
-        if name.startswith(_MARKER) and pid.isdigit() and not process_alive(int(pid)):
-            for temp in out_dir.rglob(".tmp-*"):
-                with contextlib.suppress(OSError):
-                    temp.unlink()
-            with contextlib.suppress(OSError):
-                os.unlink(out_dir / name)
+    pids = {name: name.removeprefix(_MARKER) for name in names if name.startswith(_MARKER)}
+    dead = [name for name, pid in pids.items() if pid.isdigit() and not process_alive(int(pid))]
+    if not dead or len(dead) < len(pids):  # another build is placing now: its temp files are live
+        return
+    for temp in out_dir.rglob(".tmp-*"):
+        with contextlib.suppress(OSError):
+            temp.unlink()
+    for name in dead:
+        with contextlib.suppress(OSError):
+            os.unlink(out_dir / name)
 
 
 @contextlib.contextmanager

@@ -99,7 +99,8 @@ class Rebuilder:
         (calling `on_start` first)."""
         started = time.perf_counter()
         key = material.key
-        if self.remote is not None and (result := self.remote.lookup(key)) is not None:
+        if self.remote is not None and (result := self.remote.lookup(key)) is not None \
+                and _names_its_outputs(result, action):
             return Outcome(action, material, result, "cached", "remote", time.perf_counter() - started)
         if on_start is not None:
             on_start()
