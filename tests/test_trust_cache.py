@@ -17,7 +17,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import blake3
 import msgpack
 import pytest
 import test_remote
@@ -38,6 +37,7 @@ from test_remote import (
 
 from mk.cache.cas import ContentStore, digest_bytes
 from mk.cache.fsutil import CacheFileError, write_atomic
+from mk.cache.seal import seal
 from mk.cache.stat_cache import StatCache
 
 # The shared-cache tests' fixtures (its servers, a signing key), shared rather than copied.
@@ -67,15 +67,10 @@ def chain(workspace: WorkspaceFactory) -> Workspace:
 # ---- 13: damaged or odd files in the local cache ----------------------------------------------
 
 
-def checked(payload: bytes) -> bytes:
-    """A stat cache file's bytes: the blake3 of the payload, then the payload."""
-    return blake3.blake3(payload).digest() + payload
-
-
 @pytest.mark.parametrize(("content", "why"), [
-    pytest.param(checked(msgpack.packb([1, 2, 3])), "not a map", id="a-list"),
-    pytest.param(checked(msgpack.packb("text")), "not a map", id="a-string"),
-    pytest.param(checked(b"\xc1 not msgpack"), "not msgpack", id="garbage"),
+    pytest.param(seal(msgpack.packb([1, 2, 3])), "not a map", id="a-list"),
+    pytest.param(seal(msgpack.packb("text")), "not a map", id="a-string"),
+    pytest.param(seal(b"\xc1 not msgpack"), "not msgpack", id="garbage"),
     pytest.param(msgpack.packb({}), "its checksum does not match", id="no-checksum"),
 ])
 def test_a_damaged_stat_cache_is_named_and_rebuilt(chain: Workspace, content: bytes, why: str) -> None:
@@ -104,7 +99,7 @@ def test_a_stat_cache_entry_of_the_wrong_type_is_rehashed(tmp_path: Path) -> Non
     file = tmp_path / "f.txt"
     file.write_bytes(b"x")
     store = tmp_path / "stat.msgpack"
-    store.write_bytes(checked(msgpack.packb({str(file): 5})))
+    store.write_bytes(seal(msgpack.packb({str(file): 5})))
     stats = StatCache(store)
     assert stats.digest(file).digest == digest_bytes(b"x")
     assert stats.hashes == 1

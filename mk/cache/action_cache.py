@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-import blake3
 import msgpack
 
 from mk.cache.fsutil import write_atomic
+from mk.cache.seal import seal, unseal
 
 if TYPE_CHECKING:
     from mk.cache.cas import ContentStore
@@ -53,7 +53,7 @@ class ActionResult:
                 "log": self.log_digest,
             }
         )
-        return _checksum(packed) + packed
+        return seal(packed)
 
     def blobs(self, cas: ContentStore, log: bool = True) -> list[str]:
         """Every blob this result needs: its outputs, its log, and the files of each tree it output
@@ -81,10 +81,11 @@ class ActionResult:
     @staticmethod
     def decode(data: bytes) -> ActionResult:
         """Parse an entry; raises ValueError on anything malformed (it may come from a remote)."""
-        if len(data) < _CHECK_BYTES or _checksum(data[_CHECK_BYTES:]) != data[:_CHECK_BYTES]:
+        payload = unseal(data)
+        if payload is None:
             raise ValueError("malformed action result: its checksum does not match")
         try:
-            raw = msgpack.unpackb(data[_CHECK_BYTES:])
+            raw = msgpack.unpackb(payload)
             outputs = tuple(OutputFile(str(p), _hex(d), bool(x), bool(t)) for p, d, x, t in raw["outputs"])
             return ActionResult(outputs, int(raw["exit_code"]), _hex(raw["log"]))
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
@@ -92,12 +93,6 @@ class ActionResult:
 
 
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
-_CHECK_BYTES = 16
-
-
-def _checksum(payload: bytes) -> bytes:
-    check: bytes = blake3.blake3(payload).digest()[:_CHECK_BYTES]
-    return check
 
 
 def _hex(value: object) -> str:

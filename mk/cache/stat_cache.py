@@ -14,14 +14,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
 import msgpack
 
 from mk.cache.cas import digest_file
 from mk.cache.fsutil import write_atomic
+from mk.cache.seal import seal, unseal
 
 RACY_NS = 50_000_000
-_CHECK_BYTES = 32
 
 # path -> [mtime_ns, size, ino, ctime_ns, hashed_at_ns, digest, executable]
 _Entry = list[object]
@@ -43,10 +42,11 @@ def _load(file: Path) -> dict[str, _Entry]:
         data = file.read_bytes()
     except FileNotFoundError:
         return {}
-    if len(data) < _CHECK_BYTES or blake3.blake3(data[_CHECK_BYTES:]).digest() != data[:_CHECK_BYTES]:
+    payload = unseal(data)
+    if payload is None:
         return _damaged(file, "its checksum does not match")
     try:
-        loaded = msgpack.unpackb(data[_CHECK_BYTES:])
+        loaded = msgpack.unpackb(payload)
     except (ValueError, TypeError, msgpack.UnpackException):
         return _damaged(file, "not msgpack")
     return loaded if isinstance(loaded, dict) else _damaged(file, "not a map")
@@ -104,6 +104,5 @@ class StatCache:
 
     def save(self) -> None:
         if self._dirty:
-            payload = msgpack.packb(self._entries)
-            write_atomic(self.file, blake3.blake3(payload).digest() + payload)
+            write_atomic(self.file, seal(msgpack.packb(self._entries)))
             self._dirty = False

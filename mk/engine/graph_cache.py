@@ -1,9 +1,10 @@
 """Skips loading and analysis when nothing they looked at has changed (like ninja's .ninja_log).
 
 The loader records every file it read or checked for, and every folder it listed, with a stat
-signature. The analysed graph is pickled beside those observations, under a keyed digest (the
-key is this cache's own secret), and is unpickled only when that digest checks; the next build
-re-stats the observations and reuses the graph when all signatures match. A signature taken within one timestamp
+signature. The analysed graph is pickled beside those observations, sealed with a keyed digest
+(the key is this cache's own secret), and is unpickled only when the seal checks; the next build
+re-stats the observations and reuses the graph when all signatures match. A signature taken
+within one timestamp
 tick of recording is not trusted, so an edit in the same tick cannot be missed.
 """
 
@@ -19,11 +20,11 @@ from typing import Any, TypeVar
 import blake3
 
 from mk.cache.fsutil import write_atomic
+from mk.cache.seal import SEAL_BYTES, seal, unseal
 from mk.cache.stat_cache import RACY_NS
 
 _FORMAT = 3
 _MAGIC = b"mk-graph\n"
-_MAC_BYTES = 32
 Signature = tuple[int, ...] | None
 
 T = TypeVar("T")
@@ -121,7 +122,7 @@ class GraphCache:
     def save(self, graph: object, observations: Observations) -> None:
         data = pickle.dumps((_FORMAT, time.time_ns(), _code_fingerprint(), observations.seen, graph),
                             protocol=pickle.HIGHEST_PROTOCOL)
-        write_atomic(self.file, _MAGIC + self._mac(data) + data)
+        write_atomic(self.file, _MAGIC + seal(data, _secret(self.file.parent)))
 
     def observed(self) -> dict[str, bool] | None:
         """The paths the last saved analysis looked at (True: its content or listing), or None."""
@@ -141,22 +142,14 @@ class GraphCache:
                 blob = f.read()
         except OSError:
             return None
-        head = len(_MAGIC) + _MAC_BYTES
-        if len(blob) <= head or blob[:len(_MAGIC)] != _MAGIC:
-            return None
-        data = blob[head:]
-        if blob[len(_MAGIC):head] != self._mac(data):  # (a local file: no timing attack to fear)
+        data = unseal(blob[len(_MAGIC):], _secret(self.file.parent)) if blob.startswith(_MAGIC) else None
+        if data is None:
             return None
         try:
             loaded = pickle.loads(data)
         except Exception:  # authentic bytes of an older mk, say: analyse again
             return None
         return loaded if isinstance(loaded, tuple) and len(loaded) == 5 else None
-
-    def _mac(self, data: bytes) -> bytes:
-        mac: bytes = blake3.blake3(data, key=_secret(self.file.parent)).digest()
-        return mac
-
 
 def _secret(folder: Path) -> bytes:
     """This cache's key for authenticating graphs: 32 random bytes, made once, readable by its owner.
@@ -167,7 +160,7 @@ def _secret(folder: Path) -> bytes:
         secret = path.read_bytes()
     except FileNotFoundError:
         secret = b""
-    if len(secret) != _MAC_BYTES:
-        write_atomic(path, os.urandom(_MAC_BYTES), mode=0o600)
+    if len(secret) != SEAL_BYTES:  # (a blake3 key is as long as its digest)
+        write_atomic(path, os.urandom(SEAL_BYTES), mode=0o600)
         secret = path.read_bytes()  # a concurrent build may have renamed its own key in last
     return secret
