@@ -254,10 +254,7 @@ def query(kind: str, target: str, output: str) -> None:
 
     session = Session(REGISTRY)
     loader, analyzer = session.analyzer()
-    roots = loader.expand(target)
-    if len(roots) != 1:
-        raise MkError(f"query needs exactly one target; '{target}' matches {len(roots)}")
-    root = roots[0]
+    root = session.one_target(loader, target, "query")
     universe = [root] if kind != "rdeps" else loader.expand("//...")
     edges = q.dependency_edges(loader, analyzer, universe)
     nodes = q.rdeps(edges, root) if kind == "rdeps" else q.deps(edges, root)

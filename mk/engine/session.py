@@ -45,17 +45,17 @@ class Session:
         loader = self.loader()
         return loader, Analyzer(loader, self.workspace.settings.source_date_epoch)
 
-    def one_target(self, pattern: str, command: str) -> tuple[Loader, Label]:
+    @staticmethod
+    def one_target(loader: Loader, pattern: str, command: str) -> Label:
         """The single label `pattern` names; an error naming `command` if it names several."""
-        loader = self.loader()
         labels = loader.expand(pattern)
         if len(labels) != 1:
             raise MkError(f"{command} needs exactly one target; '{pattern}' matches {len(labels)}")
-        return loader, labels[0]
+        return labels[0]
 
     def target(self, pattern: str, command: str) -> Target:
-        loader, label = self.one_target(pattern, command)
-        found = loader.target(label)
+        loader = self.loader()
+        found = loader.target(self.one_target(loader, pattern, command))
         assert found is not None
         return found
 
