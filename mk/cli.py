@@ -88,6 +88,7 @@ class BuildRequest:
     no_remote_upload: bool = False
     groups: tuple[str, ...] = ()
     profile: Path | None = None
+    sandbox_debug: bool = False
 
 
 _JOBS = click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
@@ -104,13 +105,15 @@ _JOBS = click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_
 @click.option("--no-remote-upload", is_flag=True, help="Only read the remote cache (as MK_REMOTE_UPLOAD=0).")
 @click.option("--profile", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a Chrome trace-event JSON of the build to FILE (opens in Perfetto).")
+@click.option("--sandbox-debug", is_flag=True,
+              help="Print each command's bubblewrap command line, and keep its sandbox in the cache.")
 def build(
     targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None, check: bool,
-    no_remote_upload: bool, profile: Path | None,
+    no_remote_upload: bool, profile: Path | None, sandbox_debug: bool,
 ) -> None:
     """Build TARGETS and print the paths of their outputs."""
     _build_and_report(BuildRequest(targets, jobs, keep_going, json_events, check, no_remote_upload,
-                                   profile=profile))
+                                   profile=profile, sandbox_debug=sandbox_debug))
 
 
 def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
@@ -130,7 +133,8 @@ def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
             session = Session(REGISTRY)  # inside: a bad mk.toml still ends with the summary line
             remote = _remote(session.workspace, upload=False if request.no_remote_upload else None)
             options = BuildOptions(jobs=request.jobs, keep_going=request.keep_going, events=events, remote=remote,
-                                   output_groups=request.groups, profiler=profiler, isolated_loading=True)
+                                   output_groups=request.groups, profiler=profiler, isolated_loading=True,
+                                   sandbox_debug=request.sandbox_debug)
             try:
                 result = session.build(request.targets, options)
             finally:
@@ -362,6 +366,8 @@ def stats() -> None:
     click.echo(f"action results: {s.actions} ({human_size(s.action_bytes)})")
     if s.remote_results:
         click.echo(f"results from remote caches: {s.remote_results} ({human_size(s.remote_result_bytes)})")
+    if s.toolchains:
+        click.echo(f"toolchains written out for sandboxes: {s.toolchains} ({human_size(s.toolchain_bytes)})")
     click.echo(f"total: {human_size(s.blob_bytes + s.action_bytes + s.remote_result_bytes)}")
 
 

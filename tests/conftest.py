@@ -226,6 +226,17 @@ class Workspace:
 
 WorkspaceFactory = Callable[..., Workspace]
 
+# Unless a test names a toolchain, its commands run on the host's tools: offline and fast. Their
+# results are shared through remote caches, as between identical CI machines. The sandbox's own
+# tests (test_sandbox.py) use real toolchain trees, and the default of keeping host results local.
+HOST_TOOLS = 'toolchain = "host"\nremote_upload_host_results = true\n'
+NOT_HERMETIC = "mk: warning: this build is not hermetic"
+
+
+def without_host_warning(stderr: str) -> str:
+    """stderr less the warning of a build that ran commands on the host's tools."""
+    return "".join(line for line in stderr.splitlines(keepends=True) if not line.startswith(NOT_HERMETIC))
+
 
 @pytest.fixture
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -250,7 +261,7 @@ def workspace(tmp_path: Path, cache_dir: Path) -> WorkspaceFactory:
         root = tmp_path / name
         root.mkdir(parents=True)
         ws = Workspace(root, cache_dir)
-        ws.write("mk.toml", toml)
+        ws.write("mk.toml", toml if "toolchain" in toml else HOST_TOOLS + toml)
         for path, content in (files or {}).items():
             ws.write(path, content)
         return ws

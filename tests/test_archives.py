@@ -196,7 +196,8 @@ genrule(
     name = "make_tar",
     srcs = ["hello.txt"],
     outs = ["made.tar"],
-    cmd = "mkdir -p t/opt && cp $< t/opt/hello && tar --sort=name --owner=0 --group=0 --mtime=@0 -C t -cf $@ opt",
+    cmd = "mkdir -p /tmp/t/opt && cp $< /tmp/t/opt/hello && tar --sort=name --owner=0 --group=0 --mtime=@0 " +
+          "-C /tmp/t -cf $@ opt",
 )
 layer(name = "l", tars = [":make_tar"], files = {"/etc/extra": "hello.txt"})
 tar(name = "out", src = ":l")

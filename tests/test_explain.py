@@ -7,14 +7,7 @@ from pathlib import Path
 
 import blake3
 import pytest
-from conftest import Workspace, WorkspaceFactory
-
-import mk.engine.build
-from mk.cache.local import LocalCache
-from mk.cache.stat_cache import StatCache
-from mk.engine.build import BuildOptions, build
-from mk.engine.workspace import find_workspace
-from mk.rules.families import registry
+from conftest import HOST_TOOLS, Workspace, WorkspaceFactory, parse_summary
 
 BUILD = textwrap.dedent("""
     genrule(name = "a", srcs = ["a.txt"], outs = ["a.out"], cmd = "cp $< $@")
@@ -72,23 +65,26 @@ def test_changed_command_and_parameter(ws: Workspace) -> None:
     ws.build("//pkg:b")
     assert explain(ws) == ["Genrule //pkg:b: command changed"]
 
-    ws.write("mk.toml", "source_date_epoch = 12345\n")
+    ws.write("mk.toml", HOST_TOOLS + "source_date_epoch = 12345\n")
     ws.build("//pkg:b")
     assert explain(ws) == ["Genrule //pkg:a: parameter 'env' changed", "Genrule //pkg:b: parameter 'env' changed"]
 
 
-def test_changed_host_tool(ws: Workspace, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    workspace = find_workspace(ws.root)
-    cache = LocalCache(cache_dir)
-    build(workspace, cache, ["//pkg:a"], BuildOptions(jobs=1), registry())
-
-    def other_bash(stats: StatCache, tool: str) -> str:
-        return "f" * 64
-
-    monkeypatch.setattr(mk.engine.build, "_tool_digest", other_bash)
-    build(workspace, cache, ["//pkg:a"], BuildOptions(jobs=1), registry())
-    bash = Path("/bin/bash").resolve().read_bytes()  # the tool genrule runs, as the stat cache hashes it
-    assert explain(ws, "//pkg:a") == [f"Genrule //pkg:a: tool /bin/bash changed ({short(bash)} -> ffffffff…)"]
+def test_host_tools_changed_when_the_package_database_does(ws: Workspace, tmp_path: Path) -> None:
+    """With toolchain = "host", the key holds the digest of the host's package database: a package
+    installed or upgraded on the host reruns exactly the commands that use the host's tools."""
+    database = tmp_path / "status"
+    database.write_text("Package: bash\nVersion: 5.2.15-2+b2\n")
+    ws.write("mk.toml", HOST_TOOLS + f'host_package_database = "{database}"\n')
+    ws.build("//pkg:b")
+    before = database.read_bytes()
+    database.write_text("Package: bash\nVersion: 5.2.15-2+b7\n")
+    result = ws.build("//pkg:b")
+    assert parse_summary(result.out).executed == 2
+    after = database.read_bytes()
+    changed = f"({short(before)} -> {short(after)})"
+    assert explain(ws) == [f'Genrule //pkg:a: the host\'s tools (toolchain = "host") changed {changed}',
+                           f'Genrule //pkg:b: the host\'s tools (toolchain = "host") changed {changed}']
 
 
 def test_a_failed_action_is_explained(ws: Workspace) -> None:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, WorkspaceFactory, executed_labels, parse_summary, read_events
+from conftest import HOST_TOOLS, Workspace, WorkspaceFactory, executed_labels, parse_summary, read_events
 
 import mk.cache.stat_cache
 from mk.cache.cas import digest_file
@@ -266,7 +266,7 @@ def test_source_date_epoch_comes_from_mk_toml(workspace: WorkspaceFactory) -> No
     )
     ws.build("//pkg:e", env={"SOURCE_DATE_EPOCH": "42"})
     assert ws.read("mk-out/pkg/e.txt") == "1700000000\n"
-    ws.write("mk.toml", "source_date_epoch = 1600000000\n")
+    ws.write("mk.toml", HOST_TOOLS + "source_date_epoch = 1600000000\n")
     assert parse_summary(ws.build("//pkg:e").out).executed == 1
     assert ws.read("mk-out/pkg/e.txt") == "1600000000\n"
 
@@ -295,6 +295,9 @@ A_BAD_FAILED = (
     "  command: echo partial > pkg/bad.txt; echo 'first problem' >&2; echo 'second problem' >&2; exit 3\n"
     "  | first problem\n"
     "  | second problem\n"
+    "  hint: the command ran in mk's sandbox, which holds only its declared inputs, the host's /usr "
+    "(toolchain = \"host\") and /tmp, with no network (mk build --sandbox-debug keeps the sandbox and shows how "
+    "it was made)\n"
 )
 ONE_NOT_RUN = "mk: 1 actions not run because something they need failed\n"
 
@@ -364,7 +367,7 @@ def test_genrule_environment_is_scrubbed(workspace: WorkspaceFactory, cache_dir:
                 outs = ["env.txt", "home.txt", "umask.txt"],
                 cmd = "env | sort > pkg/env.txt; " +
                       "test -d \\"$$HOME\\" && test -w \\"$$HOME\\" && echo \\"$$HOME\\" > pkg/home.txt; " +
-                      "umask > pkg/umask.txt",
+                      "touch \\"$$HOME/mk-sandbox-probe-7f3a\\"; umask > pkg/umask.txt",
             )
         """),
     })
@@ -387,11 +390,10 @@ def test_genrule_environment_is_scrubbed(workspace: WorkspaceFactory, cache_dir:
     assert env["TZ"] == "UTC"
     assert env["SOURCE_DATE_EPOCH"] == "0"
     assert "FOO" not in env and "LANG" not in env
-    home = ws.read("mk-out/pkg/home.txt").strip()
-    assert home == env["HOME"]
-    assert Path(home).is_relative_to(cache_dir.resolve()), home  # inside mk's scratch area
-    assert not Path(home).exists(), "the scratch HOME must be removed after the action"
-    assert Path(env["TMPDIR"]).is_relative_to(cache_dir.resolve())
+    assert env["HOME"] == env["TMPDIR"] == "/tmp"  # the sandbox's own /tmp
+    assert ws.read("mk-out/pkg/home.txt") == "/tmp\n"
+    assert not Path("/tmp/mk-sandbox-probe-7f3a").exists(), "the sandbox's /tmp must be private"
+    assert not any((cache_dir / "tmp").iterdir()), "the scratch area must be emptied after the action"
     assert ws.read("mk-out/pkg/umask.txt") == "0022\n"
 
 

@@ -211,24 +211,37 @@ def test_a_build_file_that_runs_too_long(workspace: WorkspaceFactory) -> None:
 # ---- what a killed mk leaves behind ------------------------------------------------------------------
 
 
-def test_commands_die_with_a_killed_mk(workspace: WorkspaceFactory, tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    # (In a genrule, `$$` is a `$` for the shell.)
-    cmd = f"echo $$$$ >> {pids}; (sleep 300; echo late) & echo $$! >> {pids}; sleep 300; touch $@"
+def test_commands_die_with_a_killed_mk(workspace: WorkspaceFactory) -> None:
+    # The command's processes live in the sandbox's pid namespace: they are found on the host by
+    # the unusual duration they sleep for. (In a genrule, `$$` is a `$` for the shell.)
+    marker = "301.7345"
+    cmd = f"(sleep {marker}; echo late) & sleep {marker}; touch $@"
     ws = workspace({"pkg/BUILD": f'genrule(name = "slow", outs = ["slow.txt"], cmd = "{cmd}")\n'})
     mk = subprocess.Popen([MK, "build", "//pkg:slow"], cwd=ws.root, env=mk_env(ws.cache_dir),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
-    while not (pids.exists() and len(pids.read_text().split()) == 2):
+    while len(sleepers := processes_running(marker)) < 2:
         assert time.monotonic() < deadline and mk.poll() is None, "the command never started"
         time.sleep(0.05)
-    shell, background = (int(p) for p in pids.read_text().split())
     mk.kill()
     mk.wait()
     deadline = time.monotonic() + 10
-    while alive(shell) or alive(background):
-        assert time.monotonic() < deadline, f"still running after mk was killed: {shell}, {background}"
+    while any(alive(pid) for pid in sleepers):
+        assert time.monotonic() < deadline, f"still running after mk was killed: {sleepers}"
         time.sleep(0.05)
+
+
+def processes_running(argument: str) -> list[int]:
+    """Host pids of the processes with `argument` on their command line."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if argument.encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:  # it ended meanwhile
+                pass
+    return found
 
 
 def alive(pid: int) -> bool:

@@ -58,12 +58,12 @@ class LocalCache:
         base = self.root / "tmp"
         base.mkdir(exist_ok=True)
         path = base / f"{os.getpid()}-{name}"
-        _rmtree_writable(path)
+        remove_tree(path)
         path.mkdir()
         try:
             yield path
         finally:
-            _rmtree_writable(path)
+            remove_tree(path)
 
     def sweep_stale_scratch(self) -> None:
         """Remove scratch left by processes that died (SIGKILL) before cleaning up."""
@@ -73,7 +73,7 @@ class LocalCache:
         for entry in base.iterdir():
             pid = entry.name.split("-", 1)[0]
             if pid.isdigit() and not process_alive(int(pid)):
-                _rmtree_writable(entry)
+                remove_tree(entry)
 
 
 def process_alive(pid: int) -> bool:
@@ -87,7 +87,7 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _rmtree_writable(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """rmtree that also removes read-only directories a build step may have left."""
     for dirpath, _dirs, _files in os.walk(path):
         with contextlib.suppress(OSError):

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mk.cache.action_cache import ActionCache, ActionResult
-from mk.cache.local import LocalCache
+from mk.cache.local import LocalCache, remove_tree
+from mk.cache.toolchains import FOLDER as TOOLCHAINS
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class CacheStats:
     action_bytes: int
     remote_results: int = 0  # results verified from a remote cache (see cache.remote)
     remote_result_bytes: int = 0
+    toolchains: int = 0  # trees written out for sandboxes (see cache.toolchains)
+    toolchain_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,35 @@ def stats(cache: LocalCache) -> CacheStats:
     blob_sizes = [_size(cache.cas.path(d)) for d in cache.cas.digests()]
     action_sizes = [_size(cache.ac.path(k)) for k in cache.ac.all_keys()]
     remote_sizes = [_size(p) for p in _remote_results(cache)]
+    toolchains = _toolchains(cache)
     return CacheStats(len(blob_sizes), sum(blob_sizes), len(action_sizes), sum(action_sizes),
-                      len(remote_sizes), sum(remote_sizes))
+                      len(remote_sizes), sum(remote_sizes), len(toolchains), sum(map(_tree_size, toolchains)))
+
+
+def _toolchains(cache: LocalCache) -> list[Path]:
+    root = cache.root / TOOLCHAINS
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes of the files under `path`, each inode once (a toolchain shares inodes between files)."""
+    seen: dict[tuple[int, int], int] = {}
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(folder, name))
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
+
+
+def _drop_toolchains(cache: LocalCache) -> tuple[int, int]:
+    """Written-out toolchains are copies of trees in the store: dropped whole, they are written
+    again (from verified blobs) by the next build that needs them."""
+    removed = freed = 0
+    for path in _toolchains(cache):
+        freed += _tree_size(path)
+        removed += 1
+        remove_tree(path)
+    return removed, freed
 
 
 def _remote_results(cache: LocalCache) -> list[Path]:
@@ -76,6 +106,8 @@ def gc(cache: LocalCache, max_size: int) -> GcReport:
     with cache.lock(exclusive=True):
         _warn_about_strays(cache)
         removed, freed = _remove_temp_files(cache)
+        toolchains, toolchain_bytes = _drop_toolchains(cache)
+        removed, freed = removed + toolchains, freed + toolchain_bytes
         files: list[tuple[int, int, Path]] = []
         last_used: dict[str, int] = {}
         for key in cache.ac.all_keys():
@@ -118,6 +150,7 @@ def verify(cache: LocalCache) -> VerifyReport:
     """Re-hash every blob (dropping corrupt ones) and drop action results that lost a blob."""
     with cache.lock(exclusive=True):
         _warn_about_strays(cache)
+        _drop_toolchains(cache)
         checked = 0
         corrupt = []
         for digest in list(cache.cas.digests()):

@@ -77,9 +77,11 @@ class ActionIO:
 class Action:
     """Declared by a rule during analysis. Exactly one of `command` and `function` is set.
 
-    `command` is an argv run in a scratch directory holding only the declared inputs;
-    `function` runs in-process. The key covers the function's code (see `keys`), so text an
-    action writes must come through `params`, never from a module constant read at run time.
+    `command` is an argv run in the sandbox (see `sandbox`): its root is the `toolchain` tree
+    (which is also one of the `inputs`, so the key holds its digest), or with no toolchain the
+    host's /usr, whose identity then goes into the key. `function` runs in-process. The key
+    covers the function's code (see `keys`), so text an action writes must come through
+    `params`, never from a module constant read at run time.
     """
 
     owner: Label
@@ -89,7 +91,12 @@ class Action:
     params: Params = field(default_factory=dict)
     command: tuple[str, ...] | None = None
     function: Callable[[ActionIO], None] | None = field(default=None, compare=False)
-    host_tools: tuple[str, ...] = ()  # absolute paths of host binaries the command relies on
+    toolchain: Artifact | None = None  # a command's root filesystem: a tree artifact among `inputs`
+
+    @property
+    def runs_on_host_tools(self) -> bool:
+        """A command without a toolchain: not hermetic, so kept out of shared caches by default."""
+        return self.command is not None and self.toolchain is None
 
     def describe(self) -> str:
         return f"{self.mnemonic} {self.owner}"

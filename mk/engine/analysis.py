@@ -32,7 +32,7 @@ class Analyzer:
         try:
             deps = {
                 attr.name: [self._checked(target, attr, self._resolve(target, text))
-                            for text in label_texts(target.attrs[attr.name])]
+                            for text in label_texts(target.attrs[attr.name], attr.type.words)]
                 for attr in target.rule.attrs
                 if attr.type.holds_labels
             }

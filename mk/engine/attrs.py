@@ -42,6 +42,7 @@ class AttrType:
     convert: Callable[[Any], object] | None = None  # raises ValueError(reason)
     holds_labels: bool = False
     holds_outputs: bool = False
+    words: tuple[str, ...] = ()  # strings that stand in place of a label and name no dependency
 
     def value_of(self, value: object) -> object:
         return self.convert(value) if self.convert is not None else value
@@ -55,14 +56,18 @@ INT = AttrType("int", _is_int)
 LABEL = AttrType("label", _is_str, holds_labels=True)
 LABEL_LIST = AttrType("list of labels", _is_str_list, holds_labels=True)
 LABEL_DICT = AttrType("dict of string to label", _is_str_dict, holds_labels=True)
+TOOLCHAIN = AttrType('label, or "host"', _is_str, holds_labels=True, words=("host",))
 OUTPUT = AttrType("output file name", _is_str, holds_outputs=True)
 OUTPUT_LIST = AttrType("list of output file names", _is_str_list, holds_outputs=True)
 
 
-def label_texts(value: object) -> list[str]:
-    """The label strings of a label attribute's value; for a dict, its values in order."""
+def label_texts(value: object, words: tuple[str, ...] = ()) -> list[str]:
+    """The label strings of a label attribute's value (for a dict, its values in order), less
+    the `words` its type accepts in place of a label."""
+    if value is None:  # an optional label attribute left unset
+        return []
     if isinstance(value, str):
-        return [value] if value else []
+        return [value] if value and value not in words else []
     if isinstance(value, dict):
         return list(value.values())
     assert isinstance(value, list)

@@ -47,6 +47,7 @@ class BuildOptions:
     remote: RemoteConfig | None = None  # a shared remote cache (see engine.remote_config)
     profiler: Profiler | None = None  # --profile: records when and where each action ran
     isolated_loading: bool = False  # evaluate BUILD files in a bounded child process (see `isolated`)
+    sandbox_debug: bool = False  # keep each command's sandbox and print how it was made
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,20 @@ def build(
             stats.save()
             if remote is not None:
                 _close_remote(cache, remote)
+    _warn_if_not_hermetic(workspace, schedule.outcomes)
     return BuildResult(_summary(graph, schedule.outcomes, started), outputs, schedule, graph.requested_providers)
+
+
+def _warn_if_not_hermetic(workspace: Workspace, outcomes: Sequence[Outcome]) -> None:
+    """Said whenever a command ran on the host's tools (a build that ran none is quiet)."""
+    count = sum(o.status == "executed" and o.action.runs_on_host_tools for o in outcomes)
+    if count:
+        settings = workspace.settings
+        kept = "uploaded, as remote_upload_host_results asks" if settings.remote_upload_host_results \
+            else "kept out of remote caches"
+        print(f"mk: warning: this build is not hermetic: {count} command{'s' if count > 1 else ''} ran on the "
+              f"host's tools (toolchain = \"host\"), keyed by {settings.host_package_database}; their results are "
+              f"{kept}", file=sys.stderr)
 
 
 class BuildAborted(MkError):
@@ -156,12 +170,13 @@ def _attempt(
     # Blobs missing here are read from the remote cache, if this build has one.
     cas = cache.cas.with_fetcher(remote) if remote is not None else cache.cas
     sources = _hash_sources(workspace, stats, graph)
-    tools = sorted({t for a in graph.actions for t in a.host_tools})
-    tool_digests = {t: _tool_digest(stats, t) for t in tools}
-    executor = Executor(cache, cas, workspace.root, source_url)
+    on_host = any(a.runs_on_host_tools for a in graph.actions)
+    host_identity = _host_identity(stats, workspace.settings.host_package_database) if on_host else None
+    executor = Executor(cache, cas, workspace.root, source_url, sandbox_debug=options.sandbox_debug)
     if remote is not None:
         remote.stop_with(executor.processes.cancelled)  # Ctrl-C cuts remote transfers too
-    rebuilder = Rebuilder(cache, executor, tool_digests, recent, force=options.force, remote=remote)
+    rebuilder = Rebuilder(cache, executor, host_identity, recent, force=options.force, remote=remote,
+                          upload_host_results=workspace.settings.remote_upload_host_results)
     transfer = remote.stats.brief if remote is not None else None
     reporter = Reporter(len(graph.actions), options.events, profiler=options.profiler, transfer=transfer)
     try:
@@ -228,8 +243,12 @@ def _hash_sources(workspace: Workspace, stats: StatCache, graph: Graph) -> dict[
     return sources
 
 
-def _tool_digest(stats: StatCache, tool: str) -> str:
+def _host_identity(stats: StatCache, package_database: str) -> str:
+    """What stands for the host's tools in the key of a command run on them: the digest of the
+    package database, which changes whenever a package is installed, upgraded or removed."""
     try:
-        return stats.digest(Path(tool).resolve()).digest
-    except FileNotFoundError:
-        raise MkError(f"host tool {tool} is not installed") from None
+        return stats.digest(Path(package_database).resolve()).digest
+    except OSError as e:
+        raise MkError(f"toolchain = \"host\" needs the host's package database {package_database} to key "
+                      f"commands by the host's tools, and it cannot be read ({e.strerror or e}); set "
+                      "host_package_database in mk.toml, or declare a toolchain") from None

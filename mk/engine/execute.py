@@ -1,9 +1,10 @@
 """Runs one action in a private scratch directory and stores its outputs in the content store.
 
-Inputs are materialised at their workspace-relative paths; nothing else of the workspace is
-visible through the working directory. Outputs are checked, stored, and only then described by
-an action result, so an interrupted action leaves no trace but its scratch directory, which is
-removed on the way out (or by the next build if this process was killed).
+Inputs are materialised at their workspace-relative paths; a command runs in the sandbox (see
+`sandbox`), which shows it those and its toolchain, and nothing else. Outputs are checked,
+stored, and only then described by an action result, so an interrupted action leaves no trace
+but its scratch directory, which is removed on the way out (or by the next build if this process
+was killed).
 """
 
 from __future__ import annotations
@@ -13,19 +14,24 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from mk.cache.action_cache import ActionResult, OutputFile
 from mk.cache.cas import ContentStore, digest_file
-from mk.cache.local import LocalCache
+from mk.cache.fsutil import CacheFileError
+from mk.cache.local import LocalCache, remove_tree
 from mk.cache.stat_cache import FileDigest
+from mk.cache.toolchains import Toolchains
+from mk.engine import sandbox
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 from mk.engine.reaper import Reaper
 
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
+HOST_TOOLCHAIN = "the host's /usr (toolchain = \"host\")"
 _STDERR_TAIL = 4000
 
 
@@ -71,29 +77,44 @@ class RunningProcesses:
 
 class Executor:
     def __init__(
-        self, cache: LocalCache, cas: ContentStore, workspace_root: Path, source_url: Callable[[str], str]
+        self, cache: LocalCache, cas: ContentStore, workspace_root: Path, source_url: Callable[[str], str],
+        sandbox_debug: bool = False,
     ) -> None:
         self.cache = cache
         self.cas = cas  # the local store, reading what it lacks from this build's remote cache (if any)
         self.root = workspace_root
         self.source_url = source_url
         self.processes = RunningProcesses()
+        self.toolchains = Toolchains(cache, cas)
+        self.sandbox_debug = sandbox_debug  # keep each command's sandbox and show how it was made
 
     def run(self, action: Action, key: str, inputs: Mapping[str, FileDigest]) -> ActionResult:
         with self.cache.scratch_dir(key[:20]) as scratch:
-            execroot = scratch / "execroot"
-            execroot.mkdir()
-            self.cas.prefetch(inputs[a.path].digest for a in action.inputs if not a.is_source)
-            for artifact in action.inputs:
-                self._materialise(artifact.path, artifact.is_source, inputs[artifact.path], execroot)
-            for artifact in action.outputs:
-                (execroot / artifact.path).parent.mkdir(parents=True, exist_ok=True)
-            if action.command is not None:
-                log = self._run_command(action, execroot, scratch)
-            else:
-                log = self._run_function(action, execroot, scratch)
-            outputs = tuple(self._collect(action, a, execroot) for a in action.outputs)
-            return ActionResult(outputs, 0, self.cas.put_bytes(log))
+            try:
+                return self._run_in(action, inputs, scratch)
+            finally:
+                if self.sandbox_debug and action.command is not None:
+                    self._keep_sandbox(action, scratch)
+
+    def _run_in(self, action: Action, inputs: Mapping[str, FileDigest], scratch: Path) -> ActionResult:
+        execroot = scratch / "execroot"
+        execroot.mkdir()
+        staged = tuple(a for a in action.inputs if a != action.toolchain)  # the toolchain is the root
+        self.cas.prefetch(inputs[a.path].digest for a in staged if not a.is_source)
+        for artifact in staged:
+            self._materialise(artifact.path, artifact.is_source, inputs[artifact.path], execroot)
+        for artifact in action.outputs:
+            (execroot / artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        if action.command is not None:
+            toolchain = action.toolchain
+            root = None if toolchain is None else self._toolchain_root(action, inputs[toolchain.path].digest)
+            layout = sandbox.Layout(root, execroot, scratch / "tmp", tuple(a.path for a in staged),
+                                    tuple(os.path.dirname(a.path) for a in action.outputs))
+            log = self._run_command(action, layout, scratch)
+        else:
+            log = self._run_function(action, execroot, scratch)
+        outputs = tuple(self._collect(action, a, execroot) for a in action.outputs)
+        return ActionResult(outputs, 0, self.cas.put_bytes(log))
 
     def _materialise(self, path: str, is_source: bool, want: FileDigest, execroot: Path) -> None:
         target = execroot / path
@@ -107,27 +128,43 @@ class Executor:
                 self.cas.copy_to(want.digest, out)
         os.chmod(target, 0o555 if want.executable else 0o444)
 
-    def _run_command(self, action: Action, execroot: Path, scratch: Path) -> bytes:
+    def _toolchain_root(self, action: Action, digest: str) -> Path:
+        from mk.cache.tree import TreeError  # only when a command runs
+
+        try:
+            return self.toolchains.root_for(digest)
+        except TreeError as e:
+            raise ActionFailed(f"{action.describe()}: its toolchain is not a tree: {e}") from None
+        except OSError as e:
+            if isinstance(e, CacheFileError):  # it already says what and where
+                raise
+            raise ActionFailed(f"{action.describe()}: cannot write out its toolchain under "
+                               f"{self.toolchains.root}: {e.strerror or e}") from None
+
+    def _run_command(self, action: Action, layout: sandbox.Layout, scratch: Path) -> bytes:
         assert action.command is not None
-        home, tmp = scratch / "home", scratch / "tmp"
-        home.mkdir()
-        tmp.mkdir()
+        layout.tmp.mkdir()
         declared_env = action.params.get("env", {})
         assert isinstance(declared_env, Mapping)
         env = {
             "PATH": FIXED_PATH,
             "LC_ALL": "C.UTF-8",
             "TZ": "UTC",
-            "HOME": str(home),
-            "TMPDIR": str(tmp),
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
             **{str(k): str(v) for k, v in declared_env.items()},
         }
+        argv = [sandbox.bubblewrap(), *sandbox.arguments(layout), "--", *action.command]
+        if self.sandbox_debug:
+            import shlex
+
+            print(f"mk: sandbox of {action.describe()}: {shlex.join(argv)}", file=sys.stderr)
         stdout_path, stderr_path = scratch / "stdout", scratch / "stderr"
         with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
             try:
                 proc = subprocess.Popen(
-                    action.command,
-                    cwd=execroot,
+                    argv,
+                    cwd=layout.execroot,
                     env=env,
                     stdin=subprocess.DEVNULL,
                     stdout=stdout,
@@ -152,11 +189,25 @@ class Executor:
         if code != 0:
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             text = err.decode("utf-8", "replace")[-_STDERR_TAIL:]
+            if text.startswith("bwrap: "):  # bubblewrap itself failed, before the command started
+                raise ActionFailed(f"{action.describe()}: mk could not set up its sandbox: {text.strip()}")
+            toolchain = HOST_TOOLCHAIN if action.toolchain is None else f"the toolchain {action.toolchain.path}"
             raise ActionFailed(
                 f"{action.describe()} failed ({how})\n  command: {action.command[-1]}\n"
                 + "".join(f"  | {line}\n" for line in text.splitlines())
+                + sandbox.failure_hint(text, toolchain)
             )
         return out + err
+
+    def _keep_sandbox(self, action: Action, scratch: Path) -> None:
+        """--sandbox-debug: what the command left in its sandbox outlives the build."""
+        import shutil
+
+        kept = self.cache.root / "sandbox-debug" / scratch.name
+        remove_tree(kept)
+        shutil.copytree(scratch, kept, symlinks=True)
+        print(f"mk: the sandbox of {action.describe()} is kept in {kept} (execroot/, tmp/, stdout, stderr)",
+              file=sys.stderr)
 
     def _run_function(self, action: Action, execroot: Path, scratch: Path) -> bytes:
         assert action.function is not None

@@ -92,19 +92,19 @@ def reasons(entry: Entry) -> list[str]:
         found.append(f"key schema changed ({before.get('schema')} -> {now.get('schema')})")
     if before.get("implementation") != now.get("implementation"):
         found.append(_implementation_change(before.get("implementation"), now.get("implementation")))
-    for kind, noun in (("inputs", "input"), ("params", "parameter"), ("tools", "tool")):
+    for kind, noun in (("inputs", "input "), ("params", "parameter "), ("tools", "")):
         old, new = before.get(kind) or {}, now.get(kind) or {}
         assert isinstance(old, dict) and isinstance(new, dict)
         for name in sorted(set(old) | set(new)):
-            shown = f"'{name}'" if kind == "params" else name
+            shown = noun + (f"'{name}'" if kind == "params" else name)
             if name not in old:
-                found.append(f"{noun} {shown} added")
+                found.append(f"{shown} added")
             elif name not in new:
-                found.append(f"{noun} {shown} removed")
+                found.append(f"{shown} removed")
             elif old[name] != new[name] and kind == "params":  # digests of values say nothing
-                found.append(f"{noun} {shown} changed")
+                found.append(f"{shown} changed")
             elif old[name] != new[name]:
-                found.append(f"{noun} {shown} changed ({_short(old[name])} -> {_short(new[name])})")
+                found.append(f"{shown} changed ({_short(old[name])} -> {_short(new[name])})")
     if before.get("command") != now.get("command"):
         found.append("command changed")
     if before.get("outputs") != now.get("outputs"):

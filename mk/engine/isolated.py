@@ -58,7 +58,7 @@ def analyse_in_child(
         kind, value = pickle.loads(answer.read_bytes())
     except (OSError, EOFError, pickle.UnpicklingError):
         # What a crashed evaluator printed (a Rust panic, say) would only hide the reason given here.
-        raise MkError(_crash(proc.returncode, request)) from None
+        raise MkError(_crash(proc.returncode, request, proc.stderr.decode("utf-8", "replace"))) from None
     sys.stderr.write(proc.stderr.decode("utf-8", "replace"))  # what BUILD files printed
     if kind == "error":
         message, location = value
@@ -67,7 +67,7 @@ def analyse_in_child(
     return graph
 
 
-def _crash(code: int, request: Request) -> str:
+def _crash(code: int, request: Request, stderr: str) -> str:
     if code == -signal.SIGXCPU:
         what = f"evaluating BUILD files took more than {request.seconds} s (load_seconds in mk.toml)"
     elif code == -signal.SIGKILL:
@@ -81,6 +81,8 @@ def _crash(code: int, request: Request) -> str:
                 "(load_memory_mib in mk.toml)")
     else:
         what = f"the process evaluating BUILD files ended with {'signal ' + str(-code) if code < 0 else code}"
+        if "Traceback" in stderr:  # a bug in mk: the traceback is what a report needs
+            what += " (an internal error in mk; please report it with this traceback):\n" + stderr.rstrip()
     return f"loading failed: {what}"
 
 

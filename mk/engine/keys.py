@@ -11,7 +11,9 @@ What goes in:
   bumped by hand;
 - a digest of each parameter, of the command line, the output paths and the platform;
 - at build time: the content digest of each input (never the key of the action that made it,
-  so a rebuilt input with the same bytes leaves this key alone: early cutoff) and of each tool.
+  so a rebuilt input with the same bytes leaves this key alone: early cutoff). A command's
+  toolchain tree is one of its inputs; a command run on the host's tools has instead the digest
+  of the host's package database.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import msgpack
 from mk.engine.labels import Label
 
 # Bump when what goes into a key, or how actions are executed, changes meaning.
-KEY_SCHEMA = 2
+KEY_SCHEMA = 3
 
 
 def canonical(value: object) -> object:
@@ -164,7 +166,7 @@ class KeyMaterial:
 
     static: StaticMaterial
     inputs: tuple[tuple[str, str], ...]  # path -> "content digest:executable bit", sorted by path
-    tools: tuple[tuple[str, str], ...]  # tool path -> content digest, sorted
+    tools: tuple[tuple[str, str], ...]  # for a command on the host's tools: their identity (see build)
 
     @functools.cached_property
     def key(self) -> str:

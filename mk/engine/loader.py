@@ -47,6 +47,7 @@ class Loader:
     def __init__(self, workspace: Workspace, rules: Mapping[str, Rule], seconds: float | None = None) -> None:
         """`seconds`: how long evaluating BUILD and .bzl files may take in all (None: no limit)."""
         self.root = workspace.root
+        self.settings = workspace.settings
         self.rules = rules
         self._deadline = time.monotonic() + seconds if seconds is not None else None
         self._seconds = seconds
@@ -319,6 +320,8 @@ class Loader:
                 if attr.mandatory:
                     raise self._fail(f"{rule.name} {label}: missing mandatory attribute '{attr.name}'", location)
                 value = attr.default
+                if attr.setting is not None and (setting := self._setting(attr.setting)) is not None:
+                    value = attr.type.value_of(setting)
             elif not attr.type.accepts(value):
                 raise self._fail(
                     f"{rule.name} {label}: attribute '{attr.name}' must be a {attr.type.name}, "
@@ -332,6 +335,9 @@ class Loader:
                     raise self._fail(f"{rule.name} {label}: attribute '{attr.name}': {e}", location) from None
             attrs[attr.name] = value
         return attrs
+
+    def _setting(self, name: str) -> object:
+        return getattr(self.settings, name) if hasattr(self.settings, name) else self.settings.get(name)
 
     def _register_output(self, package: Package, owner: str, out: str, location: Location) -> None:
         if not out or out.startswith("/") or any(p in ("", ".", "..") for p in out.split("/")):

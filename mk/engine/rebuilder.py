@@ -20,6 +20,9 @@ from mk.engine.keys import KeyMaterial
 if TYPE_CHECKING:
     from mk.cache.remote import RemoteCache
 
+# How the key, and `mk explain`, name the host's tools (the digest of its package database).
+HOST_TOOLS = "the host's tools (toolchain = \"host\")"
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -40,22 +43,26 @@ class Rebuilder:
         self,
         cache: LocalCache,
         executor: Executor,
-        tool_digests: Mapping[str, str],
+        host_identity: str | None,
         recent: RecentResults | None = None,
         force: bool = False,
         remote: RemoteCache | None = None,
+        upload_host_results: bool = False,
     ) -> None:
         self.cache = cache
         self.executor = executor
-        self.tool_digests = tool_digests
+        self.host_identity = host_identity  # the host toolchain's, if any action runs on it
         self.recent = recent
         self.force = force  # --check: run everything, whatever is cached
         self.remote = None if force else remote
+        # Results of commands run on the host's tools hold whatever those tools made on this
+        # machine: shared only when the workspace asks for it.
+        self.upload_host_results = upload_host_results
 
     def material(self, action: Action, inputs: Mapping[str, FileDigest]) -> KeyMaterial:
         files = tuple((path, f"{inputs[path].digest}:{int(inputs[path].executable)}") for path in action.sorted_inputs)
-        tools = tuple(sorted((t, self.tool_digests[t]) for t in action.host_tools))
-        return KeyMaterial(action.static, files, tools)
+        host = ((HOST_TOOLS, self.host_identity or ""),) if action.runs_on_host_tools else ()
+        return KeyMaterial(action.static, files, host)
 
     def cached(self, action: Action, material: KeyMaterial) -> Outcome | None:
         """A result found without the network, or None.
@@ -107,7 +114,8 @@ class Rebuilder:
         result = self.executor.run(action, key, inputs)
         if not self.force:
             self.cache.ac.put(key, result)
-        if self.remote is not None and self.remote.uploading:
+        shared = self.upload_host_results or not action.runs_on_host_tools
+        if self.remote is not None and self.remote.uploading and shared:
             # Blobs first (tree contents too), then the signed result.
             self.remote.upload(key, result, result.blobs(self.cache.cas))
         return Outcome(action, material, result, "executed", "local", time.perf_counter() - started)

@@ -71,6 +71,7 @@ class Attr:
     mandatory: bool = False
     # Label attributes: what each target named must provide. (`builtins.type`: `type` is a field here.)
     providers: tuple[builtins.type[Provider], ...] = ()
+    setting: str | None = None  # unset in a BUILD file, it takes this workspace setting's value, if set
 
 
 NAME_ATTR = Attr("name", STRING, "The target's name, unique within its package.", mandatory=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from mk.engine.errors import Location, MkError, did_you_mean
 
 MARKER = "mk.toml"
+HOST_TOOLCHAIN = "host"
 OUTPUT_DIR = "mk-out"
 
 
@@ -38,6 +39,9 @@ class Settings:
     trusted_keys: tuple[str, ...] = ()
     load_memory_mib: int = 4096
     load_seconds: int = 300
+    toolchain: str | None = None  # a label, or HOST_TOOLCHAIN
+    host_package_database: str = "/var/lib/dpkg/status"
+    remote_upload_host_results: bool = False
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def get(self, key: str) -> object:
@@ -59,6 +63,13 @@ ENGINE_SETTINGS = (
             "past it, the build stops with an error.", default=4096),
     Setting("load_seconds", "int", "Seconds that evaluating BUILD files may take; past them, the build stops "
             "with an error.", default=300),
+    Setting("toolchain", "string", "The tree target (such as a `deb_packages` set) that every command runs "
+            "on, as the root of its sandbox: `\"//toolchains:default\"`. Or `\"host\"`: commands see the host's "
+            "/usr instead (not hermetic; see `host_package_database`). A rule's `toolchain` attribute overrides it."),
+    Setting("host_package_database", "string", "With `toolchain = \"host\"`: the file whose digest stands for the "
+            "host's tools in every key (the dpkg database).", default="/var/lib/dpkg/status"),
+    Setting("remote_upload_host_results", "bool", "Upload the results of commands run on the host's tools to "
+            "the remote cache (they are kept local by default).", default=False),
     Setting(None, "string", "Path of the secret key that signs uploaded results (needed to upload).",
             env="MK_SIGNING_KEY"),
     Setting(None, "string", "Bearer token for the remote cache.", env="MK_REMOTE_TOKEN"),
@@ -104,6 +115,21 @@ _KIND_NAMES = {"string": "a string", "bool": "true or false", "int": "a non-nega
                "list of strings": "a list of strings"}
 
 
+def _toolchain(value: str | None) -> str | None:
+    if value is None or value == HOST_TOOLCHAIN:
+        return value
+    from mk.engine.labels import Label, LabelError
+
+    try:
+        if not value.startswith("//"):
+            raise LabelError("it is not an absolute label")
+        Label.parse(value, "")
+    except LabelError as e:
+        raise MkError(f"toolchain must be \"host\" or the label of a tree target such as "
+                      f"\"//toolchains:default\", got '{value}' ({e})", Location(MARKER, 1, 1)) from None
+    return value
+
+
 def _read_settings(path: Path, table: Sequence[Setting]) -> Settings:
     text = path.read_text(encoding="utf-8")
     if not text.strip():
@@ -133,5 +159,8 @@ def _read_settings(path: Path, table: Sequence[Setting]) -> Settings:
         trusted_keys=tuple(raw.get("trusted_keys", [])),
         load_memory_mib=raw.get("load_memory_mib", 4096),
         load_seconds=raw.get("load_seconds", 300),
+        toolchain=_toolchain(raw.get("toolchain")),
+        host_package_database=raw.get("host_package_database", "/var/lib/dpkg/status"),
+        remote_upload_host_results=raw.get("remote_upload_host_results", False),
         extra={k: v for k, v in raw.items() if k not in _ENGINE_KEYS},
     )

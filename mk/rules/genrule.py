@@ -1,7 +1,7 @@
 """genrule: runs a shell command over declared inputs to make declared outputs, as in Bazel.
 
-The command runs with bash in a fresh scratch directory that holds only the declared `srcs`
-and `tools`, at their workspace-relative paths, with a fixed environment.
+The command runs with the toolchain's bash in mk's sandbox (see `mk.engine.sandbox`), which holds
+only the declared `srcs` and `tools` at their workspace-relative paths, with a fixed environment.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from mk.engine.actions import Action, Artifact
 from mk.engine.errors import MkError
 from mk.engine.labels import Label, LabelError
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
+from mk.rules import toolchain
 
 BASH = "/bin/bash"
 _VARIABLE = re.compile(r"\$\((locations?) ([^)]+)\)|\$\(([A-Z_@<D]+)\)|\$([@<$])")
@@ -25,15 +26,16 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     if not outs:
         raise MkError(f"genrule {ctx.label} must declare at least one file in 'outs'")
     cmd = _expand(ctx, ctx.string("cmd"), srcs, outs)
+    root = toolchain.toolchain(ctx)
     ctx.add_action(
         Action(
             owner=ctx.label,
             mnemonic="Genrule",
-            inputs=tuple(dict.fromkeys(srcs + tools)),
+            inputs=tuple(dict.fromkeys(srcs + tools + ((root,) if root else ()))),
             outputs=outs,
             params={"env": {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)}},
             command=(BASH, "-e", "-o", "pipefail", "-c", cmd),
-            host_tools=(BASH,),
+            toolchain=root,
         )
     )
     return [DefaultInfo(files=outs)]
@@ -91,18 +93,22 @@ RULE = Rule(
     name="genrule",
     doc=(
         "Runs a bash command to produce `outs` from `srcs`, as Bazel's genrule does. The command "
-        "runs in a fresh directory holding only the declared inputs, at their workspace-relative "
-        "paths, with the environment `PATH=/usr/local/bin:/usr/bin:/bin`, `LC_ALL=C.UTF-8`, "
-        "`TZ=UTC`, `SOURCE_DATE_EPOCH`, `HOME` (a directory inside the scratch area) and umask "
-        "022. In `cmd`, `$(SRCS)` and `$(OUTS)` expand to the space-separated paths, `$<` to the "
-        "single source, `$@` to the single output, `$(@D)` to its directory, `$(location L)` and "
-        "`$(locations L)` to the path(s) of a label listed in `srcs` or `tools`, and `$$` to `$`."
+        "runs in mk's sandbox: its root filesystem is the toolchain (read-only), its working "
+        "directory `/mk/execroot` holds only the declared inputs at their workspace-relative paths "
+        "(read-only), and only the folders of `outs` and a private `/tmp` are writable. It has no "
+        "network, runs as uid/gid 1000 on host `mk`, with the environment "
+        "`PATH=/usr/local/bin:/usr/bin:/bin`, `LC_ALL=C.UTF-8`, `TZ=UTC`, `SOURCE_DATE_EPOCH`, "
+        "`HOME=/tmp`, `TMPDIR=/tmp` and umask 022. In `cmd`, `$(SRCS)` and `$(OUTS)` expand to the "
+        "space-separated paths, `$<` to the single source, `$@` to the single output, `$(@D)` to "
+        "its directory, `$(location L)` and `$(locations L)` to the path(s) of a label listed in "
+        "`srcs` or `tools`, and `$$` to `$`."
     ),
     attrs=(
         Attr("srcs", attrs.LABEL_LIST, "Input files and targets.", default=[]),
         Attr("outs", attrs.OUTPUT_LIST, "Files the command must create, relative to the package.", mandatory=True),
         Attr("cmd", attrs.STRING, "The bash command (run with `-e -o pipefail`).", mandatory=True),
         Attr("tools", attrs.LABEL_LIST, "Programs the command runs; available like `srcs`.", default=[]),
+        toolchain.ATTR,
     ),
     analyze=analyze,
 )

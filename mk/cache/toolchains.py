@@ -1,0 +1,89 @@
+"""Toolchains on disk: a tree manifest written out once per digest, for sandboxes to bind.
+
+`toolchains/<digest>/` holds the tree's files (decompressed from the content store; files of
+equal content are hard links to one inode), folders and symlinks, read-only. Device nodes and
+fifos are left out: the sandbox brings its own /dev. Setuid and setgid bits are dropped, as no
+sandbox could use them. A folder appears under its final name only once complete (it is built
+in the cache's scratch space and renamed), so a crash or Ctrl-C leaves nothing that the next
+build does not sweep away.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from mk.cache.cas import ContentStore
+from mk.cache.local import LocalCache
+from mk.cache.tree import Kind, Tree
+
+FOLDER = "toolchains"
+
+
+class Toolchains:
+    def __init__(self, cache: LocalCache, cas: ContentStore) -> None:
+        self.cache = cache
+        self.root = cache.root / FOLDER
+        self.cas = cas  # the build's store: it may read what it lacks from the remote cache
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+
+    def root_for(self, digest: str) -> Path:
+        """The folder holding the tree whose manifest has `digest`, written out if need be."""
+        final = self.root / digest
+        if final.is_dir():
+            return final
+        with self._lock:
+            lock = self._locks.setdefault(digest, threading.Lock())
+        with lock:  # two actions of one build needing the same toolchain write it once
+            if not final.is_dir():
+                self._materialise(digest, final)
+        return final
+
+    def _materialise(self, digest: str, final: Path) -> None:
+        tree = Tree.decode(self.cas.read_bytes(digest))
+        self.cas.prefetch(e.digest for e in tree.files())  # from a remote cache, in parallel
+        with self.cache.scratch_dir(f"toolchain-{digest[:20]}") as scratch:
+            partial = scratch / "root"
+            partial.mkdir()
+            _write(tree, partial, self.cas)
+            self.root.mkdir(exist_ok=True)
+            try:
+                os.rename(partial, final)
+            except OSError:
+                if not final.is_dir():  # only another process's complete copy may take its place
+                    raise
+
+
+def _write(tree: Tree, root: Path, cas: ContentStore) -> None:
+    written: dict[tuple[str, int], Path] = {}
+    folders: list[tuple[Path, int]] = []
+    links: list[tuple[Path, Path]] = []  # after every file: a link may sort before its file
+    for entry in tree.entries:  # sorted: a folder comes before what it holds
+        path = root / entry.path
+        if entry.kind is Kind.DIR:
+            path.mkdir()
+            folders.append((path, entry.mode))
+        elif entry.kind is Kind.FILE:
+            mode = _file_mode(entry.mode)
+            if (same := written.get((entry.digest, mode))) is not None:
+                os.link(same, path)
+                continue
+            with open(path, "xb") as out:
+                cas.copy_to(entry.digest, out, entry.size)
+            os.chmod(path, mode)
+            written[(entry.digest, mode)] = path
+        elif entry.kind is Kind.SYMLINK:
+            os.symlink(entry.target, path)
+        elif entry.kind is Kind.HARDLINK:
+            links.append((root / entry.target, path))
+    for target, path in links:
+        os.link(target, path)
+    for path, mode in reversed(folders):  # deepest first, each once filled
+        os.chmod(path, mode & 0o555 | 0o500)
+
+
+def _file_mode(mode: int) -> int:
+    """Read-only, executable where the tree says so; never setuid, setgid or writable."""
+    return 0o555 if mode & 0o111 else 0o444
