@@ -290,6 +290,25 @@ def test_read_only_uploads_nothing(
         assert '"PUT ' not in remote.log.read_text()
 
 
+def test_results_made_with_the_host_tools_stay_local_unless_asked(
+    workspace: WorkspaceFactory, served: Remote, keys: Keys, tmp_path: Path
+) -> None:
+    """They hold whatever this machine's tools made: another machine must not take them as its own."""
+    ws = workspace(EXAMPLES, toml='toolchain = "host"\n')
+    out, err = build(ws, tmp_path / "A", writer(served.url, keys), events=tmp_path / "a.jsonl")
+    genrules = {str(e["key"]) for e in read_events(tmp_path / "a.jsonl") if e["mnemonic"] == "Genrule"}
+    assert len(genrules) == 3
+    uploaded = served.names("ac")
+    assert len(uploaded) == parse_summary(out).executed - 3 and not uploaded & genrules
+    assert "their results are kept out of remote caches" in err
+
+    ws.write("mk.toml", 'toolchain = "host"\nremote_upload_host_results = true\n')
+    fresh_outputs(ws)
+    _, err = build(ws, tmp_path / "A2", writer(served.url, keys))
+    assert genrules <= served.names("ac")
+    assert "their results are uploaded, as remote_upload_host_results asks" in err
+
+
 # ---- trust --------------------------------------------------------------------------------------
 
 
