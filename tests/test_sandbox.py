@@ -230,6 +230,47 @@ def test_user_namespaces_disabled_is_one_clear_error(ws: Workspace) -> None:
     parse_summary(result.stdout)
 
 
+# ---- choosing a toolchain -------------------------------------------------------------------------
+
+def test_a_target_s_toolchain_attribute_overrides_the_setting(ws: Workspace) -> None:
+    ws.write("pkg/BUILD", PKG["pkg/BUILD"] + 'genrule(name = "on_host", outs = ["host.txt"], toolchain = "host", '
+                          'cmd = "sed --version | head -c 8 > $@")\n')
+    result = ws.build("//pkg:digest", "//pkg:on_host")
+    assert ws.read("mk-out/pkg/host.txt") == "sed (GNU"  # the host has sed; the toolchain does not
+    assert "1 command ran on the host's tools" in result.err
+    ws.write("mk.toml", f'toolchain = "host"\ndebian_mirror = "{ws.read("mk.toml").split(chr(34))[-2]}"\n')
+    ws.write("pkg/BUILD", 'genrule(name = "pinned", outs = ["p.txt"], toolchain = "//tc:tools", cmd = "sed > $@")\n')
+    result = ws.mk("build", "//pkg:pinned")
+    assert "'sed' is not in the toolchain tc/tools" in result.err, result.err
+
+
+@pytest.mark.parametrize(("toolchain", "error"), [
+    ('"//pkg:in.txt"', "error: genrule //pkg:digest: attribute 'toolchain' needs a target that provides TreeInfo; "
+                       "'//pkg:in.txt' is a file, which provides nothing (the 'toolchain' setting in mk.toml gives "
+                       "'toolchain')"),
+    ('"pkg:tools"', 'mk.toml:1:1: error: toolchain must be "host" or the label of a tree target such as '
+                    '"//toolchains:default", got \'pkg:tools\' (it is not an absolute label)'),
+    ('"//tc:nothing"', "error: genrule //pkg:digest depends on '//tc:nothing', which does not exist"),
+    ('"//pkg:files"', "error: genrule //pkg:digest: attribute 'toolchain' needs a target that provides TreeInfo; "
+                      "//pkg:files (filegroup) provides only files (the 'toolchain' setting in mk.toml"),
+])
+def test_a_toolchain_that_is_not_a_tree_is_refused(ws: Workspace, toolchain: str, error: str) -> None:
+    ws.write("pkg/BUILD", PKG["pkg/BUILD"] + 'filegroup(name = "files", srcs = ["in.txt"])\n')
+    ws.write("mk.toml", f"toolchain = {toolchain}\n")
+    result = ws.mk("build", "//pkg:digest")
+    assert result.code == 2, result
+    assert error in result.err, result.err
+
+
+def test_a_toolchain_without_bash_says_so(workspace: WorkspaceFactory) -> None:
+    ws = workspace({**PKG, "tc/BUILD": 'layer(name = "tiny", files = {"/etc/issue": "issue"})\n',
+                    "tc/issue": "tiny\n"}, toml='toolchain = "//tc:tiny"\n')
+    result = ws.mk("build", "//pkg:digest")
+    assert result.code == 1, result
+    assert "error: Genrule //pkg:digest cannot run /bin/bash: the toolchain tc/tiny.tree does not hold it" \
+        in result.err, result.err
+
+
 # ---- host tools -----------------------------------------------------------------------------------
 
 def test_no_toolchain_at_all_is_an_error_that_says_what_to_set(workspace: WorkspaceFactory) -> None:

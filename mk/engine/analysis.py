@@ -30,12 +30,7 @@ class Analyzer:
             raise MkError(self.loader.missing_target_message(label))
         self._stack.append(label)
         try:
-            deps = {
-                attr.name: [self._checked(target, attr, self._resolve(target, text))
-                            for text in label_texts(target.attrs[attr.name], attr.type.words)]
-                for attr in target.rule.attrs
-                if attr.type.holds_labels
-            }
+            deps = {attr.name: self._deps(target, attr) for attr in target.rule.attrs if attr.type.holds_labels}
             ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch, self.loader.read_source)
             try:
                 providers = Providers.of(target.rule.name, target.rule.analyze(ctx))
@@ -54,6 +49,16 @@ class Analyzer:
 
     def closure(self) -> list[ConfiguredTarget]:
         return [self.done[label] for label in sorted(self.done)]
+
+    def _deps(self, target: Target, attr: Attr) -> list[Dep]:
+        try:
+            return [self._checked(target, attr, self._resolve(target, text))
+                    for text in label_texts(target.attrs[attr.name], attr.type.words)]
+        except MkError as e:
+            if attr.name in target.from_settings:  # not in the BUILD file: say where it came from
+                raise MkError(f"{e.message} (the '{attr.setting}' setting in mk.toml gives '{attr.name}')",
+                              e.location) from None
+            raise
 
     def _resolve(self, target: Target, text: str) -> Dep:
         """A label attribute entry is a target, an output file of a target, or a source file."""

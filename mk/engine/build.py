@@ -112,7 +112,8 @@ def build(
             stats.save()
             if remote is not None:
                 _close_remote(cache, remote)
-    _warn_if_not_hermetic(workspace, schedule.outcomes)
+    if graph.host_tool_commands:
+        _warn_if_not_hermetic(workspace, schedule.outcomes)
     return BuildResult(_summary(graph, schedule.outcomes, started), outputs, schedule, graph.requested_providers)
 
 
@@ -170,8 +171,8 @@ def _attempt(
     # Blobs missing here are read from the remote cache, if this build has one.
     cas = cache.cas.with_fetcher(remote) if remote is not None else cache.cas
     sources = _hash_sources(workspace, stats, graph)
-    on_host = any(a.runs_on_host_tools for a in graph.actions)
-    host_identity = _host_identity(stats, workspace.settings.host_package_database) if on_host else None
+    host_identity = _host_identity(stats, workspace.settings.host_package_database) \
+        if graph.host_tool_commands else None
     executor = Executor(cache, cas, workspace.root, source_url, sandbox_debug=options.sandbox_debug)
     if remote is not None:
         remote.stop_with(executor.processes.cancelled)  # Ctrl-C cuts remote transfers too

@@ -189,9 +189,12 @@ class Executor:
         if code != 0:
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             text = err.decode("utf-8", "replace")[-_STDERR_TAIL:]
+            toolchain = HOST_TOOLCHAIN if action.toolchain is None else f"the toolchain {action.toolchain.path}"
+            if text.startswith("bwrap: execvp"):  # the sandbox was made, but holds no such program
+                raise ActionFailed(f"{action.describe()} cannot run {action.command[0]}: {toolchain} does not "
+                                   f"hold it ({text.strip()})")
             if text.startswith("bwrap: "):  # bubblewrap itself failed, before the command started
                 raise ActionFailed(f"{action.describe()}: mk could not set up its sandbox: {text.strip()}")
-            toolchain = HOST_TOOLCHAIN if action.toolchain is None else f"the toolchain {action.toolchain.path}"
             raise ActionFailed(
                 f"{action.describe()} failed ({how})\n  command: {action.command[-1]}\n"
                 + "".join(f"  | {line}\n" for line in text.splitlines())

@@ -39,6 +39,7 @@ class Graph:
     # The providers of each requested target, by label, pickled apart: they are read only by
     # `mk run` and `mk watch --run`, so a no-op build does not import the modules that define them.
     requested_providers: bytes
+    host_tool_commands: int  # commands on the host's tools: the build keys them by its package database
 
 
 def analyse_here(
@@ -72,7 +73,8 @@ def analyse_here(
     for action in actions:  # computed now, so the cached graph carries them
         _ = action.static.digest, action.sorted_inputs
     graph = Graph(len(targets), requested_files, actions, _source_files(targets, actions, requested_files),
-                  pickle.dumps({str(t.target.label): t.providers for t in requested}))
+                  pickle.dumps({str(t.target.label): t.providers for t in requested}),
+                  sum(a.runs_on_host_tools for a in actions))
     graph_cache.save(graph, loader.observed)
     return graph
 

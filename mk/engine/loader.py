@@ -303,7 +303,9 @@ class Loader:
             raise self._fail(f"target '{name}' has the name of an output of :{package.outputs[name]}", location)
         for out in _declared_outputs(rule, attrs):
             self._register_output(package, name, out, location)
-        package.targets[name] = Target(label, rule, attrs, location)
+        from_settings = frozenset(a.name for a in rule.attrs if a.setting and kwargs.get(a.name) is None
+                                  and self._setting(a.setting) is not None)
+        package.targets[name] = Target(label, rule, attrs, location, from_settings)
 
     def _check_attrs(
         self, rule: Rule, label: Label, kwargs: dict[str, object], location: Location

@@ -20,6 +20,7 @@ class Target:
     rule: Rule
     attrs: dict[str, object]
     location: Location
+    from_settings: frozenset[str] = frozenset()  # attributes unset in the BUILD file, taken from mk.toml
 
 
 @dataclass(frozen=True)
