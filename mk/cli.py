@@ -6,11 +6,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
 
@@ -95,25 +95,33 @@ _JOBS = click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_
                      help="Actions run in parallel.")
 
 
+_BUILD_OPTIONS = (
+    _JOBS,
+    click.option("--keep-going", "-k", is_flag=True, help="Build as much as possible after a failure."),
+    click.option("--json-events", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Write one JSON object per action to FILE."),
+    click.option("--check", is_flag=True, help="Rebuild every action ignoring the cache and compare the bytes."),
+    click.option("--no-remote-upload", is_flag=True, help="Only read the remote cache (as MK_REMOTE_UPLOAD=0)."),
+    click.option("--profile", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Write a Chrome trace-event JSON of the build to FILE (opens in Perfetto)."),
+    click.option("--sandbox-debug", is_flag=True,
+                 help="Print each command's bubblewrap command line, and keep its sandbox in the cache."),
+)
+
+
+def _build_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options of `mk build`, which `mk image` takes too."""
+    for option in reversed(_BUILD_OPTIONS):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("targets", nargs=-1, required=True)
-@_JOBS
-@click.option("--keep-going", "-k", is_flag=True, help="Build as much as possible after a failure.")
-@click.option("--json-events", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write one JSON object per action to FILE.")
-@click.option("--check", is_flag=True, help="Rebuild every action ignoring the cache and compare the bytes.")
-@click.option("--no-remote-upload", is_flag=True, help="Only read the remote cache (as MK_REMOTE_UPLOAD=0).")
-@click.option("--profile", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a Chrome trace-event JSON of the build to FILE (opens in Perfetto).")
-@click.option("--sandbox-debug", is_flag=True,
-              help="Print each command's bubblewrap command line, and keep its sandbox in the cache.")
-def build(
-    targets: tuple[str, ...], jobs: int, keep_going: bool, json_events: Path | None, check: bool,
-    no_remote_upload: bool, profile: Path | None, sandbox_debug: bool,
-) -> None:
+@_build_options
+def build(targets: tuple[str, ...], **options: Any) -> None:
     """Build TARGETS and print the paths of their outputs."""
-    _build_and_report(BuildRequest(targets, jobs, keep_going, json_events, check, no_remote_upload,
-                                   profile=profile, sandbox_debug=sandbox_debug))
+    _build_and_report(BuildRequest(targets, **options))
 
 
 def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
@@ -167,10 +175,10 @@ def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
 @click.option("--format", "formats", multiple=True, metavar="FORMAT",
               help="An output format of the image besides its default outputs, e.g. tar or oci (repeatable); "
                    "an unknown one is an error that lists those the image has.")
-@_JOBS
-def image(target: str, formats: tuple[str, ...], jobs: int) -> None:
-    """Build the image TARGET into mk-out/<pkg>/<name>/."""
-    _build_and_report(BuildRequest((target,), jobs, groups=formats))
+@_build_options
+def image(target: str, formats: tuple[str, ...], **options: Any) -> None:
+    """Build the image TARGET into mk-out/<pkg>/<name>/ (--check also rebuilds and compares its formats)."""
+    _build_and_report(BuildRequest((target,), groups=formats, **options))
 
 
 class _WithRunnerOptions(click.Command):

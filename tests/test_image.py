@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import MK, WorkspaceFactory, mk_env, require
+from conftest import MK, WorkspaceFactory, mk_env, read_events, require
 from debrepo import Deb, Member, Repo
 
 from mk.engine.errors import MkError
@@ -159,6 +159,25 @@ def test_image_contents_and_outputs(workspace: WorkspaceFactory, repo: Repo, tmp
     listing = subprocess.run(["tar", "-tf", out / "rootfs.tar"], capture_output=True, text=True, check=True).stdout
     # The tar format holds the same root filesystem as the initrd: /init and all.
     assert {line.rstrip("/") for line in listing.splitlines()} == {str(p.relative_to(image)) for p in image.rglob("*")}
+
+
+def test_mk_image_takes_the_options_of_mk_build(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    events, profile = tmp_path / "events.jsonl", tmp_path / "trace.json"
+    result = mk(root, tmp_path / "cache", "image", "//img:box", "--format", "tar", "-j", "1",
+                "--json-events", str(events), "--profile", str(profile))
+    assert result.returncode == 0, result.stderr
+    executed = {e["mnemonic"] for e in read_events(events) if e["status"] == "executed"}
+    assert {"Tar", "Initrd", "Manifest"} <= executed
+    trace = json.loads(profile.read_text())
+    assert any(e["ph"] == "X" and e["name"] == "Tar //img:box" for e in trace["traceEvents"])
+    # --check rebuilds everything the command asked for, the formats included, and compares the bytes.
+    events.unlink()
+    checked = mk(root, tmp_path / "cache", "image", "//img:box", "--format", "tar", "--check",
+                 "--json-events", str(events))
+    assert checked.returncode == 0, checked.stderr
+    forced = [e["mnemonic"] for e in read_events(events) if e["status"] == "executed"]
+    assert "Tar" in forced and "Initrd" in forced
 
 
 def test_image_without_busybox_is_refused(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:

@@ -44,9 +44,15 @@ def test_profile_is_a_trace_with_one_track_per_worker(ws: Workspace, tmp_path: P
     names = {e["tid"]: e["args"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "thread_name"}
     assert {e["tid"] for e in events} <= set(names)
 
-    # A no-op build executes nothing: an empty but valid trace.
+    assert {str(e["args"]["status"]) for e in events} == {"executed"}  # type: ignore[index]
+
+    # A no-op build executes nothing; its trace shows each action found in the cache, marked so.
     assert ws.mk("build", "//pkg:top", "--profile", str(profile)).code == 0
-    assert complete_events(json.loads(profile.read_text(encoding="utf-8"))) == []
+    cached = complete_events(json.loads(profile.read_text(encoding="utf-8")))
+    assert sorted(str(e["name"]) for e in cached) == [
+        "Genrule //pkg:slow1 (cached)", "Genrule //pkg:slow2 (cached)", "Genrule //pkg:top (cached)"]
+    assert all(e["cat"] == "cached" and e["args"]["status"] == "cached" and e["args"]["origin"] == "local"  # type: ignore[index]
+               for e in cached)
 
 
 def test_profile_is_written_when_the_build_fails(ws: Workspace, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """`mk build --profile FILE`: a Chrome trace-event JSON of the build, one track per worker.
 
-It opens in Perfetto (ui.perfetto.dev) or chrome://tracing: each executed action is a complete
-("X") event on the track of the worker thread that ran it.
+It opens in Perfetto (ui.perfetto.dev) or chrome://tracing: each action is a complete ("X")
+event on the track of the worker thread that ran it, or that found it in a cache (named and
+categorised "cached").
 """
 
 from __future__ import annotations
@@ -32,21 +33,26 @@ class Profiler:
             self._running[id(action)] = (now, tid)
 
     def finished(self, outcome: Outcome) -> None:
+        """An executed action spans its run; one found in a cache (never started) spans the lookup,
+        marked "cached", so even a no-op build's trace shows every action it considered."""
+        now = time.perf_counter()
         with self._lock:
             begun = self._running.pop(id(outcome.action), None)
-            if begun is None or outcome.status != "executed":
-                return
+            if begun is None:
+                tid = self._tids.setdefault(threading.current_thread().name, len(self._tids) + 1)
+                begun = (now - outcome.seconds, tid)
             start, tid = begun
-            end = max(start, time.perf_counter())
+            cached = outcome.status == "cached"
             self.events.append({
-                "name": outcome.action.describe(),
-                "cat": outcome.action.mnemonic,
+                "name": outcome.action.describe() + (" (cached)" if cached else ""),
+                "cat": "cached" if cached else outcome.action.mnemonic,
                 "ph": "X",
                 "ts": round((start - self.origin) * 1e6),
-                "dur": round((end - start) * 1e6),
+                "dur": round((max(start, now) - start) * 1e6),
                 "pid": 1,
                 "tid": tid,
-                "args": {"label": str(outcome.action.owner), "key": outcome.key},
+                "args": {"label": str(outcome.action.owner), "key": outcome.key, "status": outcome.status,
+                         "origin": outcome.origin},
             })
 
     def trace(self) -> dict[str, object]:
