@@ -326,7 +326,7 @@ def explain(target: str) -> None:
 
     session = Session(REGISTRY)
     loader, analyzer = session.analyzer()
-    roots = loader.expand(target)
+    roots = loader.expand(session.absolute(target))
     edges = q.dependency_edges(loader, analyzer, roots)
     labels = {str(label) for root in roots for label in q.deps(edges, root)}
     lines = explain_lines(ExplainLog(session.cache.root, session.workspace.root).last_build(), labels)

@@ -5,11 +5,12 @@ Also: labels (`//pkg:name`, `:name`, `//pkg`), patterns (`//pkg:all`, `//...`) a
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Workspace, WorkspaceFactory, parse_summary, run_mk
+from conftest import MK, Workspace, WorkspaceFactory, mk_env, parse_summary, run_mk
 
 from mk.engine.labels import Label, LabelError, Pattern
 
@@ -478,6 +479,37 @@ def test_patterns_on_the_command_line(workspace: WorkspaceFactory, pattern: str,
     assert built_paths(result.out) == outputs
     for path in outputs:
         assert (ws.root / path).is_file()
+
+
+@pytest.mark.parametrize(
+    ("pattern", "outputs"),
+    [
+        (":app", ["../mk-out/app/app.txt"]),
+        ("app", ["../mk-out/app/app.txt"]),
+        (":all", ["../mk-out/app/app.txt", "../mk-out/app/part.txt"]),
+        ("...", ["../mk-out/app/app.txt", "../mk-out/app/part.txt", "../mk-out/app/sub/deep.txt"]),
+        ("sub:deep", ["../mk-out/app/sub/deep.txt"]),
+        ("sub/...", ["../mk-out/app/sub/deep.txt"]),
+        ("//lib", ["../mk-out/lib/lib.txt"]),
+    ],
+)
+def test_patterns_are_relative_to_the_current_folder(workspace: WorkspaceFactory, pattern: str,
+                                                     outputs: list[str]) -> None:
+    """As in Bazel: from inside app/, `:app` is //app:app (the printed paths are relative to app/ too)."""
+    ws = workspace(LABELS_WORKSPACE)
+    result = subprocess.run([MK, "build", pattern], cwd=ws.root / "app", env=mk_env(ws.cache_dir),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert built_paths(result.stdout) == outputs
+
+
+def test_pattern_made_absolute() -> None:
+    assert Pattern.absolute(":web", "web") == "//web:web"
+    assert Pattern.absolute("web", "web") == "//web:web"
+    assert Pattern.absolute("...", "web") == "//web/..."
+    assert Pattern.absolute("sub:x", "web") == "//web/sub:x"
+    assert Pattern.absolute("//other:x", "web") == "//other:x"
+    assert Pattern.absolute("examples:sshd", "") == "//examples:sshd"
 
 
 def test_target_count_covers_the_closure(workspace: WorkspaceFactory) -> None:

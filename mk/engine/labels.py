@@ -58,6 +58,7 @@ class Pattern:
 
     @staticmethod
     def parse(text: str) -> Pattern:
+        """An absolute pattern; see `absolute` for those written relative to a folder."""
         if not text.startswith("//"):
             text = "//" + text.lstrip("/")
         if text == "//..." or text.endswith("/..."):
@@ -68,6 +69,20 @@ class Pattern:
         if label.name == "all":
             return Pattern(label.package, None, False)
         return Pattern(label.package, label.name, False)
+
+    @staticmethod
+    def absolute(text: str, current_package: str) -> str:
+        """`text` as written in the folder of `current_package`, as Bazel reads it: `:web` or `web`
+        names a target there, `sub:x` and `sub/...` are below it, and `//...` stays absolute."""
+        if text.startswith("//"):
+            return text
+        if not current_package:
+            return "//" + text.lstrip("/")
+        if text.startswith(":"):
+            return f"//{current_package}{text}"
+        if "/" not in text and ":" not in text and text != "...":
+            return f"//{current_package}:{text}"
+        return f"//{current_package}/{text}"
 
     def covers_package(self, package: str) -> bool:
         if self.recursive:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from mk.cache.local import LocalCache, default_cache_dir
 from mk.engine.errors import MkError
-from mk.engine.labels import Label
+from mk.engine.labels import Label, Pattern
 from mk.engine.registry import Registry
 from mk.engine.workspace import Workspace, find_workspace
 
@@ -27,7 +27,15 @@ if TYPE_CHECKING:
 class Session:
     def __init__(self, registry: Registry, start: Path | None = None) -> None:
         self.registry = registry
-        self.workspace: Workspace = find_workspace(start or Path.cwd(), registry.all_settings())
+        start = (start or Path.cwd()).resolve()
+        self.workspace: Workspace = find_workspace(start, registry.all_settings())
+        # The package of the folder mk runs in: patterns written there are relative to it.
+        here = os.path.relpath(start, self.workspace.root)
+        self.current_package = "" if here == "." else here
+
+    def absolute(self, pattern: str) -> str:
+        """`pattern` as the command line gave it, made absolute (see `Pattern.absolute`)."""
+        return Pattern.absolute(pattern, self.current_package)
 
     @functools.cached_property
     def cache(self) -> LocalCache:
@@ -45,10 +53,9 @@ class Session:
         loader = self.loader()
         return loader, Analyzer(loader, self.workspace.settings.source_date_epoch)
 
-    @staticmethod
-    def one_target(loader: Loader, pattern: str, command: str) -> Label:
+    def one_target(self, loader: Loader, pattern: str, command: str) -> Label:
         """The single label `pattern` names; an error naming `command` if it names several."""
-        labels = loader.expand(pattern)
+        labels = loader.expand(self.absolute(pattern))
         if len(labels) != 1:
             raise MkError(f"{command} needs exactly one target; '{pattern}' matches {len(labels)}")
         return labels[0]
@@ -62,7 +69,7 @@ class Session:
     def build(self, patterns: tuple[str, ...], options: BuildOptions) -> BuildResult:
         from mk.engine.build import build
 
-        return build(self.workspace, self.cache, patterns, options, self.registry)
+        return build(self.workspace, self.cache, [self.absolute(p) for p in patterns], options, self.registry)
 
 
 def cache_for(workspace: Workspace | None) -> LocalCache:
