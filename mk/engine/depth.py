@@ -13,7 +13,7 @@ import re
 MAX_NESTING = 100
 MAX_OPERATORS = 1000  # in one statement: `a + b + ...` nests as deeply as brackets do
 
-_STRINGS_AND_COMMENTS = re.compile(
+STRINGS_AND_COMMENTS = re.compile(
     r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|#[^\n]*'
 )
 _OPERATOR_WORDS = re.compile(r"\b(?:not|and|or|if|else|in|lambda)\b")
@@ -29,7 +29,7 @@ class TooDeepError(ValueError):
 
 def check(source: str) -> None:
     """Raises TooDeepError naming the first line where `source` goes past a limit."""
-    code = _STRINGS_AND_COMMENTS.sub(lambda m: "\n" * m.group(0).count("\n"), source)
+    code = STRINGS_AND_COMMENTS.sub(lambda m: "\n" * m.group(0).count("\n"), source)
     depth = operators = 0
     line = statement_line = 1
     start = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import starlark as sl
 
-from mk.engine import depth
+from mk.engine import depth, syntax
 from mk.engine.attrs import output_names
 from mk.engine.errors import Location, MkError, did_you_mean
 from mk.engine.graph_cache import NotUtf8Error, Observations
@@ -211,7 +211,10 @@ class Loader:
         if pending is not None:
             return pending if pending.location else MkError(pending.message, span)
         message = match.group(1).replace("`", "'") if match else str(error).strip()
-        return MkError(message.removeprefix("Parse error: "), span)
+        message = message.removeprefix("Parse error: ")
+        if span is not None and span.file in self._lines:
+            message, span = syntax.readable(message, span, "\n".join(self._lines[span.file]) + "\n")
+        return MkError(message, span)
 
     def _fail(self, message: str, location: Location | None = None) -> MkError:
         """Record an error to report instead of Starlark's wrapping of it, and return it."""
