@@ -180,6 +180,14 @@ def test_mk_image_takes_the_options_of_mk_build(workspace: WorkspaceFactory, rep
     assert "Tar" in forced and "Initrd" in forced
 
 
+def test_lock_of_an_image_says_what_it_is_in_good_english(workspace: WorkspaceFactory, repo: Repo) -> None:
+    root = image_workspace(workspace, repo)
+    result = subprocess.run([MK, "lock", "//img:box"], cwd=root, env=mk_env(root.parent / "cache"),
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert "error: //img:box is an image; `mk lock` works on deb_packages targets" in result.stderr, result.stderr
+
+
 def test_image_without_busybox_is_refused(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
     root = image_workspace(workspace, repo)
     result = mk(root, tmp_path / "cache", "image", "//img:bare")

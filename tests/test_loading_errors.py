@@ -79,6 +79,10 @@ def test_unknown_attribute_far_from_any_gets_no_suggestion(workspace: WorkspaceF
          "genrule //pkg:a: attribute 'outs' must be a list of output file names, got list whose entry 2 is an int"),
         ('write_file(name = "a", out = "a.txt", is_executable = "yes")',
          "write_file //pkg:a: attribute 'is_executable' must be a bool, got string"),
+        ('tar(name = "a", src = ":l", compression = 9)',
+         "tar //pkg:a: attribute 'compression' must be one of 'none', 'gzip', 'zstd', 'xz', got int"),
+        ('genrule(name = "a", outs = ["a"], cmd = "true", toolchain = 1)',
+         "genrule //pkg:a: attribute 'toolchain' must be a label, or \"host\", got int"),
     ],
 )
 def test_wrong_attribute_type(workspace: WorkspaceFactory, call: str, message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import time
+from pathlib import Path
 
 from conftest import MK, WorkspaceFactory, mk_env, without_host_warning
 
@@ -63,3 +64,28 @@ def test_a_terminal_build_ends_with_the_summary_and_no_live_view_left(workspace:
     screen = proc.stdout  # what the pseudo-terminal showed: stderr and stdout together
     assert "Genrule //p:a" in screen and "[0/1]" not in screen
     assert screen.rstrip().splitlines()[-1].startswith("mk: 1 targets, 1 actions: 1 executed")
+
+
+class Writes(io.StringIO):
+    """A stream that records each write: lines must arrive whole, one write each, or another
+    thread's output can land between a line and its newline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_progress_and_remote_warnings_write_whole_lines(tmp_path: Path) -> None:
+    from mk.cache.local import LocalCache
+    from mk.cache.remote import RemoteCache, RemoteConfig
+
+    stream = Writes()
+    reporter = Reporter(2, None, stream=stream, live=False)
+    reporter.started(action("one"))
+    remote = RemoteCache(RemoteConfig("http://127.0.0.1:9"), LocalCache(tmp_path / "cache"), stream=stream)
+    remote._warn("dead", "it does not answer")
+    assert stream.calls and all(call.endswith("\n") and call.count("\n") == 1 for call in stream.calls), stream.calls

@@ -184,7 +184,9 @@ class RemoteCache:
                 return
             self._warned.add(kind)
         text = self.config.redact(f"mk: warning: remote cache {self.config.url}: {message}")
-        print(text, file=self.stream or sys.stderr, flush=True)
+        stream = self.stream or sys.stderr
+        stream.write(text + "\n")  # one write: progress lines come from other threads
+        stream.flush()
 
     def _trip(self, reason: str) -> None:
         """The server does not answer properly: stop asking it anything for the rest of the build,

@@ -6,6 +6,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
+def a_or_an(noun: str) -> str:
+    """'a layer', 'an image': the article a noun takes (by its first letter, which is enough for
+    the names of rules)."""
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 @dataclass(frozen=True)
 class Location:
     file: str  # relative to the workspace root

@@ -17,7 +17,7 @@ import starlark as sl
 
 from mk.engine import depth, syntax
 from mk.engine.attrs import output_names
-from mk.engine.errors import Location, MkError, did_you_mean
+from mk.engine.errors import Location, MkError, a_or_an, did_you_mean
 from mk.engine.graph_cache import NotUtf8Error, Observations
 from mk.engine.labels import Label, LabelError, Pattern
 from mk.engine.rule_api import Rule
@@ -329,7 +329,7 @@ class Loader:
                     value = attr.type.value_of(setting)
             elif not attr.type.accepts(value):
                 raise self._fail(
-                    f"{rule.name} {label}: attribute '{attr.name}' must be a {attr.type.name}, "
+                    f"{rule.name} {label}: attribute '{attr.name}' must be {_a_value_of(attr.type.name)}, "
                     f"got {_starlark_type(value)}",
                     location,
                 )
@@ -361,6 +361,11 @@ def _declared_outputs(rule: Rule, attrs: dict[str, object]) -> list[str]:
 
 
 _TYPE_NAMES: dict[type, str] = {str: "string", bool: "bool", int: "int", list: "list", dict: "dict"}
+
+
+def _a_value_of(type_name: str) -> str:
+    """'a string', 'an int', but 'one of 'x', 'y''."""
+    return type_name if type_name.startswith("one of") else a_or_an(type_name)
 
 
 def _starlark_type(value: object) -> str:

@@ -68,7 +68,8 @@ class Reporter:
                     self._live.executed, self._live.cached = 0, self.done
                 self._live.started(action)
             else:
-                print(f"[{self.done}/{self.total}] {action.describe()}", file=self.stream)
+                # One write per line: a line printed by another thread cannot land inside it.
+                self.stream.write(f"[{self.done}/{self.total}] {action.describe()}\n")
 
     def close(self) -> None:
         """Take the live view off the terminal, before the summary line is printed."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mk.engine.errors import MkError
+from mk.engine.errors import MkError, a_or_an
 from mk.engine.targets import Target
 from mk.engine.workspace import Workspace
 from mk.rules.deb.index import read_indices
@@ -24,7 +24,7 @@ class LockReport:
 
 def lock(workspace: Workspace, target: Target, cache_root: Path) -> LockReport:
     if target.rule.name != "deb_packages":
-        raise MkError(f"{target.label} is a {target.rule.name}; `mk lock` works on deb_packages targets")
+        raise MkError(f"{target.label} is {a_or_an(target.rule.name)}; `mk lock` works on deb_packages targets")
     attrs = target.attrs
     wanted = manifest(attrs)
     keyring = Path(str(attrs["keyring"]))
