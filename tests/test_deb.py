@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 import blake3
 import pytest
 from conftest import MIRROR_SECONDS, Workspace, WorkspaceFactory, assert_nothing_imported, parse_summary
-from debrepo import Deb, Member, Repo, build_deb
+from debrepo import Deb, Member, Repo, app_repo, build_deb
 
 from mk.cache.tree import Kind, Tree
 
@@ -159,10 +160,7 @@ def test_unsatisfiable_and_badly_signed_archives_fail_the_lock(workspace: Worksp
 
 
 def test_tampered_index_is_refused(workspace: WorkspaceFactory, tmp_path: Path) -> None:
-    repo = Repo(tmp_path / "tampered")
-    repo.add("bookworm", Deb("app"))
-    repo.add("bookworm-security")
-    repo.publish()
+    repo = app_repo(tmp_path / "tampered")
     for name in ("Packages", "Packages.gz"):
         (repo.root / "dists/bookworm/main/binary-amd64" / name).write_bytes(b"Package: evil\n")
     result = deb_workspace(workspace, repo).mk("lock", "//os:base")
@@ -198,10 +196,7 @@ def test_malicious_packages_are_refused(workspace: WorkspaceFactory, tmp_path: P
 
 def truncated_repo(tmp_path: Path) -> tuple[Repo, Path, int]:
     """A repository whose app .deb has lost its last 200 bytes: (repo, the .deb, its full size)."""
-    repo = Repo(tmp_path / "short")
-    repo.add("bookworm", Deb("app"))
-    repo.add("bookworm-security")
-    repo.publish()
+    repo = app_repo(tmp_path / "short")
     deb = repo.deb_path(Deb("app"))
     size = deb.stat().st_size
     deb.write_bytes(deb.read_bytes()[:-200])
@@ -244,11 +239,13 @@ def test_truncated_deb_that_the_index_describes_is_refused_when_read(
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     drop_debs = False
+    requested: list[str]  # every GET's path, in order (each `serving` gives its handler its own list)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
+        self.requested.append(self.path)
         if self.drop_debs and self.path.endswith(".deb"):
             body = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
             self.send_response(200)
@@ -261,9 +258,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-@pytest.fixture
-def http_repo(repo: Repo) -> Iterator[tuple[str, type[_Handler]]]:
-    handler = type("Handler", (_Handler,), {})
+@contextlib.contextmanager
+def serving(repo: Repo) -> Iterator[tuple[str, type[_Handler]]]:
+    """The repository over loopback HTTP: its base URL, and the handler class that serves it."""
+    handler: type[_Handler] = type("Handler", (_Handler,), {"requested": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(repo.root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -272,6 +270,12 @@ def http_repo(repo: Repo) -> Iterator[tuple[str, type[_Handler]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def http_repo(repo: Repo) -> Iterator[tuple[str, type[_Handler]]]:
+    with serving(repo) as served:
+        yield served
 
 
 def test_http_mirror_and_a_server_that_drops_the_connection(
