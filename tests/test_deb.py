@@ -150,22 +150,26 @@ def test_unsatisfiable_and_badly_signed_archives_fail_the_lock(workspace: Worksp
     ws = deb_workspace(workspace, repo)
     result = ws.mk("lock", "//os:base")
     assert result.code == 2
-    assert ("error: cannot install app 1.0: it depends on 'libgone (>= 2)', which no package in the suites "
+    assert ("os/BUILD:2:1: error: deb_packages //os:base: cannot install app 1.0: it depends on 'libgone (>= 2)', "
+            "which no package in the suites "
             "provides (add it to 'excludes' if the image does not need it)") in result.err
     inrelease = repo.root / "dists/bookworm/InRelease"
     inrelease.write_text(inrelease.read_text().replace("Suite: bookworm", "Suite: evil"))
     result = ws.mk("lock", "//os:base")
     assert result.code == 2
-    assert "error: suite bookworm: the Release file's signature does not verify against" in result.err
+    assert ("os/BUILD:2:1: error: deb_packages //os:base: suite bookworm: the Release file's signature does not "
+            "verify against") in result.err
 
 
 def test_tampered_index_is_refused(workspace: WorkspaceFactory, tmp_path: Path) -> None:
     repo = app_repo(tmp_path / "tampered")
+    listed = (repo.root / "dists/bookworm/main/binary-amd64/Packages.gz").stat().st_size
     for name in ("Packages", "Packages.gz"):
         (repo.root / "dists/bookworm/main/binary-amd64" / name).write_bytes(b"Package: evil\n")
     result = deb_workspace(workspace, repo).mk("lock", "//os:base")
     assert result.code == 2
-    assert "main/binary-amd64/Packages.gz: got 14 bytes, expected " in result.err
+    assert (f"main/binary-amd64/Packages.gz: got 14 bytes, {listed - 14} fewer than the {listed} expected"
+            in result.err)
 
 
 @pytest.mark.parametrize(
@@ -209,8 +213,9 @@ def test_truncated_download_is_refused(workspace: WorkspaceFactory, tmp_path: Pa
     assert ws.mk("lock", "//os:base").code == 0
     result = ws.mk("build", "//os:base")
     assert result.code == 1
-    assert (f"error: DebFetch //os:base failed: {deb.as_uri()}: got {size - 200} bytes, expected {size} "
-            "(truncated download) (gave up after 3 attempts)\n") in result.err
+    assert (f"error: DebFetch //os:base failed: {deb.as_uri()}: got {size - 200} bytes, 200 fewer than the {size} "
+            "expected: the download was cut short, or the file is not the one listed (gave up after 3 attempts)\n"
+            ) in result.err
 
 
 def test_truncated_deb_that_the_index_describes_is_refused_when_read(

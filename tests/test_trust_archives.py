@@ -386,8 +386,8 @@ def test_an_index_naming_a_path_outside_the_archive_is_refused(workspace: Worksp
     repo.write_suite("bookworm", packages.replace("Filename: pool/main/a/app/", "Filename: ../../../"))
     result = deb_workspace(workspace, repo).mk("lock", "//os:base")
     assert result.code == 2, result
-    assert ("error: suite bookworm: package 'app': path '../../../app_1.0_amd64.deb' is not a relative path "
-            "inside the archive") in result.err
+    assert ("os/BUILD:2:1: error: deb_packages //os:base: suite bookworm: package 'app': path "
+            "'../../../app_1.0_amd64.deb' is not a relative path inside the archive") in result.err
 
 
 def test_a_control_file_naming_a_path_is_refused(tmp_path: Path) -> None:
