@@ -88,10 +88,13 @@ def build_deb(deb: Deb) -> bytes:
 
 
 class Repo:
-    """A signed repository under `root`, as a Debian mirror lays it out."""
+    """A signed repository under `root`, as a Debian mirror lays it out. With `by_hash`, its Release
+    files say `Acquire-By-Hash: yes` and each Packages file is also kept under
+    `by-hash/SHA256/<sha256>` beside it, where earlier versions stay (as on a Debian mirror)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, by_hash: bool = False) -> None:
         self.root = root
+        self.by_hash = by_hash
         self.gnupg = root.parent / f"{root.name}-gnupg"
         self.keyring = root.parent / f"{root.name}-keyring.gpg"
         self.suites: dict[str, list[Deb]] = {}
@@ -107,7 +110,9 @@ class Repo:
     def deb_path(self, deb: Deb) -> Path:
         return self.root / "pool/main" / deb.name[0] / deb.name / deb.filename()
 
-    def publish(self) -> None:
+    def publish(self, release: bool = True) -> None:
+        """The pool, the Packages files and (unless `release` is False, as on a mirror part-way
+        through an update) the signed Release files that list them."""
         for suite, debs in self.suites.items():
             paragraphs = []
             for deb in debs:
@@ -117,15 +122,31 @@ class Repo:
                 path.write_bytes(data)
                 paragraphs.append(deb.control() + f"Filename: {path.relative_to(self.root)}\nSize: {len(data)}\n"
                                   f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
-            self.write_suite(suite, "\n".join(paragraphs))
+            self.write_packages(suite, "\n".join(paragraphs))
+            if release:
+                self.write_release(suite)
 
     def write_suite(self, suite: str, packages: str) -> None:
-        dist = self.root / "dists" / suite
-        index = dist / "main/binary-amd64"
+        self.write_packages(suite, packages)
+        self.write_release(suite)
+
+    def write_packages(self, suite: str, packages: str) -> None:
+        index = self.root / "dists" / suite / "main/binary-amd64"
         index.mkdir(parents=True, exist_ok=True)
-        (index / "Packages").write_text(packages)
-        (index / "Packages.gz").write_bytes(gzip.compress(packages.encode(), mtime=0))
-        lines = [f"Suite: {suite}", f"Codename: {suite}", "Architectures: amd64", "Components: main", "SHA256:"]
+        text = packages.encode()
+        for name, data in (("Packages", text), ("Packages.gz", gzip.compress(text, mtime=0))):
+            (index / name).write_bytes(data)
+            if self.by_hash:
+                (index / "by-hash/SHA256").mkdir(parents=True, exist_ok=True)
+                (index / "by-hash/SHA256" / hashlib.sha256(data).hexdigest()).write_bytes(data)
+
+    def write_release(self, suite: str) -> None:
+        """A signed Release listing the suite's Packages files as they are now."""
+        dist = self.root / "dists" / suite
+        lines = [f"Suite: {suite}", f"Codename: {suite}", "Architectures: amd64", "Components: main"]
+        if self.by_hash:
+            lines.append("Acquire-By-Hash: yes")
+        lines.append("SHA256:")
         for name in ("main/binary-amd64/Packages", "main/binary-amd64/Packages.gz"):
             data = (dist / name).read_bytes()
             lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {name}")
@@ -144,3 +165,12 @@ class Repo:
         subprocess.run(["gpg", "--homedir", str(self.gnupg), "--batch", "--yes", "--pinentry-mode", "loopback",
                         "--passphrase", "", *args], check=True, capture_output=True,
                        env={**os.environ, "GNUPGHOME": str(self.gnupg)})
+
+
+def app_repo(root: Path, by_hash: bool = False) -> Repo:
+    """A published repository with one package, app 1.0, in bookworm (and an empty bookworm-security)."""
+    repo = Repo(root, by_hash=by_hash)
+    repo.add("bookworm", Deb("app"))
+    repo.add("bookworm-security")
+    repo.publish()
+    return repo

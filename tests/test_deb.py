@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 import blake3
 import pytest
 from conftest import MIRROR_SECONDS, Workspace, WorkspaceFactory, assert_nothing_imported, parse_summary
-from debrepo import Deb, Member, Repo, build_deb
+from debrepo import Deb, Member, Repo, app_repo, build_deb
 
 from mk.cache.tree import Kind, Tree
 
@@ -149,25 +150,26 @@ def test_unsatisfiable_and_badly_signed_archives_fail_the_lock(workspace: Worksp
     ws = deb_workspace(workspace, repo)
     result = ws.mk("lock", "//os:base")
     assert result.code == 2
-    assert ("error: cannot install app 1.0: it depends on 'libgone (>= 2)', which no package in the suites "
+    assert ("os/BUILD:2:1: error: deb_packages //os:base: cannot install app 1.0: it depends on 'libgone (>= 2)', "
+            "which no package in the suites "
             "provides (add it to 'excludes' if the image does not need it)") in result.err
     inrelease = repo.root / "dists/bookworm/InRelease"
     inrelease.write_text(inrelease.read_text().replace("Suite: bookworm", "Suite: evil"))
     result = ws.mk("lock", "//os:base")
     assert result.code == 2
-    assert "error: suite bookworm: the Release file's signature does not verify against" in result.err
+    assert ("os/BUILD:2:1: error: deb_packages //os:base: suite bookworm: the Release file's signature does not "
+            "verify against") in result.err
 
 
 def test_tampered_index_is_refused(workspace: WorkspaceFactory, tmp_path: Path) -> None:
-    repo = Repo(tmp_path / "tampered")
-    repo.add("bookworm", Deb("app"))
-    repo.add("bookworm-security")
-    repo.publish()
+    repo = app_repo(tmp_path / "tampered")
+    listed = (repo.root / "dists/bookworm/main/binary-amd64/Packages.gz").stat().st_size
     for name in ("Packages", "Packages.gz"):
         (repo.root / "dists/bookworm/main/binary-amd64" / name).write_bytes(b"Package: evil\n")
     result = deb_workspace(workspace, repo).mk("lock", "//os:base")
     assert result.code == 2
-    assert "main/binary-amd64/Packages.gz: got 14 bytes, expected " in result.err
+    assert (f"main/binary-amd64/Packages.gz: got 14 bytes, {listed - 14} fewer than the {listed} expected"
+            in result.err)
 
 
 @pytest.mark.parametrize(
@@ -198,10 +200,7 @@ def test_malicious_packages_are_refused(workspace: WorkspaceFactory, tmp_path: P
 
 def truncated_repo(tmp_path: Path) -> tuple[Repo, Path, int]:
     """A repository whose app .deb has lost its last 200 bytes: (repo, the .deb, its full size)."""
-    repo = Repo(tmp_path / "short")
-    repo.add("bookworm", Deb("app"))
-    repo.add("bookworm-security")
-    repo.publish()
+    repo = app_repo(tmp_path / "short")
     deb = repo.deb_path(Deb("app"))
     size = deb.stat().st_size
     deb.write_bytes(deb.read_bytes()[:-200])
@@ -214,8 +213,9 @@ def test_truncated_download_is_refused(workspace: WorkspaceFactory, tmp_path: Pa
     assert ws.mk("lock", "//os:base").code == 0
     result = ws.mk("build", "//os:base")
     assert result.code == 1
-    assert (f"error: DebFetch //os:base failed: {deb.as_uri()}: got {size - 200} bytes, expected {size} "
-            "(truncated download) (gave up after 3 attempts)\n") in result.err
+    assert (f"error: DebFetch //os:base failed: {deb.as_uri()}: got {size - 200} bytes, 200 fewer than the {size} "
+            "expected: the download was cut short, or the file is not the one listed (gave up after 3 attempts)\n"
+            ) in result.err
 
 
 def test_truncated_deb_that_the_index_describes_is_refused_when_read(
@@ -244,11 +244,13 @@ def test_truncated_deb_that_the_index_describes_is_refused_when_read(
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     drop_debs = False
+    requested: list[str]  # every GET's path, in order (each `serving` gives its handler its own list)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
+        self.requested.append(self.path)
         if self.drop_debs and self.path.endswith(".deb"):
             body = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
             self.send_response(200)
@@ -261,9 +263,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-@pytest.fixture
-def http_repo(repo: Repo) -> Iterator[tuple[str, type[_Handler]]]:
-    handler = type("Handler", (_Handler,), {})
+@contextlib.contextmanager
+def serving(repo: Repo) -> Iterator[tuple[str, type[_Handler]]]:
+    """The repository over loopback HTTP: its base URL, and the handler class that serves it."""
+    handler: type[_Handler] = type("Handler", (_Handler,), {"requested": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(repo.root)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -272,6 +275,12 @@ def http_repo(repo: Repo) -> Iterator[tuple[str, type[_Handler]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def http_repo(repo: Repo) -> Iterator[tuple[str, type[_Handler]]]:
+    with serving(repo) as served:
+        yield served
 
 
 def test_http_mirror_and_a_server_that_drops_the_connection(

@@ -81,8 +81,11 @@ def test_unsatisfiable_names_the_package_and_the_missing_dependency() -> None:
     )
     with pytest.raises(MkError, match=r"package 'helo' is not in the indices \(did you mean 'hello'\?\)"):
         resolve([pkg("hello")], ["helo"])
-    with pytest.raises(MkError, match="version 9 of 'hello' is not in the indices"):
-        resolve([pkg("hello")], ["hello=9"])
+    with pytest.raises(MkError) as error:
+        resolve([pkg("hello"), pkg("hello", "1.0+deb12u1", suite="bookworm-security"),
+                 pkg("hello", "1.0+deb12u1", suite="bookworm-updates")], ["hello=9"])
+    assert error.value.message == ("version 9 of 'hello' is not in the indices; "
+                                   "available: 1.0+deb12u1 (bookworm-security, bookworm-updates), 1.0 (bookworm)")
 
 
 def test_conflicting_versions_are_reported() -> None:

@@ -16,7 +16,7 @@ import msgpack
 import pytest
 import zstandard
 from conftest import WorkspaceFactory
-from debrepo import Deb, Member, Repo, build_deb
+from debrepo import Deb, Member, app_repo, build_deb
 from test_deb import deb_workspace
 from test_tarball_import import make_tar
 
@@ -368,10 +368,7 @@ def test_a_lockfile_of_real_debian_versions_loads() -> None:
 
 def test_a_build_from_a_lockfile_naming_a_path_writes_nothing_outside(workspace: WorkspaceFactory,
                                                                     tmp_path: Path) -> None:
-    repo = Repo(tmp_path / "repo")
-    repo.add("bookworm", Deb("app"))
-    repo.add("bookworm-security")
-    repo.publish()
+    repo = app_repo(tmp_path / "repo")
     ws = deb_workspace(workspace, repo)
     assert ws.mk("lock", "//os:base").code == 0
     ws.write("os/base.lock.json", ws.read("os/base.lock.json").replace('"app"', '"../../../../../escaped"'))
@@ -384,16 +381,13 @@ def test_a_build_from_a_lockfile_naming_a_path_writes_nothing_outside(workspace:
 
 
 def test_an_index_naming_a_path_outside_the_archive_is_refused(workspace: WorkspaceFactory, tmp_path: Path) -> None:
-    repo = Repo(tmp_path / "repo")
-    repo.add("bookworm", Deb("app"))
-    repo.add("bookworm-security")
-    repo.publish()
+    repo = app_repo(tmp_path / "repo")
     packages = (repo.root / "dists/bookworm/main/binary-amd64/Packages").read_text()
     repo.write_suite("bookworm", packages.replace("Filename: pool/main/a/app/", "Filename: ../../../"))
     result = deb_workspace(workspace, repo).mk("lock", "//os:base")
     assert result.code == 2, result
-    assert ("error: suite bookworm: package 'app': path '../../../app_1.0_amd64.deb' is not a relative path "
-            "inside the archive") in result.err
+    assert ("os/BUILD:2:1: error: deb_packages //os:base: suite bookworm: package 'app': path "
+            "'../../../app_1.0_amd64.deb' is not a relative path inside the archive") in result.err
 
 
 def test_a_control_file_naming_a_path_is_refused(tmp_path: Path) -> None:

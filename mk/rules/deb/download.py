@@ -1,8 +1,10 @@
 """Downloads from a Debian archive (http, https or file URLs), checked before anything is kept.
 
 The file is written to a temporary name beside `dest`, hashed while it streams, and renamed
-into place only when its size and sha256 are what the index promised. Dropped connections and
-server errors are retried a few times; a 404 is not, because it means the file left the mirror.
+into place only when its size and sha256 are what the index promised. Dropped connections,
+server errors and short files are retried a few times; a 404 is not, because it means the file
+left the mirror, nor is a whole file that is not the one promised (larger, or another sha256),
+because asking again straight away gets the same file.
 """
 
 from __future__ import annotations
@@ -19,9 +21,14 @@ _CHUNK = 1 << 20
 
 
 class DownloadError(Exception):
-    def __init__(self, message: str, not_found: bool = False) -> None:
+    """`not_found`: the file is not there. `mismatch`: bytes came, but not the size or sha256
+    promised. `retry`: asking again may help."""
+
+    def __init__(self, message: str, not_found: bool = False, mismatch: bool = False, retry: bool = False) -> None:
         super().__init__(message)
         self.not_found = not_found
+        self.mismatch = mismatch
+        self.retry = retry
 
 
 def redact(url: str) -> str:
@@ -42,23 +49,33 @@ def download(url: str, dest: Path, sha256: str | None = None, size: int | None =
         try:
             got_sha, got_size = _fetch(url, tmp)
             if size is not None and got_size != size:
-                raise DownloadError(f"{redact(url)}: got {got_size} bytes, expected {size} (truncated download)")
+                raise _size_error(redact(url), got_size, size)
             if sha256 is not None and got_sha != sha256:
                 raise DownloadError(
                     f"{redact(url)}: sha256 is {got_sha}, expected {sha256}: the archive or a proxy is serving "
-                    "the wrong bytes; nothing was stored"
+                    "the wrong bytes; nothing was stored", mismatch=True,
                 )
             os.replace(tmp, dest)
             return
         except DownloadError as e:
-            if e.not_found or "sha256 is" in str(e):
+            if not e.retry:
                 raise
             last = e
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
     assert last is not None
-    raise DownloadError(f"{last} (gave up after {_ATTEMPTS} attempts)")
+    raise DownloadError(f"{last} (gave up after {_ATTEMPTS} attempts)", mismatch=last.mismatch)
+
+
+def _size_error(shown: str, got: int, expected: int) -> DownloadError:
+    """A file shorter than promised may have been cut short on the way (worth another try); a
+    longer one is whole, and not the file that was listed."""
+    if got < expected:
+        return DownloadError(f"{shown}: got {got} bytes, {expected - got} fewer than the {expected} expected: the "
+                             "download was cut short, or the file is not the one listed", mismatch=True, retry=True)
+    return DownloadError(f"{shown}: got {got} bytes, {got - expected} more than the {expected} expected: a different "
+                         "file from the one listed", mismatch=True)
 
 
 def _fetch(url: str, out: Path) -> tuple[str, int]:
@@ -85,7 +102,7 @@ def _fetch(url: str, out: Path) -> tuple[str, int]:
                     size += len(chunk)
                     sink.write(chunk)
             except TransportError as e:
-                raise DownloadError(str(e), not_found=e.status == 404) from None
+                raise DownloadError(str(e), not_found=e.status == 404, retry=e.status != 404) from None
         else:
             raise DownloadError(f"{redact(url)}: unsupported URL scheme '{scheme}'", not_found=True)
     return digest.hexdigest(), size

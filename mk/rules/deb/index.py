@@ -1,5 +1,12 @@
 """The archive's indices: a signed InRelease (or Release + Release.gpg) and the Packages files
-it vouches for, read into candidates for the resolver."""
+it vouches for, read into candidates for the resolver.
+
+A mirror updates file by file, so for a while its Packages files may already be the next ones
+while its Release file still lists the last. When the Release file says `Acquire-By-Hash: yes`,
+each index is fetched as apt does, from `by-hash/SHA256/<sha256>` beside it: those names never
+change meaning, and old ones stay a while after an update. The plain path serves the rest: an
+archive without by-hash files, or a mirror whose by-hash files lag behind.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import gzip
 import hashlib
 import io
 import lzma
+import posixpath
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +30,16 @@ from mk.rules.deb.mirrors import Mirrors, archive_of
 _FIELDS = ["Package", "Version", "Architecture", "Filename", "SHA256", "Size", "Source",
            "Depends", "Pre-Depends", "Provides", "Multi-Arch", "Essential"]
 _COMPRESSIONS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open, "": open}
+_MID_UPDATE = ("; the mirror may be part-way through an update (its Packages files no longer match its Release "
+               "file): run `mk lock` again in a few minutes")
+
+
+@dataclass(frozen=True)
+class ReleaseFiles:
+    """What a verified Release file lists: path -> (sha256, size), and whether by-hash paths serve them."""
+
+    files: dict[str, tuple[str, int]]
+    by_hash: bool
 
 
 @dataclass(frozen=True)
@@ -52,10 +70,10 @@ def read_indices(
         archive = archive_of(suite)
         base = mirrors.base(archive)
         release = _verified_release(f"{base}/dists/{suite}", keyring, suite)
-        hashes = _sha256_table(release)
+        listed = _release_files(release)
         for component in components:
             stem = f"{component}/binary-{arch}/Packages"
-            index = _fetch_packages(f"{base}/dists/{suite}", stem, hashes, cache, suite)
+            index = _fetch_packages(f"{base}/dists/{suite}", stem, listed, cache, suite)
             candidates.extend(_parse(index, archive, suite))
     return candidates
 
@@ -88,28 +106,40 @@ def _verified_release(dist_url: str, keyring: Path, suite: str) -> str:
         return (Path(tmp) / "Release").read_text(encoding="utf-8")
 
 
-def _sha256_table(release: str) -> dict[str, tuple[str, int]]:
+def _release_files(release: str) -> ReleaseFiles:
     from debian import deb822  # python-debian is slow to import: only `mk lock` needs it
 
     paragraph = deb822.Release(release)
-    return {entry["name"]: (entry["sha256"], int(entry["size"])) for entry in paragraph.get("SHA256", [])}
+    files = {entry["name"]: (entry["sha256"], int(entry["size"])) for entry in paragraph.get("SHA256", [])}
+    return ReleaseFiles(files, paragraph.get("Acquire-By-Hash", "no").strip().lower() == "yes")
 
 
-def _fetch_packages(dist_url: str, stem: str, hashes: dict[str, tuple[str, int]], cache: Path, suite: str) -> bytes:
+def _fetch_packages(dist_url: str, stem: str, listed: ReleaseFiles, cache: Path, suite: str) -> bytes:
     for suffix, opener in _COMPRESSIONS.items():
-        if stem + suffix not in hashes:
+        if stem + suffix not in listed.files:
             continue
-        sha256, size = hashes[stem + suffix]
+        sha256, size = listed.files[stem + suffix]
         local = cache / f"{sha256}{suffix}"
         if not (local.is_file() and _sha256(local) == sha256):
-            try:
-                download(f"{dist_url}/{stem}{suffix}", local, sha256=sha256, size=size)
-            except DownloadError as e:
-                raise MkError(f"suite {suite}: {e}") from None
+            _download_index(dist_url, stem + suffix, sha256, size, local, listed.by_hash, suite)
         with opener(local, "rb") as f:  # type: ignore[operator]
             data: bytes = f.read()
             return data
     raise MkError(f"suite {suite}: the Release file lists no {stem}; check the component and architecture")
+
+
+def _download_index(dist_url: str, name: str, sha256: str, size: int, local: Path, by_hash: bool, suite: str) -> None:
+    if by_hash:
+        try:
+            download(f"{dist_url}/{posixpath.dirname(name)}/by-hash/SHA256/{sha256}", local, sha256=sha256, size=size)
+            return
+        except DownloadError as e:
+            if not e.not_found:
+                raise MkError(f"suite {suite}: {e}") from None
+    try:
+        download(f"{dist_url}/{name}", local, sha256=sha256, size=size)
+    except DownloadError as e:
+        raise MkError(f"suite {suite}: {e}{_MID_UPDATE if e.mismatch else ''}") from None
 
 
 def _sha256(path: Path) -> str:

@@ -25,6 +25,13 @@ class LockReport:
 def lock(workspace: Workspace, target: Target, cache_root: Path) -> LockReport:
     if target.rule.name != "deb_packages":
         raise MkError(f"{target.label} is {a_or_an(target.rule.name)}; `mk lock` works on deb_packages targets")
+    try:
+        return _lock(workspace, target, cache_root)
+    except MkError as e:  # an archive, a package or a pin: said of the target, at its place in the BUILD file
+        raise MkError(f"deb_packages {target.label}: {e.message}", e.location or target.location) from None
+
+
+def _lock(workspace: Workspace, target: Target, cache_root: Path) -> LockReport:
     attrs = target.attrs
     wanted = manifest(attrs)
     keyring = Path(str(attrs["keyring"]))

@@ -64,10 +64,10 @@ class Resolver:
             wanted = _Alternative(name, ("=", version) if version else None)
             chosen = self._best(wanted)
             if chosen is None:
-                known = name in self.by_name
-                hint = "" if known else did_you_mean(name, self.by_name)
-                what = f"version {version} of '{name}'" if known else f"package '{name}'"
-                raise MkError(f"{what} is not in the indices{hint}")
+                if name in self.by_name:
+                    raise MkError(f"version {version} of '{name}' is not in the indices; "
+                                  f"available: {self._versions(name)}")
+                raise MkError(f"package '{name}' is not in the indices{did_you_mean(name, self.by_name)}")
             queue += self._select(chosen, "requested")
         while queue:
             package, _why = queue.pop()
@@ -107,6 +107,13 @@ class Resolver:
 
     def _best(self, alt: _Alternative) -> Candidate | None:
         return next((c for c in self.by_name.get(alt.name, []) if alt.accepts(c.version)), None)
+
+    def _versions(self, name: str) -> str:
+        """'2.0 (bookworm-security), 1.0 (bookworm, bookworm-updates)': newest first, with their suites."""
+        suites: dict[str, list[str]] = {}
+        for c in self.by_name[name]:
+            suites.setdefault(c.version, []).append(c.suite)
+        return ", ".join(f"{version} ({', '.join(names)})" for version, names in suites.items())
 
     def _select(self, candidate: Candidate, why: str) -> list[tuple[Candidate, str]]:
         existing = self.selected.get(candidate.name)
