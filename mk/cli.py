@@ -249,26 +249,30 @@ def _events_file(path: Path | None) -> Iterator[TextIO | None]:
 
 @cli.command()
 @click.argument("kind", type=click.Choice(["deps", "rdeps", "graph"]))
-@click.argument("target")
-@click.option("--output", type=click.Choice(["label", "dot", "svg"]), default="label", show_default=True,
-              help="svg needs graphviz's `dot`.")
-def query(kind: str, target: str, output: str) -> None:
-    """Print the dependencies (deps), dependents (rdeps) or dependency edges (graph) of TARGET."""
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--output", type=click.Choice(["label", "json", "dot", "svg"]), default="label", show_default=True,
+              help="label: one per line (graph: one edge per line); json: see README.md; svg needs graphviz's `dot`.")
+def query(kind: str, targets: tuple[str, ...], output: str) -> None:
+    """Print the dependencies (deps), dependents (rdeps) or dependency edges (graph) of TARGETS.
+
+    Each of TARGETS is a label, a pattern (//..., //pkg:all, //pkg/...) or, for rdeps, a source
+    file (//web:index.html, or web/index.html from the workspace root): `mk query rdeps FILE`
+    lists every target that rebuilds when FILE changes."""
     from mk.engine import query as q
 
     session = Session(REGISTRY)
     loader, analyzer = session.analyzer()
-    root = session.one_target(loader, target, "query")
-    universe = [root] if kind != "rdeps" else loader.expand("//...")
-    edges = q.dependency_edges(loader, analyzer, universe)
-    nodes = q.rdeps(edges, root) if kind == "rdeps" else q.deps(edges, root)
+    answer = q.ask(loader, analyzer, kind, targets)
+    for file in answer.unused_files():
+        print(f"mk query: no target uses {file}", file=sys.stderr)
     if output == "label":
-        text = q.to_edges(edges, nodes) if kind == "graph" else "".join(f"{n}\n" for n in nodes)
-        click.echo(text, nl=False)
+        click.echo(q.to_labels(answer), nl=False)
+    elif output == "json":
+        click.echo(q.to_json(answer), nl=False)
     elif output == "dot":
-        click.echo(q.to_dot(edges, nodes), nl=False)
+        click.echo(q.to_dot(answer.edges(), answer.nodes), nl=False)
     else:
-        sys.stdout.buffer.write(q.to_svg(q.to_dot(edges, nodes)))
+        sys.stdout.buffer.write(q.to_svg(q.to_dot(answer.edges(), answer.nodes)))
 
 
 @cli.command(cls=_WithRunnerOptions)
@@ -320,7 +324,7 @@ def explain(target: str) -> None:
     loader, analyzer = session.analyzer()
     roots = loader.expand(target)
     edges = q.dependency_edges(loader, analyzer, roots)
-    labels = {str(label) for root in roots for label in q.deps(edges, root)}
+    labels = {str(label) for label in q.deps(edges, roots)}
     lines = explain_lines(ExplainLog(session.cache.root, session.workspace.root).last_build(), labels)
     if not lines:
         click.echo(f"mk explain: no action of {target} ran in the last build")

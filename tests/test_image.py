@@ -177,6 +177,13 @@ def test_unknown_module_is_named(workspace: WorkspaceFactory, repo: Repo, tmp_pa
             f"kernel {RELEASE} (did you mean 'virtio_net' or 'virtio_ring' or 'virtio'?)") in result.stderr
 
 
+def test_rdeps_of_a_lockfile(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    result = mk(root, tmp_path / "cache", "query", "rdeps", "img/busybox.lock.json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "//img:box\n//img:busybox\n"
+
+
 def test_qemu_command_line(tmp_path: Path) -> None:
     (tmp_path / "cmdline").write_text("console=ttyS0\n")
     require(vm.QEMU)
