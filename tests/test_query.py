@@ -52,6 +52,13 @@ def test_deps_of_patterns(ws: Workspace) -> None:
     assert ws.mk("query", "deps", "//app:other", "//web:count").out == lines("//app:other", "//web:count")
 
 
+def test_patterns_without_slashes_and_below_a_folder_that_is_no_package(ws: Workspace) -> None:
+    ws.write("lib/one/BUILD", 'write_file(name = "one", out = "one.txt", content = "1\\n")\n')
+    result = ws.mk("query", "deps", "lib/...", "web:note")
+    assert result.code == 0, result.err
+    assert result.out == lines("//lib/one:one", "//web:note")
+
+
 def test_rdeps_of_a_pattern(ws: Workspace) -> None:
     result = ws.mk("query", "rdeps", "//web:all")
     assert result.code == 0, result.err

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from mk.engine.analysis import Analyzer
 from mk.engine.errors import MkError, did_you_mean
@@ -53,12 +54,13 @@ def ask(loader: Loader, analyzer: Analyzer, kind: str, texts: Sequence[str]) -> 
                       "targets that use it")
     universe = loader.expand("//...") if kind == "rdeps" else list(roots.targets)
     edges = dependency_edges(loader, analyzer, universe)
+    closure = {c.target.label: c for c in analyzer.closure()}
     if kind == "rdeps":
-        users = [c.target.label for c in analyzer.closure() if set(c.source_files()) & set(roots.files)]
+        users = [label for label, c in closure.items() if set(c.source_files()) & set(roots.files)]
         nodes = rdeps(edges, [*roots.targets, *users])
     else:
         nodes = deps(edges, roots.targets)
-    return Answer(kind, roots, tuple(nodes), {c.target.label: c for c in analyzer.closure()})
+    return Answer(kind, roots, tuple(nodes), closure)
 
 
 def resolve(loader: Loader, texts: Iterable[str]) -> Roots:
@@ -96,26 +98,27 @@ def _source_file(loader: Loader, text: str) -> str | None:
 
 
 def _targets(loader: Loader, text: str) -> list[Label]:
-    """The targets a label or pattern names; an error that also suggests files, which a query takes."""
+    """The targets a label or pattern names; errors also suggest files, which a query takes too."""
     try:
-        pattern = Pattern.parse(text)
+        pattern: Pattern | None = Pattern.parse(text)
     except LabelError:
         pattern = None
-    if _is_path(text) and (pattern is None or not loader.has_package(pattern.package)):
+    known = pattern is not None and (pattern.recursive or loader.has_package(pattern.package))
+    if not known and _is_path(text):
         folder = os.path.dirname(os.path.normpath(text))
         siblings = [os.path.join(folder, name) for name in _files_in(loader, folder)]
         raise MkError(f"'{text}' is neither a target nor a file of the workspace{did_you_mean(text, siblings)}")
-    if pattern is not None and pattern.name is not None and loader.has_package(pattern.package) \
+    if known and pattern is not None and pattern.name is not None \
             and pattern.name not in loader.package(pattern.package).targets:
         raise MkError(loader.missing_target_message(Label(pattern.package, pattern.name), with_files=True))
-    return loader.expand(text)
+    return loader.expand(text)  # or its error: a malformed label, a package that does not exist
 
 
 def _files_in(loader: Loader, folder: str) -> list[str]:
-    base = os.path.normpath(loader.root / folder)
-    if not base.startswith(str(loader.root)) or not os.path.isdir(base):
+    base = Path(os.path.normpath(loader.root / folder))
+    if not base.is_relative_to(loader.root) or not base.is_dir():
         return []
-    return sorted(name for name in os.listdir(base) if os.path.isfile(os.path.join(base, name)))
+    return sorted(entry.name for entry in base.iterdir() if entry.is_file())
 
 
 def dependency_edges(loader: Loader, analyzer: Analyzer, roots: Iterable[Label]) -> Edges:
