@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -24,11 +25,14 @@ from mk.engine.workspace import Workspace, find_workspace
 from mk.rules.families import registry as shipped_registry
 
 if TYPE_CHECKING:
+    from mk.cache.cas import ContentStore
     from mk.cache.remote import RemoteConfig
+    from mk.cache.tree_diff import Change
     from mk.engine.build import BuildResult
     from mk.engine.registry import Runner
     from mk.engine.rule_api import Provider
     from mk.engine.scheduler import ScheduleResult
+    from mk.engine.tree_view import BuiltTree
 
 EXIT_BUILD_FAILED = 1
 EXIT_USAGE = 2
@@ -124,8 +128,10 @@ def build(targets: tuple[str, ...], **options: Any) -> None:
     _build_and_report(BuildRequest(targets, **options))
 
 
-def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
-    """Build, print the outputs and the summary line; exit unless the build succeeded."""
+def _build_and_report(request: BuildRequest, quiet: bool = False) -> tuple[Session, BuildResult]:
+    """Build, print the outputs and the summary line; exit unless the build succeeded. `quiet`: only
+    the summary line, on stderr, for commands whose stdout is their own (`mk ls`, `mk diff`)."""
+    report = sys.stderr if quiet else sys.stdout
     from mk.engine.build import BuildAborted, BuildOptions
     from mk.engine.report import Summary
 
@@ -156,15 +162,16 @@ def _build_and_report(request: BuildRequest) -> tuple[Session, BuildResult]:
         except (MkError, CacheFileError) as e:
             print(str(e) if isinstance(e, MkError) else f"error: {e}", file=sys.stderr)
             nothing = Summary(0, 0, 0, 0, 0, time.perf_counter() - started)
-            print((e.summary if isinstance(e, BuildAborted) else nothing).line())
+            print((e.summary if isinstance(e, BuildAborted) else nothing).line(), file=report)
             sys.exit(EXIT_USAGE)
-    prefix = os.path.relpath(session.workspace.root)
-    sys.stdout.write("".join(f"{os.path.join(prefix, path) if prefix != '.' else path}\n" for path in result.outputs))
+    if not quiet:
+        prefix = os.path.relpath(session.workspace.root)
+        sys.stdout.write("".join(f"{os.path.join(prefix, p) if prefix != '.' else p}\n" for p in result.outputs))
     for _action, error in result.schedule.failures:
         print(error if isinstance(error, MkError) else f"error: {error}", file=sys.stderr)
     if skipped := len(result.schedule.skipped):
         print(f"mk: {skipped} actions not run because something they need failed", file=sys.stderr)
-    print(result.summary.line())
+    print(result.summary.line(), file=report)
     if result.schedule.failures or differs:
         sys.exit(EXIT_BUILD_FAILED)
     return session, result
@@ -257,26 +264,41 @@ def _events_file(path: Path | None) -> Iterator[TextIO | None]:
 
 @cli.command()
 @click.argument("kind", type=click.Choice(["deps", "rdeps", "graph"]))
-@click.argument("target")
-@click.option("--output", type=click.Choice(["label", "dot", "svg"]), default="label", show_default=True,
-              help="svg needs graphviz's `dot`.")
-def query(kind: str, target: str, output: str) -> None:
-    """Print the dependencies (deps), dependents (rdeps) or dependency edges (graph) of TARGET."""
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--output", type=click.Choice(["label", "json", "dot", "svg"]), default="label", show_default=True,
+              help="label: one per line (graph: one edge per line); json: see README.md; svg needs graphviz's `dot`.")
+def query(kind: str, targets: tuple[str, ...], output: str) -> None:
+    """Print the dependencies (deps), dependents (rdeps) or dependency edges (graph) of TARGETS.
+
+    Each of TARGETS is a label, a pattern (//..., //pkg:all, //pkg/...) or, for rdeps, a source
+    file (//web:index.html, or a path such as web/index.html); from a folder of the workspace,
+    paths and patterns are relative to it. `mk query rdeps FILE` lists every target that
+    rebuilds when FILE changes."""
     from mk.engine import query as q
 
     session = Session(REGISTRY)
     loader, analyzer = session.analyzer()
-    root = session.one_target(loader, target, "query")
-    universe = [root] if kind != "rdeps" else loader.expand("//...")
-    edges = q.dependency_edges(loader, analyzer, universe)
-    nodes = q.rdeps(edges, root) if kind == "rdeps" else q.deps(edges, root)
+    answer = q.ask(loader, analyzer, kind, tuple(_from_here(session, t) for t in targets))
+    for file in answer.unused_files():
+        print(f"mk query: no target uses {file}", file=sys.stderr)
     if output == "label":
-        text = q.to_edges(edges, nodes) if kind == "graph" else "".join(f"{n}\n" for n in nodes)
-        click.echo(text, nl=False)
+        click.echo(q.to_labels(answer), nl=False)
+    elif output == "json":
+        click.echo(q.to_json(answer), nl=False)
     elif output == "dot":
-        click.echo(q.to_dot(edges, nodes), nl=False)
+        click.echo(q.to_dot(answer.edges(), answer.nodes), nl=False)
     else:
-        sys.stdout.buffer.write(q.to_svg(q.to_dot(edges, nodes)))
+        sys.stdout.buffer.write(q.to_svg(q.to_dot(answer.edges(), answer.nodes)))
+
+
+def _from_here(session: Session, text: str) -> str:
+    """A query argument written in the current folder: a file there as a workspace path, anything
+    else as a pattern made absolute (at the workspace root, both are unchanged)."""
+    if not session.current_package:
+        return text
+    if Path(text).is_file():
+        return os.path.relpath(Path(text).resolve(), session.workspace.root)
+    return session.absolute(text)
 
 
 @cli.command(cls=_WithRunnerOptions)
@@ -328,12 +350,127 @@ def explain(target: str) -> None:
     loader, analyzer = session.analyzer()
     roots = loader.expand(session.absolute(target))
     edges = q.dependency_edges(loader, analyzer, roots)
-    labels = {str(label) for root in roots for label in q.deps(edges, root)}
+    labels = {str(label) for label in q.deps(edges, roots)}
     lines = explain_lines(ExplainLog(session.cache.root, session.workspace.root).last_build(), labels)
     if not lines:
         click.echo(f"mk explain: no action of {target} ran in the last build")
     for line in lines:
         click.echo(line)
+
+
+_TREE_TARGETS = "a layer, rootfs, deb_packages, kernel or image"
+
+
+@cli.command("ls")
+@click.argument("target")
+@click.argument("paths", nargs=-1)
+def ls(target: str, paths: tuple[str, ...]) -> None:
+    """List the tree TARGET provides, like `tar tvf`: mode, owner uid/gid, size (or a device's
+    major,minor), the start of the content digest, and the path.
+
+    TARGET is a layer, rootfs, deb_packages, kernel (its modules) or image (its root filesystem),
+    built first if needed. PATHS (e.g. /etc) list only those paths and what is under them."""
+    from mk.engine import tree_view
+
+    session, (built,) = _built_trees((target,), "mk ls")
+    with _blob_store(session) as cas:
+        tree = built.read(cas, "mk ls")
+    click.echo("".join(f"{line}\n" for line in tree_view.listing(built, tree, paths)), nl=False)
+
+
+@cli.command()
+@click.argument("targets", nargs=-1, required=True)
+def diff(targets: tuple[str, ...]) -> None:
+    """Compare the trees of two targets (A B), or of one target between its last two builds (A).
+
+    Lines say what was added (+), removed (-) and changed (~: content, mode, owner, link target,
+    device), and diffoscope, when installed, shows how each changed file differs. With one
+    target, the tree its build makes now is compared with the different tree an earlier build
+    made (every build remembers the trees it made)."""
+    from mk.cache import tree_diff
+    from mk.engine import tree_view
+    from mk.engine.tree_history import TreeHistory
+
+    if len(targets) > 2:
+        raise click.UsageError("mk diff takes two targets, or one to compare with its previous build")
+    session, built = _built_trees(targets, "mk diff")
+    if len(built) == 1:
+        now = dataclasses.replace(built[0], when="this build")
+        built = [tree_view.previous(TreeHistory(session.cache.root, session.workspace.root), now), now]
+    old, new = built
+    with _blob_store(session) as cas:
+        old_tree, new_tree = old.read(cas, "mk diff"), new.read(cas, "mk diff")
+        changes = tree_diff.compare(old_tree, new_tree)
+        click.echo(f"{old.header('---')}\n{new.header('+++')}")
+        for line in tree_diff.lines(changes):
+            click.echo(line)
+        _diffoscope_changed(session, cas, changes)
+    click.echo(f"mk diff: {tree_diff.summary(changes, old_tree, new_tree)}")
+
+
+def _built_trees(targets: tuple[str, ...], command: str) -> tuple[Session, list[BuiltTree]]:
+    """Build TARGETS (one target each) and say which tree each stands for; the build's report
+    goes to stderr."""
+    from mk.engine.session import exactly_one
+    from mk.engine.tree_view import BuiltTree
+    from mk.rules.trees import provided_tree
+
+    session, result = _build_and_report(BuildRequest(targets), quiet=True)
+    # The providers of the requested targets, in the order the targets were named; one target
+    # named twice (`mk diff A A`) is there once.
+    found = list(result.providers.items())
+    if len(targets) == 1:
+        found = [exactly_one(found, targets[0], command)]
+    elif len(found) == 1:
+        found = found * len(targets)
+    elif len(found) != len(targets):
+        raise MkError(f"{command} takes one target per argument; {' '.join(targets)} name {len(found)}")
+    trees = []
+    for label, providers in found:
+        artifact = provided_tree(providers)
+        if artifact is None:
+            raise MkError(f"{command}: {label} ({providers.rule}) has no tree; {command} takes a target that "
+                          f"provides one ({_TREE_TARGETS})")
+        trees.append(BuiltTree(label, artifact.path, result.schedule.files[artifact.path].digest))
+    return session, trees
+
+
+@contextmanager
+def _blob_store(session: Session) -> Iterator[ContentStore]:
+    """The local content store; with a remote cache set, also reading what it lacks from there: a
+    build that took a tree from the remote downloads neither it nor its files unless it needs them."""
+    config = _remote(session.workspace, upload=False)
+    if config is None:
+        yield session.cache.cas
+        return
+    from mk.cache.remote import RemoteCache
+
+    remote = RemoteCache(config, session.cache)
+    try:
+        yield session.cache.cas.with_fetcher(remote)
+    finally:
+        remote.close()
+
+
+def _diffoscope_changed(session: Session, cas: ContentStore, changes: list[Change]) -> None:
+    """diffoscope's report on each file whose content changed, or why there is none."""
+    from mk.cache import diffoscope
+    from mk.cache.tree_diff import content_changes
+
+    changed = content_changes(changes)
+    if not changed:
+        return
+    if not diffoscope.installed():
+        print("mk diff: diffoscope is not installed, so changed files are compared by digest only "
+              f"({diffoscope.INSTALL_HINT})", file=sys.stderr)
+        return
+    with session.cache.scratch_dir("diff") as scratch:
+        for path, before, after in changed:
+            report = diffoscope.compare(cas, before, after, path, scratch)
+            if report is None:
+                print(f"mk diff: /{path} is not compared: a version of it is not in the cache", file=sys.stderr)
+            else:
+                click.echo(report, nl=not report.endswith("\n"))
 
 
 @cli.command()

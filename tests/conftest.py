@@ -136,6 +136,16 @@ def assert_nothing_imported(cache_dir: Path, content: bytes) -> None:
     assert trees == [], f"a tree was stored: {trees}"
 
 
+def fake_diffoscope(folder: Path) -> dict[str, str]:
+    """An environment whose PATH starts with a `diffoscope` that prints what it was given: each
+    file's path and content, one line each (and exits 1, as diffoscope does on a difference)."""
+    folder.mkdir(parents=True)
+    script = folder / "diffoscope"
+    script.write_text('#!/bin/sh\nshift 2\nfor f in "$@"; do echo "$f: $(cat "$f")"; done\nexit 1\n', encoding="utf-8")
+    script.chmod(0o755)
+    return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
 def mk_env(cache_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The host environment minus every MK_* setting, plus our private cache."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MK_")}

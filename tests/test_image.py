@@ -12,6 +12,7 @@ import zstandard
 from conftest import MK, WorkspaceFactory, mk_env, read_events, require
 from debrepo import Deb, Member, Repo
 
+from mk.cache.cas import digest_bytes
 from mk.engine.errors import MkError
 from mk.rules import qemu as vm
 from mk.rules.kernel import modinfo_depends
@@ -202,6 +203,26 @@ def test_unknown_module_is_named(workspace: WorkspaceFactory, repo: Repo, tmp_pa
     assert result.returncode == 1
     assert (f"error: KernelModules //img:kernel failed: module 'virtio_nett' (needed by the kernel rule) is not in "
             f"kernel {RELEASE} (did you mean 'virtio_net' or 'virtio_ring' or 'virtio'?)") in result.stderr
+
+
+def test_ls_of_an_image_and_of_a_kernel(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    result = mk(root, tmp_path / "cache", "ls", "//img:box", "/etc/hostname", "/etc/motd")
+    assert result.returncode == 0, result.stderr
+    hostname, motd = digest_bytes(b"boxy\n")[:12], digest_bytes(b"hi\n")[:12]
+    assert result.stdout == f"-rw-r--r-- 0/0 5 {hostname} /etc/hostname\n-rw-r--r-- 0/0 3 {motd} /etc/motd\n"
+    ko = module("virtio_net", MODULES["virtio_net"][1])
+    path = f"/usr/lib/modules/{RELEASE}/kernel/drivers/net/virtio_net.ko"
+    result = mk(root, tmp_path / "cache", "ls", "//img:kernel", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"-rw-r--r-- 0/0 {len(ko)} {digest_bytes(ko)[:12]} {path}\n"
+
+
+def test_rdeps_of_a_lockfile(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    result = mk(root, tmp_path / "cache", "query", "rdeps", "img/busybox.lock.json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "//img:box\n//img:busybox\n"
 
 
 def test_qemu_command_line(tmp_path: Path) -> None:

@@ -22,7 +22,16 @@ import blake3
 import msgpack
 import pytest
 import zstandard
-from conftest import MK, Workspace, WorkspaceFactory, assert_cache_is_sound, mk_env, parse_summary, read_events
+from conftest import (
+    MK,
+    Workspace,
+    WorkspaceFactory,
+    assert_cache_is_sound,
+    fake_diffoscope,
+    mk_env,
+    parse_summary,
+    read_events,
+)
 from remote_servers import Remote, faulty_server, free_port, nginx_server, serve_process
 
 from mk.cache.action_cache import ActionCache, ActionResult
@@ -268,6 +277,22 @@ def test_blobs_stored_by_in_process_actions_are_uploaded(
     assert ran == ["Cpio", "MergeTrees"]  # the layer and its inputs came from the remote
     assert outputs(examples) == expected
     assert_cache_is_sound(tmp_path / "B", logs=True)
+
+
+def test_ls_and_diff_read_what_they_lack_from_the_remote(
+    workspace: WorkspaceFactory, served: Remote, keys: Keys, tmp_path: Path
+) -> None:
+    """A tree's file contents are not downloaded when a build takes the tree from the remote; to
+    compare those files, `mk diff` reads them from the remote too."""
+    ws = workspace({"p/BUILD": 'layer(name = "a", files = {"/etc/motd": "one"})\n'
+                               'layer(name = "b", files = {"/etc/motd": "two"})\n',
+                    "p/one": "one\n", "p/two": "two\n"})
+    build(ws, tmp_path / "A", writer(served.url, keys), "//p:a", "//p:b")
+    env = {"MK_CACHE_DIR": str(tmp_path / "B"), **reader(served.url, keys), **fake_diffoscope(tmp_path / "bin")}
+    result = ws.mk("diff", "//p:a", "//p:b", env=env)
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[-3:] == ["a/etc/motd: one", "b/etc/motd: two",
+                                            "mk diff: 0 added, 0 removed, 1 changed; files 4 B -> 4 B"]
 
 
 @pytest.mark.parametrize("how", ["env", "flag", "setting", "no-signing-key"])

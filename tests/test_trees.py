@@ -1,4 +1,4 @@
-"""Unit tests of the tree model: building, checking, merging, encoding."""
+"""Unit tests of the tree model: building, checking, merging, encoding, listing and comparing."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mk.cache import tree_diff, tree_listing
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree, TreeError, merge, normalise
 
@@ -99,3 +100,13 @@ def test_blob_reader_streams_and_verifies(tmp_path: Path) -> None:
     blob.write_bytes(zstandard.ZstdCompressor().compress(b"y" * 3_000_000))
     with pytest.raises(Exception, match="corrupt"), cas.open(digest) as reader:
         reader.read()
+
+
+def test_diff_of_an_entry_that_changed_kind_says_only_that() -> None:
+    old = Tree.build([Entry("etc/x", Kind.FILE, 0o644, digest="ab" * 32, size=3), Entry("run/p", Kind.FIFO, 0o600)])
+    new = Tree.build([Entry("etc/x", Kind.SYMLINK, 0o777, target="y"), Entry("run/p", Kind.FIFO, 0o600, uid=7)])
+    changes = tree_diff.compare(old, new)
+    assert tree_diff.lines(changes) == ["~ /etc/x: kind file -> symlink", "~ /run/p: owner 0/0 -> 7/0"]
+    assert tree_diff.content_changes(changes) == []
+    assert tree_diff.summary(changes, old, new) == "0 added, 0 removed, 2 changed; files 3 B -> 0 B"
+    assert tree_listing.lines(new.entries[-1:]) == ["prw------- 7/0 0 -            /run/p"]

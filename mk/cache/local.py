@@ -23,6 +23,12 @@ def default_cache_dir() -> Path:
     return Path(xdg) / "mk"
 
 
+def workspace_name(workspace: Path) -> str:
+    """The name of what the cache keeps for one workspace, so two checkouts sharing a cache keep
+    theirs apart."""
+    return blake3.blake3(str(workspace).encode()).hexdigest()[:32]
+
+
 class LocalCache:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -32,7 +38,7 @@ class LocalCache:
 
     def stat_cache(self, workspace: Path) -> StatCache:
         """One stat cache per workspace, so two checkouts sharing a cache do not evict each other."""
-        name = blake3.blake3(str(workspace).encode()).hexdigest()[:32]
+        name = workspace_name(workspace)
         # "-2": the checksummed format; a file of the first format is left alone, not called damaged.
         return StatCache(self.root / "stat" / f"{name}-2.msgpack")
 

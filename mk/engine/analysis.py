@@ -31,7 +31,13 @@ class Analyzer:
         self._stack.append(label)
         try:
             deps = {attr.name: self._deps(target, attr) for attr in target.rule.attrs if attr.type.holds_labels}
-            ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch, self.loader.read_source)
+            read: list[str] = []
+
+            def read_source(path: str) -> str | None:
+                read.append(path)  # its content shapes the target, as an action's input does
+                return self.loader.read_source(path)
+
+            ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch, read_source)
             try:
                 providers = Providers.of(target.rule.name, target.rule.analyze(ctx))
             except MkError as e:
@@ -43,7 +49,7 @@ class Analyzer:
         for action in ctx.actions:
             _check_outputs(target, action)
         dep_labels = tuple(sorted({d.label for ds in deps.values() for d in ds if d.label}))
-        configured = ConfiguredTarget(target, providers, tuple(ctx.actions), dep_labels)
+        configured = ConfiguredTarget(target, providers, tuple(ctx.actions), dep_labels, tuple(sorted(set(read))))
         self.done[label] = configured
         return configured
 

@@ -26,6 +26,7 @@ from mk.engine.rebuilder import Outcome, Rebuilder
 from mk.engine.registry import Registry
 from mk.engine.report import Reporter, Summary
 from mk.engine.scheduler import ScheduleResult, run_actions
+from mk.engine.tree_history import TreeHistory
 from mk.engine.workspace import OUTPUT_DIR, Workspace
 
 if TYPE_CHECKING:
@@ -191,6 +192,8 @@ def _attempt(
         recent.save({o.key: o.result for o in schedule.outcomes})
     if not options.force:
         _record_explain(cache, workspace, schedule)
+        TreeHistory(cache.root, workspace.root).record(
+            {o.path: o.digest for outcome in schedule.outcomes for o in outcome.result.outputs if o.tree})
     corrupt = [e for _, e in schedule.failures if isinstance(e, CorruptBlobError | MissingBlobError)]
     if corrupt:
         raise corrupt[0]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
+from mk.cache import diffoscope as blob_diff
+from mk.cache.cas import ContentStore
 from mk.engine.scheduler import ScheduleResult
-
-_REPORT_LIMIT = 20_000
 
 
 @dataclass(frozen=True)
@@ -35,19 +32,7 @@ def compare(reference: ScheduleResult, rebuilt: ScheduleResult) -> list[Mismatch
 
 def diffoscope(cas: ContentStore, mismatch: Mismatch, scratch: Path) -> str | None:
     """diffoscope's text report on the two versions, when diffoscope is installed."""
-    tool = shutil.which("diffoscope")
-    if tool is None or not mismatch.reference:
+    if not mismatch.reference:
         return None
-    name = Path(mismatch.path).name
-    files = []
-    for which, digest in (("reference", mismatch.reference), ("rebuilt", mismatch.rebuilt)):
-        folder = scratch / which
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(folder / name, "wb") as out:
-                cas.copy_to(digest, out)
-        except (MissingBlobError, CorruptBlobError):
-            return None  # e.g. a remote hit whose bytes were never downloaded
-        files.append(str(folder / name))
-    result = subprocess.run([tool, "--text", "-", *files], capture_output=True, text=True, check=False)
-    return result.stdout[:_REPORT_LIMIT]
+    return blob_diff.compare(cas, mismatch.reference, mismatch.rebuilt, Path(mismatch.path).name, scratch,
+                             ("reference", "rebuilt"))

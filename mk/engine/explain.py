@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import blake3
 import msgpack
 
 from mk.cache.fsutil import write_atomic
+from mk.cache.local import workspace_name
 from mk.engine.actions import Action
 from mk.engine.keys import KeyMaterial
 
@@ -43,8 +43,7 @@ class ExplainLog:
     actions that executed in the last build with their material then and before."""
 
     def __init__(self, cache_root: Path, workspace_root: Path) -> None:
-        name = blake3.blake3(str(workspace_root).encode()).hexdigest()[:32]
-        self.file = cache_root / "explain" / f"{name}.msgpack"
+        self.file = cache_root / "explain" / f"{workspace_name(workspace_root)}.msgpack"
 
     def _load(self) -> tuple[dict[str, Material], list[dict[str, object]]]:
         try:

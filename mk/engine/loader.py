@@ -112,14 +112,31 @@ class Loader:
                 found.append("" if rel == "." else rel)
         return sorted(found)
 
-    def missing_target_message(self, label: Label) -> str:
-        return f"target '{label}' does not exist{self.nearest_targets(label)}"
+    def package_files(self, name: str) -> list[str]:
+        """Files of a package, relative to it; subpackages and hidden folders are not entered."""
+        base = self.root / name
+        files: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            self.observed.listed(dirpath)
+            rel = os.path.relpath(dirpath, base)
+            dirnames[:] = [
+                d for d in dirnames
+                if not _skipped_dir(os.path.relpath(dirpath, self.root), d)
+                and not self.observed.is_file(Path(dirpath) / d / BUILD_FILE)
+            ]
+            files.extend(f if rel == "." else f"{rel}/{f}" for f in filenames)
+        return sorted(files)
 
-    def nearest_targets(self, label: Label) -> str:
-        """A did-you-mean hint naming the existing targets closest to `label`."""
+    def missing_target_message(self, label: Label, with_files: bool = False) -> str:
+        return f"target '{label}' does not exist{self.nearest_targets(label, with_files)}"
+
+    def nearest_targets(self, label: Label, with_files: bool = False) -> str:
+        """A did-you-mean hint naming the existing targets closest to `label` (`with_files`: and
+        the package's source files, for commands that take those too)."""
         package = self.package(label.package)
+        files = self.package_files(label.package) if with_files else []
         # Compare names, not whole labels: the shared '//pkg:' prefix would make every target close.
-        hint = did_you_mean(label.name, (*package.targets, *package.outputs))
+        hint = did_you_mean(label.name, (*package.targets, *package.outputs, *files))
         # Then show each suggestion as a full label (a target name cannot contain a quote).
         return re.sub(r"'([^']*)'", lambda m: f"'{Label(label.package, m.group(1))}'", hint)
 
@@ -263,27 +280,12 @@ class Loader:
         matchers = [glob_regex(p) for p in include]
         excluders = [glob_regex(p) for p in exclude or []]
         found = [
-            f for f in self._package_files(package.name)
+            f for f in self.package_files(package.name)
             if any(m.fullmatch(f) for m in matchers) and not any(x.fullmatch(f) for x in excluders)
         ]
         if not found and not allow_empty:
             raise self._fail(f"glob({include}) matched no files and allow_empty is False")
         return found
-
-    def _package_files(self, name: str) -> list[str]:
-        """Files of a package, relative to it; subpackages and hidden folders are not entered."""
-        base = self.root / name
-        files: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            self.observed.listed(dirpath)
-            rel = os.path.relpath(dirpath, base)
-            dirnames[:] = [
-                d for d in dirnames
-                if not _skipped_dir(os.path.relpath(dirpath, self.root), d)
-                and not self.observed.is_file(Path(dirpath) / d / BUILD_FILE)
-            ]
-            files.extend(f if rel == "." else f"{rel}/{f}" for f in filenames)
-        return sorted(files)
 
     # ---- rule calls -------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from mk.cache.local import LocalCache, default_cache_dir
 from mk.engine.errors import MkError
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from mk.engine.build import BuildOptions, BuildResult
     from mk.engine.loader import Loader
     from mk.engine.targets import Target
+
+T = TypeVar("T")
 
 
 class Session:
@@ -55,10 +58,7 @@ class Session:
 
     def one_target(self, loader: Loader, pattern: str, command: str) -> Label:
         """The single label `pattern` names; an error naming `command` if it names several."""
-        labels = loader.expand(self.absolute(pattern))
-        if len(labels) != 1:
-            raise MkError(f"{command} needs exactly one target; '{pattern}' matches {len(labels)}")
-        return labels[0]
+        return exactly_one(loader.expand(self.absolute(pattern)), pattern, command)
 
     def target(self, pattern: str, command: str) -> Target:
         loader = self.loader()
@@ -70,6 +70,13 @@ class Session:
         from mk.engine.build import build
 
         return build(self.workspace, self.cache, [self.absolute(p) for p in patterns], options, self.registry)
+
+
+def exactly_one(found: Sequence[T], pattern: str, command: str) -> T:
+    """The one thing (label, target) `pattern` named; an error naming `command` for more or fewer."""
+    if len(found) != 1:
+        raise MkError(f"{command} needs exactly one target; '{pattern}' matches {len(found)}")
+    return found[0]
 
 
 def cache_for(workspace: Workspace | None) -> LocalCache:

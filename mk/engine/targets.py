@@ -29,3 +29,11 @@ class ConfiguredTarget:
     providers: Providers
     actions: tuple[Action, ...]
     deps: tuple[Label, ...]
+    read: tuple[str, ...] = ()  # workspace files its analysis read (a lockfile), by path
+
+    def source_files(self) -> list[str]:
+        """The workspace files this target uses itself (not through another target): its actions'
+        source inputs, the source files it stands for, and those its analysis read. Editing one
+        changes the target."""
+        used = [i for a in self.actions for i in a.inputs] + list(self.providers.default.files)
+        return sorted({a.path for a in used if a.is_source} | set(self.read))

@@ -32,8 +32,10 @@ class KernelInfo(Provider):
 
 @dataclass(frozen=True)
 class ImageInfo(Provider):
-    """A bootable image: what a machine (QEMU, `mk run`) needs to start it."""
+    """A bootable image: what a machine (QEMU, `mk run`) needs to start it, and its root
+    filesystem's tree (what `mk ls` and `mk diff` show)."""
 
     kernel: Artifact
     initrd: Artifact
     cmdline: Artifact
+    root: Artifact
