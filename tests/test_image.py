@@ -59,10 +59,11 @@ deb_packages(name = "kernel_packages", packages = ["linux-image-6.1.0-1-test"], 
 kernel(name = "kernel", packages = ":kernel_packages", modules = {modules})
 deb_packages(name = "busybox", packages = ["busybox-static"], keyring = "{keyring}")
 layer(name = "motd", files = {{"/etc/motd": "motd"}})
+layer(name = "app", files = {{"/usr/bin/sleep-forever": "sleep-forever"}})
 image(
     name = "box",
     kernel = ":kernel",
-    base = [":busybox", ":motd"],
+    base = [":busybox", ":motd", ":app"],
     hostname = "boxy",
     cmdline = "console=ttyS0 quiet",
     onboot = ["echo first", "echo second"],
@@ -70,7 +71,17 @@ image(
     ssh_key_user = "root",
 )
 image(name = "bare", kernel = ":kernel", base = [":motd"])
+image(
+    name = "typo",
+    kernel = ":kernel",
+    base = [":busybox", ":app"],
+    onboot = ["mkdir -p /run/app", "if [ -d /srv ]; then cd /srv; fi"],
+    services = ["/usr/bin/sleep-forevr --long", "httpd -f", "FOO=1 exec sleep-forever"],
+)
 """
+# busybox's applet names, as the real binary holds them: one sorted, NUL-separated string.
+APPLETS = b"\0".join(b"[ [[ ash awk cat chmod echo hostname httpd insmod ip ls mkdir mount poweroff sh sleep sync "
+                      b"tr udhcpc".split()) + b"\0"
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +89,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     repo = Repo(tmp_path_factory.mktemp("kernel") / "repo")
     repo.add("bookworm", kernel_deb(),
              Deb("busybox-static", members=[Member("./bin/", kind="dir"),
-                                            Member("./bin/busybox", b"\x7fELF busybox", mode=0o755)]))
+                                            Member("./bin/busybox", b"\x7fELF busybox\0" + APPLETS, mode=0o755)]))
     repo.add("bookworm-updates")
     repo.add("bookworm-security")
     repo.publish()
@@ -87,8 +98,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
 def image_workspace(workspace: WorkspaceFactory, repo: Repo, modules: str = '["virtio_pci", "virtio_net"]',
                     name: str = "ws") -> Path:
-    ws = workspace({"img/BUILD": BUILD.format(keyring=repo.keyring, modules=modules), "img/motd": "hi\n"},
+    ws = workspace({"img/BUILD": BUILD.format(keyring=repo.keyring, modules=modules), "img/motd": "hi\n",
+                    "img/sleep-forever": "#!/bin/sh\nexec sleep 1000000\n"},
                    name=name, toml=f'debian_mirror = "{repo.url}"\n')
+    (ws.root / "img/sleep-forever").chmod(0o755)
     for target in ("kernel_packages", "busybox"):
         assert ws.mk("lock", f"//img:{target}").code == 0
     return ws.root
@@ -167,6 +180,18 @@ def test_image_without_busybox_is_refused(workspace: WorkspaceFactory, repo: Rep
     assert result.returncode == 1
     assert ("error: ImageRoot //img:bare failed: the image has no /usr/bin/busybox, which its init needs: "
             "add busybox-static to 'base'") in result.stderr
+
+
+def test_a_service_the_image_does_not_have_fails_the_build(workspace: WorkspaceFactory, repo: Repo,
+                                                          tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    result = mk(root, tmp_path / "cache", "image", "//img:typo")
+    assert result.returncode == 1
+    lines = (root / "img/BUILD").read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text == "image(" and lines[n] == '    name = "typo",')
+    assert (f"img/BUILD:{line}:1: error: ImageRoot //img:typo failed: service '/usr/bin/sleep-forevr --long': "
+            "/usr/bin/sleep-forevr is not in the image (did you mean '/usr/bin/sleep-forever'?)\n") in result.stderr
+    assert "httpd" not in result.stderr and "mkdir" not in result.stderr  # busybox applets, linked at boot
 
 
 def test_unknown_module_is_named(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:

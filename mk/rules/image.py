@@ -20,6 +20,7 @@ from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules import init
 from mk.rules.archive import archive_action, oci_params, write_oci
 from mk.rules.deb.sbom import merge_documents
+from mk.rules.image_check import check_commands
 from mk.rules.providers import ImageInfo, KernelInfo, SbomInfo, TreeInfo
 from mk.rules.trees import tree_inputs
 from mk.rules.write_file import write
@@ -29,7 +30,8 @@ DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
 
 def assemble(io: ActionIO) -> None:
     """The root filesystem: the layers, then the generated boot files (their text comes through
-    the parameters, so it is part of the key) and the `files`."""
+    the parameters, so it is part of the key) and the `files`; refused when a command of the image
+    names a program it does not have."""
     p = io.params
     layers = [io.read_tree(path) for path in io.strings("layers")]
     entries = []
@@ -58,6 +60,9 @@ def assemble(io: ActionIO) -> None:
         raise ValueError(str(e)) from None
     if not any(e.path == "usr/bin/busybox" for e in tree.entries):
         raise ValueError("the image has no /usr/bin/busybox, which its init needs: add busybox-static to 'base'")
+    problems = check_commands(tree, io.cas, io.strings("services"), io.strings("onboot"))
+    if problems:
+        raise ValueError("\n  ".join(problems))
     io.write_tree(tree)
 
 
@@ -92,7 +97,8 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     rootfs = out("rootfs.tree", tree=True)
     ctx.add_action(Action(
         owner=ctx.label, mnemonic="ImageRoot", inputs=(*layers, *file_inputs), outputs=(rootfs,),
-        params={"layers": [a.path for a in layers], "generated": _generated(ctx), "files": files},
+        params={"layers": [a.path for a in layers], "generated": _generated(ctx), "files": files,
+                "services": ctx.strings("services"), "onboot": ctx.strings("onboot")},
         function=assemble,
     ))
     initrd, kernel, cmdline = out("initrd.img"), out("kernel"), out("cmdline")
@@ -156,7 +162,11 @@ RULE = Rule(
         "`files`, `onboot` commands run once in order at boot, and `services` that busybox init keeps running. "
         "A generated /init mounts /proc, /sys, /dev and /run, loads the kernel rule's modules in order and sets "
         "the hostname; with `network`, eth0 is configured by DHCP. `base` must provide /usr/bin/busybox "
-        "(busybox-static). Outputs in `mk-out/<pkg>/<name>/`: kernel, initrd.img (zstd cpio), cmdline, "
+        "(busybox-static). The build checks that the program each `onboot` and `services` command starts (its "
+        "first word, after variable assignments and `exec`) is in the image and executable: a path is followed "
+        "through the image's symlinks, a bare name is looked up on PATH (/usr/sbin:/usr/bin:/sbin:/bin) and "
+        "among busybox's applets, which /init links at boot; builtins, shell syntax and expansions are left to "
+        "the shell. Outputs in `mk-out/<pkg>/<name>/`: kernel, initrd.img (zstd cpio), cmdline, "
         "sbom.spdx.json, manifest.json; `mk image --format tar|oci` adds rootfs.tar or image.oci.tar. Boot it "
         "with `mk run`."
     ),
