@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import struct
 import subprocess
 from pathlib import Path
@@ -71,6 +73,7 @@ image(
     ssh_key_user = "root",
 )
 image(name = "bare", kernel = ":kernel", base = [":motd"])
+image(name = "nokey", kernel = ":kernel", base = [":busybox"])
 image(
     name = "typo",
     kernel = ":kernel",
@@ -237,14 +240,14 @@ def no_probe(image: Path) -> bool:
 def test_accel_auto_without_kvm_is_tcg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Path, "exists", lambda self: False if str(self) == "/dev/kvm" else Path.is_file(self))
     monkeypatch.setattr(vm, "_kvm_boots", no_probe)
-    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == "tcg"
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == vm.Accel("tcg", "/dev/kvm is missing")
     assert not (tmp_path / "state").exists()  # nothing to remember: there is no /dev/kvm
 
 
 @pytest.mark.parametrize("accel", ["tcg", "kvm"])
 def test_an_explicit_accel_is_used_without_a_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accel: str) -> None:
     monkeypatch.setattr(vm, "_kvm_boots", no_probe)
-    assert vm.choose_accel(accel, tmp_path, tmp_path / "state") == accel
+    assert vm.choose_accel(accel, tmp_path, tmp_path / "state") == vm.Accel(accel, f"--accel {accel} asks for it")
     assert not (tmp_path / "state").exists()
 
 
@@ -257,11 +260,99 @@ def test_accel_auto_probes_kvm_once_per_boot(tmp_path: Path, monkeypatch: pytest
         return False
 
     monkeypatch.setattr(vm, "_kvm_boots", guests_hang)
-    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == "tcg"
-    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == "tcg"
-    assert probes == [tmp_path]
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    assert (tmp_path / "state" / f"kvm-works-{boot_id}").read_text() == "tcg\n"
+    remembered = tmp_path / "state" / f"kvm-works-{boot_id}"
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == vm.Accel(
+        "tcg", "/dev/kvm is there, but a probe did not boot the kernel under KVM within 8 s")
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == vm.Accel(
+        "tcg", f"/dev/kvm is there, but a probe did not boot the kernel under KVM within 8 s (the answer since "
+               f"this host started, remembered in {remembered}; delete it to probe again)")
+    assert probes == [tmp_path]
+    assert remembered.read_text() == "tcg\n"
+
+
+def test_accel_auto_uses_kvm_when_the_probe_boots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Path, "exists", lambda self: True if str(self) == "/dev/kvm" else Path.is_file(self))
+    monkeypatch.setattr(vm, "_kvm_boots", lambda image: True)
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == vm.Accel(
+        "kvm", "a probe booted the kernel under KVM")
+    monkeypatch.setattr(vm, "_kvm_boots", no_probe)
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state").name == "kvm"
+
+
+def test_the_accelerator_line_says_what_it_means() -> None:
+    assert str(vm.Accel("tcg", "/dev/kvm is missing")) == \
+        "mk: QEMU runs with tcg (emulation: slow) because /dev/kvm is missing"
+    assert str(vm.Accel("kvm", "--accel kvm asks for it")) == "mk: QEMU runs with kvm because --accel kvm asks for it"
+
+
+def fake_qemu(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A PATH whose QEMU only writes down its arguments (into the file returned) and exits."""
+    folder = tmp_path / "fake-bin"
+    folder.mkdir()
+    script = folder / vm.QEMU
+    script.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/arguments"\n')
+    script.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}, folder / "arguments"
+
+
+def run_image(root: Path, cache: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MK, "run", *args], cwd=root, env=mk_env(cache, env), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, check=False, timeout=120)
+
+
+def test_run_says_which_accelerator_it_picked(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    env, arguments = fake_qemu(tmp_path)
+    result = run_image(root, tmp_path / "cache", env, "//img:box", "--accel", "tcg")
+    assert result.returncode == 0, result.stderr
+    assert "mk: QEMU runs with tcg (emulation: slow) because --accel tcg asks for it\n" in result.stderr
+    assert arguments.read_text().startswith("-accel tcg ")
+
+
+def test_a_published_port_in_use_is_named_before_qemu_starts(workspace: WorkspaceFactory, repo: Repo,
+                                                             tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    env, arguments = fake_qemu(tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = run_image(root, tmp_path / "cache", env, "//img:box", "--accel", "tcg", "--publish", f"{port}:80")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.endswith(f"error: --publish {port}:80: port {port} is already in use on 127.0.0.1 "
+                                  "(another program, or another mk run, listens there); choose another host port\n")
+    assert not arguments.exists()  # QEMU never started
+
+
+def test_one_host_port_published_twice_is_refused() -> None:
+    with pytest.raises(MkError) as error:
+        vm.VmOptions(publish=((8080, 80), (8080, 443)))
+    assert str(error.value) == "error: --publish 8080:443: host port 8080 is already published to guest port 80"
+
+
+def test_ssh_key_for_an_image_without_ssh_key_user_is_warned_about(workspace: WorkspaceFactory, repo: Repo,
+                                                                   tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    env, arguments = fake_qemu(tmp_path)
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAA user@host\n")
+    result = run_image(root, tmp_path / "cache", env, "//img:nokey", "--accel", "tcg", "--ssh-key", str(key))
+    assert result.returncode == 0, result.stderr
+    assert ("mk: warning: --ssh-key is ignored: the image sets no ssh_key_user, so nothing would install the key "
+            "at boot (set ssh_key_user, e.g. to \"root\", on the image target)\n") in result.stderr
+    assert "mk.authorized_key=" not in arguments.read_text()
+    result = run_image(root, tmp_path / "cache", env, "//img:box", "--accel", "tcg", "--ssh-key", str(key))
+    assert result.returncode == 0, result.stderr
+    assert "--ssh-key" not in result.stderr and "mk.authorized_key=" in arguments.read_text()
+
+
+def test_run_help_says_how_to_stop_the_vm(tmp_path: Path) -> None:
+    help_text = " ".join(subprocess.run([MK, "run", "--help"], capture_output=True, text=True, check=True,
+                                        env=mk_env(tmp_path)).stdout.split())
+    assert "Stop it with Ctrl-A X (QEMU's console), Ctrl-C, or poweroff inside the guest." in help_text
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "Stop it with Ctrl-A X (QEMU's console), Ctrl-C, or `poweroff` inside the guest" in readme
 
 
 def test_unknown_accel_is_refused(tmp_path: Path) -> None:

@@ -125,7 +125,7 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     boot = (kernel, initrd, cmdline, sbom, manifest)
     # Output groups are the formats `mk image --format` offers; "kernel+initrd" is the default set.
     formats = {"kernel+initrd": boot, "tar": (rootfs_tar,), "oci": (oci,)}
-    return [DefaultInfo(files=boot, groups=formats), ImageInfo(kernel, initrd, cmdline)]
+    return [DefaultInfo(files=boot, groups=formats), ImageInfo(kernel, initrd, cmdline, ctx.string("ssh_key_user"))]
 
 
 def _generated(ctx: RuleContext) -> list[list[object]]:

@@ -37,3 +37,4 @@ class ImageInfo(Provider):
     kernel: Artifact
     initrd: Artifact
     cmdline: Artifact
+    ssh_key_user: str  # who `mk run --ssh-key` authorizes at boot; "" when nobody (the key is then ignored)
