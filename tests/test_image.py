@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,41 @@ def test_image_contents_and_outputs(workspace: WorkspaceFactory, repo: Repo, tmp
     listing = subprocess.run(["tar", "-tf", out / "rootfs.tar"], capture_output=True, text=True, check=True).stdout
     # The tar format holds the same root filesystem as the initrd: /init and all.
     assert {line.rstrip("/") for line in listing.splitlines()} == {str(p.relative_to(image)) for p in image.rglob("*")}
+
+
+def oci_reference_and_config(archive: Path) -> tuple[str, dict[str, object]]:
+    """The reference name in index.json and the image configuration of a one-image OCI archive."""
+    with tarfile.open(archive) as tar:
+        def blob(digest: str) -> dict[str, object]:
+            member = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+            assert member is not None
+            document: dict[str, object] = json.load(member)
+            return document
+
+        index = tar.extractfile("index.json")
+        assert index is not None
+        (manifest,) = json.load(index)["manifests"]
+        config = blob(blob(manifest["digest"])["config"]["digest"])["config"]  # type: ignore[index]
+        assert isinstance(config, dict)
+        return manifest["annotations"]["org.opencontainers.image.ref.name"], config
+
+
+def test_the_oci_format_starts_the_first_service_as_a_container(workspace: WorkspaceFactory, repo: Repo,
+                                                                tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    result = mk(root, tmp_path / "cache", "image", "//img:box", "--format", "oci")
+    assert result.returncode == 0, result.stderr
+    reference, config = oci_reference_and_config(root / "mk-out/img/box/image.oci.tar")
+    assert reference == "box:latest"
+    assert "Entrypoint" not in config  # so that `podman run IMAGE COMMAND` replaces the command
+    assert config["Cmd"] == ["/usr/bin/busybox", "sh", "-c",
+                             "/usr/bin/busybox --install -s 2> /dev/null; exec /usr/bin/sleep-forever"]
+    assert config["Env"] == ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    result = mk(root, tmp_path / "cache", "image", "//img:nokey", "--format", "oci")
+    assert result.returncode == 0, result.stderr
+    reference, config = oci_reference_and_config(root / "mk-out/img/nokey/image.oci.tar")
+    assert reference == "nokey:latest"
+    assert config["Cmd"] == ["/usr/bin/busybox", "sh", "-c", "/usr/bin/busybox --install -s 2> /dev/null; exec sh"]
 
 
 def test_image_without_busybox_is_refused(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:

@@ -119,7 +119,8 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     ctx.add_action(archive_action(ctx, "Tar", rootfs, rootfs_tar, "tar", "none"))
     ctx.add_action(Action(
         owner=ctx.label, mnemonic="OciImage", inputs=(rootfs,), outputs=(oci,),
-        params=oci_params((rootfs,), False, ["/init"], [], [], "", "", name, ctx.source_date_epoch, "amd64"),
+        params=oci_params((rootfs,), False, [], init.container_command(ctx.strings("services")),
+                          [f"PATH={init.PATH}"], "", "", f"{name}:latest", ctx.source_date_epoch, "amd64"),
         function=write_oci,
     ))
     boot = (kernel, initrd, cmdline, sbom, manifest)
@@ -168,7 +169,13 @@ RULE = Rule(
         "among busybox's applets, which /init links at boot; builtins, shell syntax and expansions are left to "
         "the shell. Outputs in `mk-out/<pkg>/<name>/`: kernel, initrd.img (zstd cpio), cmdline, "
         "sbom.spdx.json, manifest.json; `mk image --format tar|oci` adds rootfs.tar or image.oci.tar. Boot it "
-        "with `mk run`."
+        "with `mk run`. image.oci.tar is the root filesystem as one layer, named `NAME:latest` in index.json "
+        "(`podman load -i image.oci.tar` makes `localhost/NAME:latest`). As a container it runs its first service "
+        "(or a busybox shell when it has none) the way busybox init would: through `sh -c`, with PATH "
+        "/usr/sbin:/usr/bin:/sbin:/bin, once busybox's applet links are made. That is its `Cmd`, with no "
+        "`Entrypoint`, so `podman run IMAGE COMMAND...` runs COMMAND instead. It is not /init, which mounts "
+        "/proc, /sys and /dev and loads kernel modules, as a container must not; `onboot` commands and the other "
+        "services do not run in a container."
     ),
     attrs=(
         Attr("kernel", attrs.LABEL, "A kernel target.", mandatory=True, providers=(KernelInfo,)),
