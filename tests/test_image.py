@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import MK, WorkspaceFactory, mk_env, require
+from conftest import MIRROR_SECONDS, MK, WorkspaceFactory, mk_env, require, run_within
 from debrepo import Deb, Member, Repo
 
 from mk.engine.errors import MkError
@@ -211,6 +211,36 @@ def test_the_oci_format_starts_the_first_service_as_a_container(workspace: Works
     reference, config = oci_reference_and_config(root / "mk-out/img/nokey/image.oci.tar")
     assert reference == "nokey:latest"
     assert config["Cmd"] == ["/usr/bin/busybox", "sh", "-c", "/usr/bin/busybox --install -s 2> /dev/null; exec sh"]
+
+
+@pytest.mark.mirror
+@pytest.mark.timeout(MIRROR_SECONDS + 60)
+def test_the_oci_image_of_a_real_busybox_runs_in_a_container(tmp_path: Path) -> None:
+    """//examples:hello's OCI image, unpacked and started by bubblewrap as a container runtime
+    would: its command gets a shell with busybox's applets linked (it has no service)."""
+    repo = Path(__file__).resolve().parent.parent
+    built = run_within([MK, "image", "//examples:hello", "--format", "oci"], MIRROR_SECONDS,
+                       "`mk image //examples:hello --format oci` (downloads its packages from the Debian mirror)",
+                       cwd=repo, env=mk_env(tmp_path / "cache"))
+    assert built.returncode == 0, built.stderr[-3000:]
+    archive = repo / "mk-out/examples/hello/image.oci.tar"
+    _, config = oci_reference_and_config(archive)
+    rootfs = tmp_path / "rootfs"
+    with tarfile.open(archive) as outer:
+        (layer_name,) = [m.name for m in outer.getmembers() if m.size > 100_000]  # the one layer
+        layer = outer.extractfile(layer_name)
+        assert layer is not None
+        with tarfile.open(fileobj=layer, mode="r:gz") as inner:
+            inner.extractall(rootfs, filter="tar")
+    command, variables = config["Cmd"], config["Env"]
+    assert isinstance(command, list) and isinstance(variables, list)
+    env = [word for variable in variables for word in ("--setenv", *variable.split("=", 1))]
+    container = subprocess.run(
+        [require("bwrap"), "--unshare-all", "--uid", "0", "--gid", "0", "--bind", rootfs, "/", "--proc", "/proc",
+         "--dev", "/dev", "--clearenv", *env, "--", *command],
+        input="echo container-ok; readlink /bin/sh; ls /sbin/poweroff\n", capture_output=True, text=True, timeout=60)
+    assert container.returncode == 0, container.stderr
+    assert container.stdout == "container-ok\n/usr/bin/busybox\n/sbin/poweroff\n"
 
 
 def test_image_without_busybox_is_refused(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
