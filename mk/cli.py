@@ -212,7 +212,11 @@ def _runner(result: BuildResult) -> tuple[Runner, Provider] | None:
 @click.argument("target")
 @click.pass_context
 def run(ctx: click.Context, /, target: str, **runner_options: object) -> None:
-    """Build TARGET and start it (an image boots in QEMU, with the serial console on this terminal)."""
+    """Build TARGET and start it (an image boots in QEMU, with the serial console on this terminal).
+
+    mk says which accelerator QEMU runs with (KVM or TCG emulation) and why. Stop it with Ctrl-A X
+    (QEMU's console), Ctrl-C, or poweroff inside the guest.
+    """
     for runner in REGISTRY.runners():
         runner.check()  # fail before building when, say, QEMU is missing
     session, result = _build_and_report(BuildRequest((target,)))

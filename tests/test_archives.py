@@ -37,7 +37,7 @@ rootfs(name = "root", layers = [":base", ":app"], remove = ["/usr/share/doc/**"]
     for c in COMPRESSIONS
 ) + """
 oci_image(name = "image", layers = [":base", ":app"], entrypoint = ["/usr/bin/hello"], env = {"A": "1"})
-oci_image(name = "flat", layers = [":base", ":app"], flatten = True)
+oci_image(name = "flat", layers = [":base", ":app"], flatten = True, tag = "v1.0")
 """
 
 
@@ -154,12 +154,17 @@ def test_skopeo_and_umoci_accept_the_oci_archive(built: Path, tmp_path: Path) ->
     flat = json.loads(subprocess.run(["skopeo", "inspect", f"oci-archive:{built / 'flat.oci.tar'}"],
                                      capture_output=True, text=True, check=True).stdout)
     assert len(flat["Layers"]) == 1
+    # The reference names in index.json are NAME:TAG, the tag 'latest' unless the target sets one.
+    for file, reference in (("image.oci.tar", "image:latest"), ("flat.oci.tar", "flat:v1.0")):
+        named = subprocess.run(["skopeo", "inspect", f"oci-archive:{built / file}:{reference}"],
+                               capture_output=True, text=True, check=False)
+        assert named.returncode == 0, named.stderr
     layout = tmp_path / "layout"
     layout.mkdir()
     with tarfile.open(built / "image.oci.tar") as archive:
         archive.extractall(layout, filter="data")
     bundle = tmp_path / "bundle"
-    subprocess.run([require("umoci"), "unpack", "--rootless", "--image", f"{layout}:latest", bundle],
+    subprocess.run([require("umoci"), "unpack", "--rootless", "--image", f"{layout}:image:latest", bundle],
                    capture_output=True, check=True)
     assert (bundle / "rootfs/etc/motd").read_text() == "hello again\n"
     assert os.readlink(bundle / "rootfs/bin") == "usr/bin"
@@ -208,3 +213,12 @@ tar(name = "out", src = ":l")
         member = archive.extractfile("opt/hello")
         assert member is not None and member.read() == b"hi\n"
     assert names == ["etc", "etc/extra", "opt", "opt/hello"]
+
+
+def test_an_oci_tag_that_no_tool_accepts_is_refused(workspace: WorkspaceFactory) -> None:
+    ws = workspace({"img/BUILD": 'layer(name = "base", directories = ["/srv"])\n'
+                                 'oci_image(name = "image", layers = [":base"], tag = "v1 final")\n'})
+    result = ws.mk("build", "//img:image")
+    assert result.code == 2
+    assert result.err == ("img/BUILD:2:1: error: oci_image //img:image: tag 'v1 final' is not an OCI tag (letters, "
+                          "digits, '_', '.' and '-', at most 128, not starting with '.' or '-')\n")

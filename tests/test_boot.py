@@ -55,6 +55,7 @@ def test_hello_boots_and_prints_its_line(cache: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Hello from an mk image!" in result.stdout
     assert "reboot: Power down" in result.stdout
+    assert "mk: QEMU runs with tcg (emulation: slow) because --accel tcg asks for it\n" in result.stderr
 
 
 @pytest.fixture

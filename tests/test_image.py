@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import struct
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import MK, WorkspaceFactory, mk_env, read_events, require
+from conftest import MIRROR_SECONDS, MK, WorkspaceFactory, mk_env, read_events, require, run_within
 from debrepo import Deb, Member, Repo
 
 from mk.cache.cas import digest_bytes
@@ -60,10 +63,11 @@ deb_packages(name = "kernel_packages", packages = ["linux-image-6.1.0-1-test"], 
 kernel(name = "kernel", packages = ":kernel_packages", modules = {modules})
 deb_packages(name = "busybox", packages = ["busybox-static"], keyring = "{keyring}")
 layer(name = "motd", files = {{"/etc/motd": "motd"}})
+layer(name = "app", files = {{"/usr/bin/sleep-forever": "sleep-forever"}})
 image(
     name = "box",
     kernel = ":kernel",
-    base = [":busybox", ":motd"],
+    base = [":busybox", ":motd", ":app"],
     hostname = "boxy",
     cmdline = "console=ttyS0 quiet",
     onboot = ["echo first", "echo second"],
@@ -71,7 +75,18 @@ image(
     ssh_key_user = "root",
 )
 image(name = "bare", kernel = ":kernel", base = [":motd"])
+image(name = "nokey", kernel = ":kernel", base = [":busybox"])
+image(
+    name = "typo",
+    kernel = ":kernel",
+    base = [":busybox", ":app"],
+    onboot = ["mkdir -p /run/app", "if [ -d /srv ]; then cd /srv; fi"],
+    services = ["/usr/bin/sleep-forevr --long", "httpd -f", "FOO=1 exec sleep-forever"],
+)
 """
+# busybox's applet names, as the real binary holds them: one sorted, NUL-separated string.
+APPLETS = b"\0".join(b"[ [[ ash awk cat chmod echo hostname httpd insmod ip ls mkdir mount poweroff sh sleep sync "
+                      b"tr udhcpc".split()) + b"\0"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +94,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     repo = Repo(tmp_path_factory.mktemp("kernel") / "repo")
     repo.add("bookworm", kernel_deb(),
              Deb("busybox-static", members=[Member("./bin/", kind="dir"),
-                                            Member("./bin/busybox", b"\x7fELF busybox", mode=0o755)]))
+                                            Member("./bin/busybox", b"\x7fELF busybox\0" + APPLETS, mode=0o755)]))
     repo.add("bookworm-updates")
     repo.add("bookworm-security")
     repo.publish()
@@ -88,8 +103,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
 def image_workspace(workspace: WorkspaceFactory, repo: Repo, modules: str = '["virtio_pci", "virtio_net"]',
                     name: str = "ws") -> Path:
-    ws = workspace({"img/BUILD": BUILD.format(keyring=repo.keyring, modules=modules), "img/motd": "hi\n"},
+    ws = workspace({"img/BUILD": BUILD.format(keyring=repo.keyring, modules=modules), "img/motd": "hi\n",
+                    "img/sleep-forever": "#!/bin/sh\nexec sleep 1000000\n"},
                    name=name, toml=f'debian_mirror = "{repo.url}"\n')
+    (ws.root / "img/sleep-forever").chmod(0o755)
     for target in ("kernel_packages", "busybox"):
         assert ws.mk("lock", f"//img:{target}").code == 0
     return ws.root
@@ -189,12 +206,89 @@ def test_lock_of_an_image_says_what_it_is_in_good_english(workspace: WorkspaceFa
     assert "error: //img:box is an image; `mk lock` works on deb_packages targets" in result.stderr, result.stderr
 
 
+def oci_reference_and_config(archive: Path) -> tuple[str, dict[str, object]]:
+    """The reference name in index.json and the image configuration of a one-image OCI archive."""
+    with tarfile.open(archive) as tar:
+        def blob(digest: str) -> dict[str, object]:
+            member = tar.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+            assert member is not None
+            document: dict[str, object] = json.load(member)
+            return document
+
+        index = tar.extractfile("index.json")
+        assert index is not None
+        (manifest,) = json.load(index)["manifests"]
+        config = blob(blob(manifest["digest"])["config"]["digest"])["config"]  # type: ignore[index]
+        assert isinstance(config, dict)
+        return manifest["annotations"]["org.opencontainers.image.ref.name"], config
+
+
+def test_the_oci_format_starts_the_first_service_as_a_container(workspace: WorkspaceFactory, repo: Repo,
+                                                                tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    result = mk(root, tmp_path / "cache", "image", "//img:box", "--format", "oci")
+    assert result.returncode == 0, result.stderr
+    reference, config = oci_reference_and_config(root / "mk-out/img/box/image.oci.tar")
+    assert reference == "box:latest"
+    assert "Entrypoint" not in config  # so that `podman run IMAGE COMMAND` replaces the command
+    assert config["Cmd"] == ["/usr/bin/busybox", "sh", "-c",
+                             "/usr/bin/busybox --install -s 2> /dev/null; exec /usr/bin/sleep-forever"]
+    assert config["Env"] == ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
+    result = mk(root, tmp_path / "cache", "image", "//img:nokey", "--format", "oci")
+    assert result.returncode == 0, result.stderr
+    reference, config = oci_reference_and_config(root / "mk-out/img/nokey/image.oci.tar")
+    assert reference == "nokey:latest"
+    assert config["Cmd"] == ["/usr/bin/busybox", "sh", "-c", "/usr/bin/busybox --install -s 2> /dev/null; exec sh"]
+
+
+@pytest.mark.mirror
+@pytest.mark.timeout(MIRROR_SECONDS + 60)
+def test_the_oci_image_of_a_real_busybox_runs_in_a_container(tmp_path: Path) -> None:
+    """//examples:hello's OCI image, unpacked and started by bubblewrap as a container runtime
+    would: its command gets a shell with busybox's applets linked (it has no service)."""
+    repo = Path(__file__).resolve().parent.parent
+    built = run_within([MK, "image", "//examples:hello", "--format", "oci"], MIRROR_SECONDS,
+                       "`mk image //examples:hello --format oci` (downloads its packages from the Debian mirror)",
+                       cwd=repo, env=mk_env(tmp_path / "cache"))
+    assert built.returncode == 0, built.stderr[-3000:]
+    archive = repo / "mk-out/examples/hello/image.oci.tar"
+    _, config = oci_reference_and_config(archive)
+    rootfs = tmp_path / "rootfs"
+    with tarfile.open(archive) as outer:
+        (layer_name,) = [m.name for m in outer.getmembers() if m.size > 100_000]  # the one layer
+        layer = outer.extractfile(layer_name)
+        assert layer is not None
+        with tarfile.open(fileobj=layer, mode="r:gz") as inner:
+            inner.extractall(rootfs, filter="tar")
+    command, variables = config["Cmd"], config["Env"]
+    assert isinstance(command, list) and isinstance(variables, list)
+    env = [word for variable in variables for word in ("--setenv", *variable.split("=", 1))]
+    container = subprocess.run(
+        [require("bwrap"), "--unshare-all", "--uid", "0", "--gid", "0", "--bind", rootfs, "/", "--proc", "/proc",
+         "--dev", "/dev", "--clearenv", *env, "--", *command],
+        input="echo container-ok; readlink /bin/sh; ls /sbin/poweroff\n", capture_output=True, text=True, timeout=60)
+    assert container.returncode == 0, container.stderr
+    assert container.stdout == "container-ok\n/usr/bin/busybox\n/sbin/poweroff\n"
+
+
 def test_image_without_busybox_is_refused(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
     root = image_workspace(workspace, repo)
     result = mk(root, tmp_path / "cache", "image", "//img:bare")
     assert result.returncode == 1
     assert ("error: ImageRoot //img:bare failed: the image has no /usr/bin/busybox, which its init needs: "
             "add busybox-static to 'base'") in result.stderr
+
+
+def test_a_service_the_image_does_not_have_fails_the_build(workspace: WorkspaceFactory, repo: Repo,
+                                                          tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    result = mk(root, tmp_path / "cache", "image", "//img:typo")
+    assert result.returncode == 1
+    lines = (root / "img/BUILD").read_text().splitlines()
+    line = next(n for n, text in enumerate(lines, 1) if text == "image(" and lines[n] == '    name = "typo",')
+    assert (f"img/BUILD:{line}:1: error: ImageRoot //img:typo failed: service '/usr/bin/sleep-forevr --long': "
+            "/usr/bin/sleep-forevr is not in the image (did you mean '/usr/bin/sleep-forever'?)\n") in result.stderr
+    assert "httpd" not in result.stderr and "mkdir" not in result.stderr  # busybox applets, linked at boot
 
 
 def test_unknown_module_is_named(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
@@ -222,7 +316,8 @@ def test_rdeps_of_a_lockfile(workspace: WorkspaceFactory, repo: Repo, tmp_path: 
     root = image_workspace(workspace, repo)
     result = mk(root, tmp_path / "cache", "query", "rdeps", "img/busybox.lock.json")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "//img:box\n//img:busybox\n"
+    # Every image of the package is built on the busybox set.
+    assert result.stdout == "//img:box\n//img:busybox\n//img:nokey\n//img:typo\n"
 
 
 def test_qemu_command_line(tmp_path: Path) -> None:
@@ -260,14 +355,14 @@ def no_probe(image: Path) -> bool:
 def test_accel_auto_without_kvm_is_tcg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Path, "exists", lambda self: False if str(self) == "/dev/kvm" else Path.is_file(self))
     monkeypatch.setattr(vm, "_kvm_boots", no_probe)
-    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == "tcg"
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == vm.Accel("tcg", "/dev/kvm is missing")
     assert not (tmp_path / "state").exists()  # nothing to remember: there is no /dev/kvm
 
 
 @pytest.mark.parametrize("accel", ["tcg", "kvm"])
 def test_an_explicit_accel_is_used_without_a_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accel: str) -> None:
     monkeypatch.setattr(vm, "_kvm_boots", no_probe)
-    assert vm.choose_accel(accel, tmp_path, tmp_path / "state") == accel
+    assert vm.choose_accel(accel, tmp_path, tmp_path / "state") == vm.Accel(accel, f"--accel {accel} asks for it")
     assert not (tmp_path / "state").exists()
 
 
@@ -280,11 +375,99 @@ def test_accel_auto_probes_kvm_once_per_boot(tmp_path: Path, monkeypatch: pytest
         return False
 
     monkeypatch.setattr(vm, "_kvm_boots", guests_hang)
-    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == "tcg"
-    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == "tcg"
-    assert probes == [tmp_path]
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    assert (tmp_path / "state" / f"kvm-works-{boot_id}").read_text() == "tcg\n"
+    remembered = tmp_path / "state" / f"kvm-works-{boot_id}"
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == vm.Accel(
+        "tcg", "/dev/kvm is there, but a probe did not boot the kernel under KVM within 8 s")
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == vm.Accel(
+        "tcg", f"/dev/kvm is there, but a probe did not boot the kernel under KVM within 8 s (the answer since "
+               f"this host started, remembered in {remembered}; delete it to probe again)")
+    assert probes == [tmp_path]
+    assert remembered.read_text() == "tcg\n"
+
+
+def test_accel_auto_uses_kvm_when_the_probe_boots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Path, "exists", lambda self: True if str(self) == "/dev/kvm" else Path.is_file(self))
+    monkeypatch.setattr(vm, "_kvm_boots", lambda image: True)
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state") == vm.Accel(
+        "kvm", "a probe booted the kernel under KVM")
+    monkeypatch.setattr(vm, "_kvm_boots", no_probe)
+    assert vm.choose_accel("auto", tmp_path, tmp_path / "state").name == "kvm"
+
+
+def test_the_accelerator_line_says_what_it_means() -> None:
+    assert str(vm.Accel("tcg", "/dev/kvm is missing")) == \
+        "mk: QEMU runs with tcg (emulation: slow) because /dev/kvm is missing"
+    assert str(vm.Accel("kvm", "--accel kvm asks for it")) == "mk: QEMU runs with kvm because --accel kvm asks for it"
+
+
+def fake_qemu(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A PATH whose QEMU only writes down its arguments (into the file returned) and exits."""
+    folder = tmp_path / "fake-bin"
+    folder.mkdir()
+    script = folder / vm.QEMU
+    script.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/arguments"\n')
+    script.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}, folder / "arguments"
+
+
+def run_image(root: Path, cache: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MK, "run", *args], cwd=root, env=mk_env(cache, env), capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, check=False, timeout=120)
+
+
+def test_run_says_which_accelerator_it_picked(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    env, arguments = fake_qemu(tmp_path)
+    result = run_image(root, tmp_path / "cache", env, "//img:box", "--accel", "tcg")
+    assert result.returncode == 0, result.stderr
+    assert "mk: QEMU runs with tcg (emulation: slow) because --accel tcg asks for it\n" in result.stderr
+    assert arguments.read_text().startswith("-accel tcg ")
+
+
+def test_a_published_port_in_use_is_named_before_qemu_starts(workspace: WorkspaceFactory, repo: Repo,
+                                                             tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    env, arguments = fake_qemu(tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        result = run_image(root, tmp_path / "cache", env, "//img:box", "--accel", "tcg", "--publish", f"{port}:80")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.endswith(f"error: --publish {port}:80: port {port} is already in use on 127.0.0.1 "
+                                  "(another program, or another mk run, listens there); choose another host port\n")
+    assert not arguments.exists()  # QEMU never started
+
+
+def test_one_host_port_published_twice_is_refused() -> None:
+    with pytest.raises(MkError) as error:
+        vm.VmOptions(publish=((8080, 80), (8080, 443)))
+    assert str(error.value) == "error: --publish 8080:443: host port 8080 is already published to guest port 80"
+
+
+def test_ssh_key_for_an_image_without_ssh_key_user_is_warned_about(workspace: WorkspaceFactory, repo: Repo,
+                                                                   tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    env, arguments = fake_qemu(tmp_path)
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAA user@host\n")
+    result = run_image(root, tmp_path / "cache", env, "//img:nokey", "--accel", "tcg", "--ssh-key", str(key))
+    assert result.returncode == 0, result.stderr
+    assert ("mk: warning: --ssh-key is ignored: the image sets no ssh_key_user, so nothing would install the key "
+            "at boot (set ssh_key_user, e.g. to \"root\", on the image target)\n") in result.stderr
+    assert "mk.authorized_key=" not in arguments.read_text()
+    result = run_image(root, tmp_path / "cache", env, "//img:box", "--accel", "tcg", "--ssh-key", str(key))
+    assert result.returncode == 0, result.stderr
+    assert "--ssh-key" not in result.stderr and "mk.authorized_key=" in arguments.read_text()
+
+
+def test_run_help_says_how_to_stop_the_vm(tmp_path: Path) -> None:
+    help_text = " ".join(subprocess.run([MK, "run", "--help"], capture_output=True, text=True, check=True,
+                                        env=mk_env(tmp_path)).stdout.split())
+    assert "Stop it with Ctrl-A X (QEMU's console), Ctrl-C, or poweroff inside the guest." in help_text
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    assert "Stop it with Ctrl-A X (QEMU's console), Ctrl-C, or `poweroff` inside the guest" in readme
 
 
 def test_unknown_accel_is_refused(tmp_path: Path) -> None:

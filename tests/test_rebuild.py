@@ -517,3 +517,15 @@ def test_a_bare_name_equal_to_the_target_means_the_source_file(workspace: Worksp
                     "p/motd": "hello\n"})
     ws.build("//p:motd")
     assert ws.read("mk-out/p/motd.out") == "hello\n"
+
+
+def test_a_failure_names_its_targets_line_which_is_not_part_of_any_key(workspace: WorkspaceFactory) -> None:
+    build_file = ('genrule(name = "a", outs = ["a.txt"], cmd = "echo a > $@")\n'
+                  'genrule(name = "bad", outs = ["b.txt"], cmd = "exit 3")\n')
+    ws = workspace({"pkg/BUILD": build_file})
+    ws.build("//pkg:a")
+    ws.write("pkg/BUILD", "# Two lines above every target now.\n\n" + build_file)
+    assert parse_summary(ws.build("//pkg:a").out).executed == 0  # moved, not changed
+    failed = ws.mk("build", "//pkg:bad")
+    assert failed.code == 1
+    assert "pkg/BUILD:4:1: error: Genrule //pkg:bad failed (exit code 3)\n" in failed.err, failed.err

@@ -156,13 +156,13 @@ def test_a_source_that_is_a_directory(workspace: WorkspaceFactory) -> None:
 def test_a_command_with_a_nul_byte(workspace: WorkspaceFactory) -> None:
     ws = workspace({"pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo \\x00 > $@")\n'})
     assert fails_with(ws, "//pkg:a", code=1).splitlines()[-1] == (
-        "error: Genrule //pkg:a cannot run: its command holds a NUL byte (embedded null byte)")
+        "pkg/BUILD:1:1: error: Genrule //pkg:a cannot run: its command holds a NUL byte (embedded null byte)")
 
 
 def test_a_command_longer_than_the_system_allows(workspace: WorkspaceFactory) -> None:
     ws = workspace({"pkg/BUILD": f'genrule(name = "a", outs = ["a.txt"], cmd = "true {"x" * 200000}; touch $@")\n'})
     assert fails_with(ws, "//pkg:a", code=1).splitlines()[-1] == (
-        "error: Genrule //pkg:a cannot run its command (200045 bytes): Argument list too long")
+        "pkg/BUILD:1:1: error: Genrule //pkg:a cannot run its command (200045 bytes): Argument list too long")
 
 
 def test_a_directory_where_an_output_goes(workspace: WorkspaceFactory) -> None:

@@ -143,7 +143,7 @@ def test_a_broken_edit_reports_and_the_next_good_one_recovers(watching: tuple[Wo
     assert w.stop() == 0
     errors = [e for e in w.errors if "error" in e]
     assert len(errors) == 1, w.errors
-    assert errors[0].startswith("pkg/BUILD:5:16: error: unexpected symbol ')' here, expected one of "), errors
+    assert errors == ["pkg/BUILD:5:16: error: unexpected symbol ')' here, expected a value"], errors
 
 
 def test_a_failing_command_is_reported_and_the_outputs_stay(watching: tuple[Workspace, Watch]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mk.cache.cas import ContentStore
+from mk.engine.errors import Location
 from mk.engine.keys import StaticMaterial, static_material
 from mk.engine.labels import Label
 
@@ -92,6 +93,8 @@ class Action:
     command: tuple[str, ...] | None = None
     function: Callable[[ActionIO], None] | None = field(default=None, compare=False)
     toolchain: Artifact | None = None  # a command's root filesystem: a tree artifact among `inputs`
+    # Where its owner is declared, for its errors; set by analysis, never part of the key.
+    where: Location | None = field(default=None, compare=False)
 
     @property
     def runs_on_host_tools(self) -> bool:

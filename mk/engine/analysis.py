@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from mk.engine.actions import Action, Artifact
@@ -48,8 +49,9 @@ class Analyzer:
             self._stack.pop()
         for action in ctx.actions:
             _check_outputs(target, action)
+        actions = tuple(dataclasses.replace(action, where=target.location) for action in ctx.actions)
         dep_labels = tuple(sorted({d.label for ds in deps.values() for d in ds if d.label}))
-        configured = ConfiguredTarget(target, providers, tuple(ctx.actions), dep_labels, tuple(sorted(set(read))))
+        configured = ConfiguredTarget(target, providers, actions, dep_labels, tuple(sorted(set(read))))
         self.done[label] = configured
         return configured
 

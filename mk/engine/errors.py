@@ -35,11 +35,12 @@ class MkError(Exception):
         return f"{prefix}error: {self.message}"
 
 
-def did_you_mean(word: str, candidates: Iterable[str], limit: int = 3) -> str:
-    """' (did you mean 'x'?)' for the nearest candidates, or '' when none is close."""
+def did_you_mean(word: str, candidates: Iterable[str], limit: int = 3, within: str = "") -> str:
+    """' (did you mean 'x'?)' for the nearest candidates, or '' when none is close. With `within`
+    (a folder the candidates are names in), names are compared alone and shown in the folder."""
     import difflib  # only on the error path
 
     close = difflib.get_close_matches(word, sorted(set(candidates)), n=limit, cutoff=0.6)
     if not close:
         return ""
-    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
+    return " (did you mean " + " or ".join(f"'{within}{c}'" for c in close) + "?)"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from mk.cache.stat_cache import FileDigest
 from mk.engine.actions import Action
+from mk.engine.errors import MkError
 from mk.engine.keys import KeyMaterial
 from mk.engine.rebuilder import Outcome, Rebuilder
 
@@ -72,6 +73,8 @@ def run_actions(
 
     def fail(action: Action, error: BaseException) -> None:
         nonlocal stopping
+        if isinstance(error, MkError) and error.location is None:
+            error.location = action.where  # the error names the BUILD file line of the target it is about
         state.failures.append((action, error))
         stopping = stopping or not keep_going
         blocked = list(dependents[id(action)])

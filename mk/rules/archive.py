@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -18,6 +19,7 @@ from mk.rules.providers import TreeInfo
 from mk.rules.trees import tree_inputs
 
 Writer = Callable[[Tree, ContentStore, BinaryIO, int], None]
+_OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # the distribution spec's tag grammar
 _WRITERS: dict[str, Writer] = {"tar": write_tar, "cpio": write_cpio}
 
 
@@ -100,10 +102,14 @@ def analyze_oci(ctx: RuleContext) -> list[Provider]:
     layers = tree_inputs(ctx, "layers")
     env = ctx.attrs["env"]
     assert isinstance(env, dict)
+    tag = ctx.string("tag")
+    if not _OCI_TAG.fullmatch(tag):
+        raise ValueError(f"tag '{tag}' is not an OCI tag (letters, digits, '_', '.' and '-', at most 128, "
+                         "not starting with '.' or '-')")
     out = ctx.output(f"{ctx.label.name}.oci.tar")
     params = oci_params(layers, bool(ctx.attrs["flatten"]), ctx.strings("entrypoint"), ctx.strings("cmd"),
                         [f"{k}={v}" for k, v in sorted(env.items())], ctx.string("workdir"), ctx.string("user"),
-                        ctx.string("tag") or "latest", ctx.source_date_epoch, ctx.string("architecture"))
+                        f"{ctx.label.name}:{tag}", ctx.source_date_epoch, ctx.string("architecture"))
     ctx.add_action(Action(owner=ctx.label, mnemonic="OciImage", inputs=layers, outputs=(out,), params=params,
                           function=write_oci))
     return [DefaultInfo(files=(out,))]
@@ -114,7 +120,9 @@ OCI_RULE = Rule(
     doc=(
         "An OCI image as an `oci-archive` tarball (`NAME.oci.tar`), which `skopeo copy oci-archive:...` and "
         "`umoci` read. One gzip'd layer per entry of `layers`, or a single merged layer with `flatten`. "
-        "`created` is SOURCE_DATE_EPOCH, so the image digest depends only on the inputs."
+        "`created` is SOURCE_DATE_EPOCH, so the image digest depends only on the inputs. The image is named "
+        "`NAME:TAG` in index.json (`org.opencontainers.image.ref.name`): `podman load -i NAME.oci.tar` names it "
+        "`localhost/NAME:TAG`, and `skopeo copy oci-archive:NAME.oci.tar:NAME:TAG ...` selects it."
     ),
     attrs=(
         Attr("layers", attrs.LABEL_LIST, "`layer`, `rootfs` or `deb_packages` targets, lowest first.",
@@ -126,7 +134,8 @@ OCI_RULE = Rule(
         Attr("env", attrs.STRING_DICT, "Environment variables (written sorted).", default={}),
         Attr("workdir", attrs.STRING, "Working directory.", default=""),
         Attr("user", attrs.STRING, "User to run as, e.g. '1000:1000'.", default=""),
-        Attr("tag", attrs.STRING, "The reference name in index.json; default 'latest'.", default=""),
+        Attr("tag", attrs.STRING, "The image's tag: its reference name in index.json is `NAME:TAG`.",
+             default="latest"),
     ),
     analyze=analyze_oci,
 )

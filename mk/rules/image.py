@@ -20,6 +20,7 @@ from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules import init
 from mk.rules.archive import archive_action, oci_params, write_oci
 from mk.rules.deb.sbom import merge_documents
+from mk.rules.image_check import check_commands
 from mk.rules.providers import ImageInfo, KernelInfo, SbomInfo, TreeInfo
 from mk.rules.trees import tree_inputs
 from mk.rules.write_file import write
@@ -29,7 +30,8 @@ DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
 
 def assemble(io: ActionIO) -> None:
     """The root filesystem: the layers, then the generated boot files (their text comes through
-    the parameters, so it is part of the key) and the `files`."""
+    the parameters, so it is part of the key) and the `files`; refused when a command of the image
+    names a program it does not have."""
     p = io.params
     layers = [io.read_tree(path) for path in io.strings("layers")]
     entries = []
@@ -58,6 +60,9 @@ def assemble(io: ActionIO) -> None:
         raise ValueError(str(e)) from None
     if not any(e.path == "usr/bin/busybox" for e in tree.entries):
         raise ValueError("the image has no /usr/bin/busybox, which its init needs: add busybox-static to 'base'")
+    problems = check_commands(tree, io.cas, io.strings("services"), io.strings("onboot"))
+    if problems:
+        raise ValueError("\n  ".join(problems))
     io.write_tree(tree)
 
 
@@ -92,7 +97,8 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     rootfs = out("rootfs.tree", tree=True)
     ctx.add_action(Action(
         owner=ctx.label, mnemonic="ImageRoot", inputs=(*layers, *file_inputs), outputs=(rootfs,),
-        params={"layers": [a.path for a in layers], "generated": _generated(ctx), "files": files},
+        params={"layers": [a.path for a in layers], "generated": _generated(ctx), "files": files,
+                "services": ctx.strings("services"), "onboot": ctx.strings("onboot")},
         function=assemble,
     ))
     initrd, kernel, cmdline = out("initrd.img"), out("kernel"), out("cmdline")
@@ -113,13 +119,15 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     ctx.add_action(archive_action(ctx, "Tar", rootfs, rootfs_tar, "tar", "none"))
     ctx.add_action(Action(
         owner=ctx.label, mnemonic="OciImage", inputs=(rootfs,), outputs=(oci,),
-        params=oci_params((rootfs,), False, ["/init"], [], [], "", "", name, ctx.source_date_epoch, "amd64"),
+        params=oci_params((rootfs,), False, [], init.container_command(ctx.strings("services")),
+                          [f"PATH={init.PATH}"], "", "", f"{name}:latest", ctx.source_date_epoch, "amd64"),
         function=write_oci,
     ))
     boot = (kernel, initrd, cmdline, sbom, manifest)
     # Output groups are the formats `mk image --format` offers; "kernel+initrd" is the default set.
     formats = {"kernel+initrd": boot, "tar": (rootfs_tar,), "oci": (oci,)}
-    return [DefaultInfo(files=boot, groups=formats), ImageInfo(kernel, initrd, cmdline, rootfs)]
+    return [DefaultInfo(files=boot, groups=formats),
+            ImageInfo(kernel, initrd, cmdline, rootfs, ctx.string("ssh_key_user"))]
 
 
 def _generated(ctx: RuleContext) -> list[list[object]]:
@@ -156,9 +164,19 @@ RULE = Rule(
         "`files`, `onboot` commands run once in order at boot, and `services` that busybox init keeps running. "
         "A generated /init mounts /proc, /sys, /dev and /run, loads the kernel rule's modules in order and sets "
         "the hostname; with `network`, eth0 is configured by DHCP. `base` must provide /usr/bin/busybox "
-        "(busybox-static). Outputs in `mk-out/<pkg>/<name>/`: kernel, initrd.img (zstd cpio), cmdline, "
+        "(busybox-static). The build checks that the program each `onboot` and `services` command starts (its "
+        "first word, after variable assignments and `exec`) is in the image and executable: a path is followed "
+        "through the image's symlinks, a bare name is looked up on PATH (/usr/sbin:/usr/bin:/sbin:/bin) and "
+        "among busybox's applets, which /init links at boot; builtins, shell syntax and expansions are left to "
+        "the shell. Outputs in `mk-out/<pkg>/<name>/`: kernel, initrd.img (zstd cpio), cmdline, "
         "sbom.spdx.json, manifest.json; `mk image --format tar|oci` adds rootfs.tar or image.oci.tar. Boot it "
-        "with `mk run`."
+        "with `mk run`. image.oci.tar is the root filesystem as one layer, named `NAME:latest` in index.json "
+        "(`podman load -i image.oci.tar` makes `localhost/NAME:latest`). As a container it runs its first service "
+        "(or a busybox shell when it has none) the way busybox init would: through `sh -c`, with PATH "
+        "/usr/sbin:/usr/bin:/sbin:/bin, once busybox's applet links are made. That is its `Cmd`, with no "
+        "`Entrypoint`, so `podman run IMAGE COMMAND...` runs COMMAND instead. It is not /init, which mounts "
+        "/proc, /sys and /dev and loads kernel modules, as a container must not; `onboot` commands and the other "
+        "services do not run in a container."
     ),
     attrs=(
         Attr("kernel", attrs.LABEL, "A kernel target.", mandatory=True, providers=(KernelInfo,)),

@@ -39,3 +39,4 @@ class ImageInfo(Provider):
     initrd: Artifact
     cmdline: Artifact
     root: Artifact
+    ssh_key_user: str  # who `mk run --ssh-key` authorizes at boot; "" when nobody (the key is then ignored)

@@ -2,18 +2,24 @@
 
 The serial console is the terminal. `--accel auto` uses KVM only when a short probe shows that
 guests actually run under it (on some machines /dev/kvm exists but guests hang), and the
-answer is remembered until the host reboots. Ctrl-C stops the VM; nothing is left running.
+answer is remembered until the host reboots; mk says which accelerator it picked, and why.
+Published host ports are checked free before QEMU starts, so a port in use is named, not left to
+QEMU's "Could not set up host forwarding rule". Ctrl-A X (QEMU's console), Ctrl-C or `poweroff`
+in the guest stops the VM; nothing is left running.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import posixpath
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
@@ -34,6 +40,26 @@ class VmOptions:
     accel: str = "auto"  # tcg, kvm or auto
     publish: tuple[tuple[int, int], ...] = ()  # (host port, guest port), on 127.0.0.1
     ssh_key: str | None = None  # an OpenSSH public key, installed at boot for the image's ssh_key_user
+
+    def __post_init__(self) -> None:
+        published: dict[int, int] = {}
+        for host, guest in self.publish:
+            if host in published:
+                raise MkError(f"--publish {host}:{guest}: host port {host} is already published to guest port "
+                              f"{published[host]}")
+            published[host] = guest
+
+
+@dataclass(frozen=True)
+class Accel:
+    """The accelerator QEMU runs with, and why it was picked."""
+
+    name: str  # kvm or tcg
+    why: str
+
+    def __str__(self) -> str:
+        slow = " (emulation: slow)" if self.name == "tcg" else ""
+        return f"mk: QEMU runs with {self.name}{slow} because {self.why}"
 
 
 def qemu_binary() -> str:
@@ -75,21 +101,44 @@ def command(image: Path, options: VmOptions, accel: str) -> list[str]:
     ]
 
 
-def choose_accel(requested: str, image: Path, state_dir: Path) -> str:
+def choose_accel(requested: str, image: Path, state_dir: Path) -> Accel:
     if requested in ("tcg", "kvm"):
-        return requested
+        return Accel(requested, f"--accel {requested} asks for it")
     if requested != "auto":
         raise MkError(f"--accel {requested}: choose tcg, kvm or auto")
     if not Path("/dev/kvm").exists():
-        return "tcg"
+        return Accel("tcg", "/dev/kvm is missing")
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     remembered = state_dir / f"kvm-works-{boot_id}"
     if remembered.exists():
-        return remembered.read_text().strip()
-    verdict = "kvm" if _kvm_boots(image) else "tcg"
-    state_dir.mkdir(parents=True, exist_ok=True)
-    remembered.write_text(verdict + "\n")
-    return verdict
+        verdict = remembered.read_text().strip()
+        note = f" (the answer since this host started, remembered in {remembered}; delete it to probe again)"
+    else:
+        verdict, note = "kvm" if _kvm_boots(image) else "tcg", ""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        remembered.write_text(verdict + "\n")
+    if verdict == "kvm":
+        return Accel("kvm", "a probe booted the kernel under KVM" + note)
+    return Accel("tcg", f"/dev/kvm is there, but a probe did not boot the kernel under KVM within "
+                        f"{_PROBE_SECONDS:.0f} s{note}")
+
+
+def check_ports_free(publish: tuple[tuple[int, int], ...]) -> None:
+    """Each published host port can be listened on at 127.0.0.1, as QEMU's user networking will."""
+    for host, guest in publish:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as QEMU's does: TIME_WAIT is no obstacle
+            try:
+                probe.bind(("127.0.0.1", host))
+            except OSError as e:
+                spec = f"--publish {host}:{guest}: port {host}"
+                if e.errno == errno.EADDRINUSE:
+                    raise MkError(f"{spec} is already in use on 127.0.0.1 (another program, or another mk run, "
+                                  "listens there); choose another host port") from None
+                if e.errno == errno.EACCES:
+                    raise MkError(f"{spec} needs privileges this user lacks (ports below 1024 do); "
+                                  "choose a host port from 1024 up") from None
+                raise MkError(f"{spec} cannot be listened on at 127.0.0.1: {e.strerror}") from None
 
 
 def _kvm_boots(image: Path) -> bool:
@@ -133,8 +182,10 @@ class VirtualMachine:
         for name in ("kernel", "initrd.img", "cmdline"):
             if not (image / name).is_file():
                 raise MkError(f"{image / name} is missing; build the image first (mk image)")
+        check_ports_free(options.publish)
         accel = choose_accel(options.accel, image, state_dir)
-        self.process = subprocess.Popen(command(image, options, accel),
+        print(accel, file=sys.stderr, flush=True)
+        self.process = subprocess.Popen(command(image, options, accel.name),
                                         stdin=None if foreground else subprocess.DEVNULL,
                                         start_new_session=not foreground)
 
@@ -169,7 +220,12 @@ def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[st
           foreground: bool) -> VirtualMachine:
     assert isinstance(info, ImageInfo)
     image = output_dir / posixpath.dirname(info.kernel.path)
-    return VirtualMachine(image, _options(values), cache_root / "vm", foreground)
+    options = _options(values)
+    if options.ssh_key and not info.ssh_key_user:
+        print("mk: warning: --ssh-key is ignored: the image sets no ssh_key_user, so nothing would install the key "
+              "at boot (set ssh_key_user, e.g. to \"root\", on the image target)", file=sys.stderr)
+        options = replace(options, ssh_key=None)
+    return VirtualMachine(image, options, cache_root / "vm", foreground)
 
 
 def _check() -> None:
@@ -182,8 +238,10 @@ RUNNER = Runner(
         click.Option(["--publish", "-p"], multiple=True, metavar="HOST:GUEST",
                      help="Forward 127.0.0.1:HOST to the guest's port GUEST."),
         click.Option(["--ssh-key"], type=click.Path(dir_okay=False),
-                     help="An OpenSSH public key to authorize at boot (never stored in the image)."),
-        click.Option(["--accel"], type=click.Choice(["auto", "tcg", "kvm"]), default="auto", show_default=True),
+                     help="An OpenSSH public key to authorize at boot for the image's ssh_key_user (never stored "
+                          "in the image)."),
+        click.Option(["--accel"], type=click.Choice(["auto", "tcg", "kvm"]), default="auto", show_default=True,
+                     help="auto: KVM when a probe (once per host boot) shows guests run under it, else TCG."),
         click.Option(["--mem"], default="512M", show_default=True, help="Guest memory."),
         click.Option(["--cpus"], type=click.IntRange(min=1), default=1, show_default=True),
     ),
