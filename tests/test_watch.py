@@ -99,7 +99,8 @@ def test_an_edit_rebuilds_once_what_it_affects(watching: tuple[Workspace, Watch]
     assert lines[0] == "mk watch: changed pkg/a.txt"
     assert "mk watch: ran Genrule //pkg:a, Genrule //pkg:b" in lines
     assert ws.read("mk-out/pkg/b.out") == "two\ntwo\n"
-    assert w.quiet() == []  # exactly one rebuild
+    extra = w.quiet()
+    assert extra == [], (extra, w.errors)  # exactly one rebuild
     assert w.stop() == 0
     assert "mk watch: stopped" in w.errors
 

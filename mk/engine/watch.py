@@ -136,7 +136,22 @@ class Watcher:
             if not result.schedule.failures and self.after_success is not None:
                 self.after_success(result)  # a failed build leaves the previous VM running
         self.rewatch()
-        return self._edited_since(started_ns)
+        edited = self._edited_since(started_ns)
+        if edited:
+            # The next build starts at once and reads every file as it is now: the events of
+            # these edits (and of any other made since) would only start another build after it.
+            self._drain()
+        # Said last: whoever waits for this line and then edits a file is seen by the watches alone.
+        self.say(f"mk watch: watching {len(self.current.files) if self.current else 0} files in "
+                 f"{len(self.watches)} folders; Ctrl-C stops")
+        return edited
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.changes.get_nowait()
+            except queue.Empty:
+                return
 
     def _edited_since(self, when_ns: int) -> set[str]:
         edited, now = set(), time.time_ns()
@@ -162,8 +177,6 @@ class Watcher:
             self.observer.unschedule(self.watches.pop(folder))  # type: ignore[arg-type]
         for folder in sorted(wanted - set(self.watches)):
             self.watches[folder] = self.observer.schedule(_Handler(self.changes), folder, recursive=False)
-        self.say(f"mk watch: watching {len(self.current.files)} files in {len(self.watches)} folders; "
-                 "Ctrl-C stops")
 
     def _relevant(self, path: str, entries_changed: bool) -> bool:
         if path.startswith(self.ignored) or self.current is None:
