@@ -2,8 +2,9 @@
 sets and layers, `onboot` commands and supervised `services`, booted from an initramfs.
 
 Default outputs, under `mk-out/<pkg>/<name>/`: `kernel`, `initrd.img` (zstd cpio), `cmdline`,
-`sbom.spdx.json` and `manifest.json` (sha256 of each). The `tar` and `oci` output groups
-(`mk image --format tar|oci`) add `rootfs.tar` and `image.oci.tar`.
+`sbom.spdx.json` and `manifest.json`. The `tar` and `oci` output groups (`mk image --format
+tar|oci`) add `rootfs.tar` and `image.oci.tar`. The manifest gives the sha256 and size of every
+other file the build places there, the formats asked for included.
 """
 
 from __future__ import annotations
@@ -106,9 +107,6 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     ctx.add_action(Action(owner=ctx.label, mnemonic="Sbom", inputs=sboms, outputs=(sbom,),
                           params={"sboms": [s.path for s in sboms], "name": str(ctx.label),
                                   "epoch": ctx.source_date_epoch}, function=combine_sboms))
-    manifest = out("manifest.json")
-    ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", inputs=(kernel, initrd, cmdline, sbom),
-                          outputs=(manifest,), function=write_manifest))
     rootfs_tar, oci = out("rootfs.tar"), out("image.oci.tar")
     ctx.add_action(archive_action(ctx, "Tar", rootfs, rootfs_tar, "tar", "none"))
     ctx.add_action(Action(
@@ -116,10 +114,15 @@ def analyze(ctx: RuleContext) -> list[Provider]:
         params=oci_params((rootfs,), False, ["/init"], [], [], "", "", name, ctx.source_date_epoch, "amd64"),
         function=write_oci,
     ))
-    boot = (kernel, initrd, cmdline, sbom, manifest)
     # Output groups are the formats `mk image --format` offers; "kernel+initrd" is the default set.
-    formats = {"kernel+initrd": boot, "tar": (rootfs_tar,), "oci": (oci,)}
-    return [DefaultInfo(files=boot, groups=formats), ImageInfo(kernel, initrd, cmdline)]
+    formats = {"tar": (rootfs_tar,), "oci": (oci,)}
+    # The manifest describes every file this build places for the image: the formats asked for too.
+    described = (kernel, initrd, cmdline, sbom, *(f for g in ctx.output_groups for f in formats.get(g, ())))
+    manifest = out("manifest.json")
+    ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", inputs=described, outputs=(manifest,),
+                          function=write_manifest))
+    boot = (kernel, initrd, cmdline, sbom, manifest)
+    return [DefaultInfo(files=boot, groups={"kernel+initrd": boot, **formats}), ImageInfo(kernel, initrd, cmdline)]
 
 
 def _generated(ctx: RuleContext) -> list[list[object]]:
@@ -157,7 +160,8 @@ RULE = Rule(
         "A generated /init mounts /proc, /sys, /dev and /run, loads the kernel rule's modules in order and sets "
         "the hostname; with `network`, eth0 is configured by DHCP. `base` must provide /usr/bin/busybox "
         "(busybox-static). Outputs in `mk-out/<pkg>/<name>/`: kernel, initrd.img (zstd cpio), cmdline, "
-        "sbom.spdx.json, manifest.json; `mk image --format tar|oci` adds rootfs.tar or image.oci.tar. Boot it "
+        "sbom.spdx.json, manifest.json; `mk image --format tar|oci` adds rootfs.tar or image.oci.tar. The "
+        "manifest gives the sha256 and size of every other file there, the formats built included. Boot it "
         "with `mk run`."
     ),
     attrs=(
