@@ -18,6 +18,7 @@ import msgpack
 
 from mk.cache.fsutil import write_atomic
 from mk.engine.actions import Action
+from mk.engine.cache_parts import EXPLAIN
 from mk.engine.keys import KeyMaterial
 
 _FORMAT = 2
@@ -44,7 +45,7 @@ class ExplainLog:
 
     def __init__(self, cache_root: Path, workspace_root: Path) -> None:
         name = blake3.blake3(str(workspace_root).encode()).hexdigest()[:32]
-        self.file = cache_root / "explain" / f"{name}.msgpack"
+        self.file = cache_root / EXPLAIN.name / f"{name}.msgpack"
 
     def _load(self) -> tuple[dict[str, Material], list[dict[str, object]]]:
         try:

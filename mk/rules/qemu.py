@@ -21,6 +21,7 @@ import click
 from mk.engine.errors import MkError
 from mk.engine.registry import Runner
 from mk.engine.rule_api import Provider
+from mk.rules.cache_parts import VM
 from mk.rules.providers import ImageInfo
 
 QEMU = "qemu-system-x86_64"
@@ -169,7 +170,7 @@ def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[st
           foreground: bool) -> VirtualMachine:
     assert isinstance(info, ImageInfo)
     image = output_dir / posixpath.dirname(info.kernel.path)
-    return VirtualMachine(image, _options(values), cache_root / "vm", foreground)
+    return VirtualMachine(image, _options(values), cache_root / VM.name, foreground)
 
 
 def _check() -> None:

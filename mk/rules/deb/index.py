@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mk.cache.fsutil import mark_used
 from mk.engine.errors import MkError
 from mk.rules.deb.download import DownloadError, download
 from mk.rules.deb.grammar import GrammarError, check_package
@@ -101,7 +102,9 @@ def _fetch_packages(dist_url: str, stem: str, hashes: dict[str, tuple[str, int]]
             continue
         sha256, size = hashes[stem + suffix]
         local = cache / f"{sha256}{suffix}"
-        if not (local.is_file() and _sha256(local) == sha256):
+        if local.is_file() and _sha256(local) == sha256:
+            mark_used(local)
+        else:
             try:
                 download(f"{dist_url}/{stem}{suffix}", local, sha256=sha256, size=size)
             except DownloadError as e:
