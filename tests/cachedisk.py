@@ -55,12 +55,14 @@ def last_use(cache_dir: Path) -> dict[Path, float]:
 _STATS_LINE = re.compile(r"^ *(?P<size>\d+(?:\.\d)? (?:B|KiB|MiB|GiB)) +(?P<files>\d+)  (?P<part>\S+) +(?P<what>.*)$")
 
 
-def cache_stats(ws: Workspace) -> dict[str, tuple[str, int, str]]:
-    """`mk cache stats`, checked line by line: part -> (size, entries, what it holds [what gc does])."""
-    result = ws.mk("cache", "stats")
+def cache_stats(ws: Workspace, cache_dir: Path | None = None) -> dict[str, tuple[str, int, str]]:
+    """`mk cache stats` (of `ws`'s cache, or of `cache_dir`), checked line by line: part -> (size,
+    entries, what it holds [what gc does])."""
+    cache = cache_dir or ws.cache_dir
+    result = ws.mk("cache", "stats", env={"MK_CACHE_DIR": str(cache)})
     assert result.code == 0, result
     lines = result.out.splitlines()
-    assert lines[:2] == [f"cache: {ws.cache_dir.resolve()}", "      size  entries  part"], result.out
+    assert lines[:2] == [f"cache: {cache.resolve()}", "      size  entries  part"], result.out
     parts = {}
     for line in lines[2:]:
         match = _STATS_LINE.match(line)
