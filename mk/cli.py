@@ -356,7 +356,7 @@ def _optional_workspace() -> Workspace | None:
 
 @cache.command()
 def stats() -> None:
-    """Show each part of the cache: its size on disk, its files, what gc does with it."""
+    """Show each part of the cache: its size on disk, its entries, what gc does with it."""
     from mk.cache import maintenance
 
     local = cache_for(_optional_workspace())

@@ -159,6 +159,9 @@ def _entries(cache: LocalCache, parts: Sequence[CachePart]) -> Iterator[tuple[in
             yield from _files_of(cache.root / part.name, part.kept)
 
 
+_TEMP = (".tmp-", ".part-")  # what atomic_writer and downloads write before renaming into place
+
+
 def _files_of(top: Path, kept: Sequence[str]) -> Iterator[tuple[int, int, int, Path, Path]]:
     """The entries of an evictable folder: its files but temp files (which may be a writer's,
     being written) and those that are state."""
@@ -170,9 +173,6 @@ def _files_of(top: Path, kept: Sequence[str]) -> Iterator[tuple[int, int, int, P
             with contextlib.suppress(FileNotFoundError):
                 st = path.lstat()
                 yield st.st_mtime_ns, 0, on_disk(st), path, top
-
-
-_TEMP = (".tmp-", ".part-")  # what atomic_writer and Debian downloads write before renaming
 
 
 def _remove_emptied_folders(folder: Path, top: Path) -> int:
