@@ -505,34 +505,36 @@ def _optional_workspace() -> Workspace | None:
 
 @cache.command()
 def stats() -> None:
-    """Show what the cache holds."""
+    """Show each part of the cache: its size on disk, its entries, what gc does with it."""
     from mk.cache import maintenance
 
     local = cache_for(_optional_workspace())
-    s = maintenance.stats(local)
+    s = maintenance.stats(local, REGISTRY.cache_parts())
     click.echo(f"cache: {local.root}")
-    click.echo(f"blobs: {s.blobs} ({human_size(s.blob_bytes)})")
-    click.echo(f"action results: {s.actions} ({human_size(s.action_bytes)})")
-    if s.remote_results:
-        click.echo(f"results from remote caches: {s.remote_results} ({human_size(s.remote_result_bytes)})")
-    if s.toolchains:
-        click.echo(f"toolchains written out for sandboxes: {s.toolchains} ({human_size(s.toolchain_bytes)})")
-    click.echo(f"total: {human_size(s.blob_bytes + s.action_bytes + s.remote_result_bytes)}")
+    click.echo(f"{'size':>10} {'entries':>8}  part")
+    for part in s.parts:
+        click.echo(f"{human_size(part.size):>10} {part.entries:>8}  {part.shown:<16} {part.holds} "
+                   f"[{part.policy.value}]")
+    click.echo(f"{human_size(s.size):>10} {s.entries:>8}  total (the whole folder, as du counts it)")
 
 
 @cache.command()
 @click.option("--max-size", required=True, help="Shrink the cache to at most this size, e.g. 500M or 2G.")
 def gc(max_size: str) -> None:
-    """Delete least recently used entries until the cache fits in --max-size."""
+    """Evict least recently used entries until the cache folder fits in --max-size."""
     from mk.cache import maintenance
 
     try:
         limit = maintenance.parse_size(max_size)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--max-size") from None
-    report = maintenance.gc(cache_for(_optional_workspace()), limit)
+    report = maintenance.gc(cache_for(_optional_workspace()), limit, REGISTRY.cache_parts())
     freed, left = human_size(report.freed_bytes), human_size(report.remaining_bytes)
     click.echo(f"removed {report.removed_files} files, freed {freed}, {left} left")
+    if report.remaining_bytes > limit:
+        alone = f", and leaves alone what mk does not write ({', '.join(report.not_mine)})" if report.not_mine else ""
+        print(f"mk: warning: {left} is over the limit of {human_size(limit)}: gc keeps mk's small state "
+              f"({', '.join(report.kept)}) and the folders{alone}", file=sys.stderr)
 
 
 @cache.command()

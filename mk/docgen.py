@@ -48,6 +48,12 @@ paths. Every output is stored in the content store by the blake3 of its bytes, a
 action is cached by a key made from the *content* of its inputs, so a rebuilt input with the
 same bytes stops the rebuild there.
 
+After a build, the files of each target it built are exactly what it made: a file the target
+placed before and no longer makes (an output renamed in the BUILD file, or an image format not
+asked for this time) is removed. The files of targets the build did not build are left as they
+are, and so are those of a target a failure left unfinished. mk remembers what each target
+placed in `mk-out/.mk-placed`; `mk clean` removes all of `mk-out/`.
+
 # Rule reference
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -155,8 +156,6 @@ def test_image_contents_and_outputs(workspace: WorkspaceFactory, repo: Repo, tmp
     assert (out / "cmdline").read_text() == "console=ttyS0 quiet\n"
     assert (out / "kernel").read_bytes() == b"not really a kernel"
     manifest = json.loads((out / "manifest.json").read_text())
-    import hashlib
-
     assert manifest["initrd.img"]["sha256"] == hashlib.sha256((out / "initrd.img").read_bytes()).hexdigest()
     sbom = json.loads((out / "sbom.spdx.json").read_text())
     assert [p["name"] for p in sbom["packages"]] == ["busybox-static"]
@@ -269,6 +268,44 @@ def test_the_oci_image_of_a_real_busybox_runs_in_a_container(tmp_path: Path) -> 
         input="echo container-ok; readlink /bin/sh; ls /sbin/poweroff\n", capture_output=True, text=True, timeout=60)
     assert container.returncode == 0, container.stderr
     assert container.stdout == "container-ok\n/usr/bin/busybox\n/sbin/poweroff\n"
+
+
+def manifest_matches_the_folder(out: Path) -> dict[str, dict[str, object]]:
+    """manifest.json, checked to list every other file of the image's folder with its sha256 and size."""
+    manifest: dict[str, dict[str, object]] = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest) == sorted(p.name for p in out.iterdir() if p.name != "manifest.json")
+    for name, entry in manifest.items():
+        data = (out / name).read_bytes()
+        assert entry == {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}, name
+    return manifest
+
+
+def test_a_plain_image_build_after_a_tar_one_leaves_no_stale_rootfs_tar(workspace: WorkspaceFactory, repo: Repo,
+                                                                        tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    assert mk(root, tmp_path / "cache", "image", "//img:box", "--format", "tar").returncode == 0
+    (root / "img/motd").write_text("edited\n")
+    result = mk(root, tmp_path / "cache", "image", "//img:box")
+    assert result.returncode == 0, result.stderr
+    out = root / "mk-out/img/box"
+    assert sorted(p.name for p in out.iterdir()) == ["cmdline", "initrd.img", "kernel", "manifest.json",
+                                                     "sbom.spdx.json"]
+    unpack_initrd(out / "initrd.img", tmp_path / "initrd")
+    assert (tmp_path / "initrd/etc/motd").read_text() == "edited\n"
+    assert sorted(manifest_matches_the_folder(out)) == ["cmdline", "initrd.img", "kernel", "sbom.spdx.json"]
+
+
+def test_the_manifest_lists_every_output_with_the_formats_built(workspace: WorkspaceFactory, repo: Repo,
+                                                                 tmp_path: Path) -> None:
+    root = image_workspace(workspace, repo)
+    result = mk(root, tmp_path / "cache", "image", "//img:box", "--format", "tar", "--format", "oci")
+    assert result.returncode == 0, result.stderr
+    manifest = manifest_matches_the_folder(root / "mk-out/img/box")
+    assert sorted(manifest) == ["cmdline", "image.oci.tar", "initrd.img", "kernel", "rootfs.tar", "sbom.spdx.json"]
+    result = mk(root, tmp_path / "cache", "image", "//img:box", "--format", "oci")
+    assert result.returncode == 0, result.stderr
+    manifest = manifest_matches_the_folder(root / "mk-out/img/box")
+    assert sorted(manifest) == ["cmdline", "image.oci.tar", "initrd.img", "kernel", "sbom.spdx.json"]
 
 
 def test_image_without_busybox_is_refused(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:

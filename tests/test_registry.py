@@ -25,6 +25,16 @@ def test_a_family_may_not_take_an_engine_setting() -> None:
         Registry((Family("a", settings=(Setting("cache_dir", "string", "Mine."),)),))
 
 
+def test_a_family_may_not_take_a_cache_folder_the_cache_or_another_family_writes() -> None:
+    from mk.cache.parts import CachePart, Policy
+
+    with pytest.raises(RegistryError, match=r"^two rule families register the cache folder cas$"):
+        Registry((Family("a", cache_parts=(CachePart("cas", "Mine.", Policy.KEPT),)),))
+    part = CachePart("downloads", "Downloads.", Policy.EVICTABLE)
+    with pytest.raises(RegistryError, match=r"^two rule families register the cache folder downloads$"):
+        Registry((Family("a", cache_parts=(part,)), Family("b", cache_parts=(part,))))
+
+
 def test_two_families_may_not_register_one_rule() -> None:
     twice = Registry((Family("a", rules=("mk.rules.layer:RULE",)), Family("b", rules=("mk.rules.layer:RULE",))))
     with pytest.raises(RegistryError, match=r"^two rule families register the rule layer$"):

@@ -19,6 +19,7 @@ from mk.engine.analysis import Analyzer
 from mk.engine.errors import MkError
 from mk.engine.labels import Label
 from mk.engine.loader import Loader
+from mk.engine.placed import RECORD
 from mk.engine.rule_api import DefaultInfo, Provider, Rule, RuleContext
 from mk.engine.workspace import find_workspace
 
@@ -29,8 +30,9 @@ BUILD = textwrap.dedent("""
 
 
 def outputs(ws: Workspace) -> dict[str, bytes]:
+    """The files placed under mk-out (not mk's record of who placed them, which names the targets)."""
     return {str(p.relative_to(ws.root)): p.read_bytes() for p in sorted((ws.root / "mk-out").rglob("*"))
-            if p.is_file()}
+            if p.is_file() and p.name != RECORD}
 
 
 def motd_blob(ws: Workspace) -> Path:

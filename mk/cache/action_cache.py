@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import msgpack
 
-from mk.cache.fsutil import write_atomic
+from mk.cache.fsutil import mark_used, write_atomic
+from mk.cache.parts import RESULTS
 from mk.cache.seal import seal, unseal
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def _hex(value: object) -> str:
 
 
 class ActionCache:
-    def __init__(self, root: Path, name: str = "ac") -> None:
+    def __init__(self, root: Path, name: str = RESULTS.name) -> None:
         self.root = root / name
         self._prefix = str(self.root) + "/"  # plain strings: this is the no-op build's hot path
 
@@ -129,8 +130,7 @@ class ActionCache:
 
     def touch(self, key: str) -> None:
         """Mark an entry recently used, for least-recently-used garbage collection."""
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(self._where(key))
+        mark_used(self._where(key))
 
     def has(self, key: str, size: int) -> bool:
         """Whether an entry of exactly `size` bytes exists (checked without reading it)."""
@@ -194,3 +194,5 @@ class RecentResults:
         if results.keys() != self._encoded.keys():
             self._encoded = {key: result.encode() for key, result in results.items()}
             write_atomic(self.file, msgpack.packb(self._encoded))
+        else:
+            mark_used(self.file)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 import blake3
 
 from mk.cache.fsutil import atomic_writer
+from mk.cache.parts import BLOBS
 
 # Fixed level and no threads: the compressed bytes never depend on the machine.
 _ZSTD_LEVEL = 3
@@ -82,7 +83,7 @@ def digest_file(path: str | Path) -> str:
 
 class ContentStore:
     def __init__(self, root: Path, fetcher: BlobFetcher | None = None) -> None:
-        self.root = root / "cas"
+        self.root = root / BLOBS.name
         self._prefix = str(self.root) + "/"  # plain strings: this is the no-op build's hot path
         self.fetcher = fetcher  # a remote cache: blobs missing here are read from it
 

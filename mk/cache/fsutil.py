@@ -59,6 +59,13 @@ def _full_disk_named(path: Path) -> Iterator[None]:
         raise
 
 
+def mark_used(path: Path | str) -> None:
+    """Set the modification time of `path` to now. Garbage collection takes it for when the file
+    was last used (see `cache.parts`), so mk marks what it reads back. A file gone is no matter."""
+    with contextlib.suppress(FileNotFoundError):
+        os.utime(path)
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     with atomic_writer(path, mode) as out:
         out.write(data)

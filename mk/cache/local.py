@@ -13,6 +13,7 @@ import blake3
 from mk.cache.action_cache import ActionCache
 from mk.cache.cas import ContentStore
 from mk.cache.fsutil import CacheFileError
+from mk.cache.parts import LOCK, SCRATCH, STAT_CACHES
 from mk.cache.stat_cache import StatCache
 
 
@@ -40,12 +41,12 @@ class LocalCache:
         """One stat cache per workspace, so two checkouts sharing a cache do not evict each other."""
         name = workspace_name(workspace)
         # "-2": the checksummed format; a file of the first format is left alone, not called damaged.
-        return StatCache(self.root / "stat" / f"{name}-2.msgpack")
+        return StatCache(self.root / STAT_CACHES.name / f"{name}-2.msgpack")
 
     @contextlib.contextmanager
     def lock(self, exclusive: bool = False) -> Iterator[None]:
         """Builds hold the lock shared; garbage collection holds it exclusively."""
-        path = self.root / "lock"
+        path = self.root / LOCK.name
         try:
             f = open(path, "a+b")  # noqa: SIM115 (closed below)
         except OSError as e:
@@ -61,7 +62,7 @@ class LocalCache:
     @contextlib.contextmanager
     def scratch_dir(self, name: str) -> Iterator[Path]:
         """A private temp directory under the cache (same filesystem, so renames are atomic)."""
-        base = self.root / "tmp"
+        base = self.root / SCRATCH.name
         base.mkdir(exist_ok=True)
         path = base / f"{os.getpid()}-{name}"
         remove_tree(path)
@@ -73,7 +74,7 @@ class LocalCache:
 
     def sweep_stale_scratch(self) -> None:
         """Remove scratch left by processes that died (SIGKILL) before cleaning up."""
-        base = self.root / "tmp"
+        base = self.root / SCRATCH.name
         if not base.is_dir():
             return
         for entry in base.iterdir():

@@ -43,6 +43,7 @@ import blake3
 from mk.cache.action_cache import MAX_RESULT_BYTES, ActionCache, ActionResult
 from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
+from mk.cache.parts import REMOTE_RESULTS
 from mk.cache.signing import PublicKey, SecretKey, UntrustedResultError, sign, verify
 from mk.cache.units import human_size
 
@@ -143,7 +144,7 @@ class RemoteCache:
         self.local = local
         self.stream = stream
         self.events = events  # --json-events: told of failed uploads when the remote is closed
-        self.mirror = ActionCache(local.root / "remote-ac", config.namespace())
+        self.mirror = ActionCache(local.root / REMOTE_RESULTS.name, config.namespace())
         # Uploads read the local store without a fetcher: a blob that is not here is not uploaded,
         # rather than fetched from the very remote it was to be uploaded to.
         self._store = ContentStore(local.root)

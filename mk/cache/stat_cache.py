@@ -17,7 +17,7 @@ from pathlib import Path
 import msgpack
 
 from mk.cache.cas import digest_file
-from mk.cache.fsutil import write_atomic
+from mk.cache.fsutil import mark_used, write_atomic
 from mk.cache.seal import seal, unseal
 
 RACY_NS = 50_000_000
@@ -106,3 +106,5 @@ class StatCache:
         if self._dirty:
             write_atomic(self.file, seal(msgpack.packb(self._entries)))
             self._dirty = False
+        else:
+            mark_used(self.file)

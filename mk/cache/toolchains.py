@@ -16,15 +16,14 @@ from pathlib import Path
 
 from mk.cache.cas import ContentStore
 from mk.cache.local import LocalCache
+from mk.cache.parts import TOOLCHAINS
 from mk.cache.tree import Kind, Tree
-
-FOLDER = "toolchains"
 
 
 class Toolchains:
     def __init__(self, cache: LocalCache, cas: ContentStore) -> None:
         self.cache = cache
-        self.root = cache.root / FOLDER
+        self.root = cache.root / TOOLCHAINS.name
         self.cas = cas  # the build's store: it may read what it lacks from the remote cache
         self._lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 
 from mk.engine.actions import Action, Artifact
 from mk.engine.attrs import label_texts
@@ -15,9 +16,11 @@ from mk.engine.targets import ConfiguredTarget, Target
 
 
 class Analyzer:
-    def __init__(self, loader: Loader, source_date_epoch: int) -> None:
+    def __init__(self, loader: Loader, source_date_epoch: int,
+                 output_groups: Mapping[Label, tuple[str, ...]] | None = None) -> None:
         self.loader = loader
         self.source_date_epoch = source_date_epoch
+        self.output_groups = output_groups or {}  # what the build asks of each requested target
         self.done: dict[Label, ConfiguredTarget] = {}
         self._stack: list[Label] = []
 
@@ -38,7 +41,8 @@ class Analyzer:
                 read.append(path)  # its content shapes the target, as an action's input does
                 return self.loader.read_source(path)
 
-            ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch, read_source)
+            ctx = RuleContext(label, target.attrs, deps, self.source_date_epoch, read_source,
+                              self.output_groups.get(label, ()))
             try:
                 providers = Providers.of(target.rule.name, target.rule.analyze(ctx))
             except MkError as e:

@@ -198,14 +198,16 @@ def _attempt(
     if corrupt:
         raise corrupt[0]
     artifacts = dict.fromkeys(graph.requested_files)
+    placement = graph.placement
     if schedule.failures:  # --keep-going: still place what was built, as Bazel does
         artifacts = dict.fromkeys(a for a in artifacts if a.path in schedule.files)
+        placement = placement.given(schedule.files)
     if remote is not None:  # download what must be placed in parallel, rather than one by one
         cas.prefetch(schedule.files[a.path].digest for a in artifacts if not a.is_source
                            and not up_to_date(workspace.output_dir, a.path, schedule.files[a.path], stats))
     sweep_interrupted(workspace.output_dir)
     try:
-        with placing(workspace.output_dir) as place:
+        with placing(workspace.output_dir, placement) as place:
             outputs = tuple(_publish(place, cas, stats, schedule, a) for a in artifacts)
     except MkError as e:
         raise BuildAborted(e.message, _summary(graph, schedule.outcomes, started)) from None

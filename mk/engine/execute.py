@@ -27,6 +27,7 @@ from mk.cache.stat_cache import FileDigest
 from mk.cache.toolchains import Toolchains
 from mk.engine import sandbox
 from mk.engine.actions import Action, ActionIO, Artifact
+from mk.engine.cache_parts import SANDBOX_DEBUG
 from mk.engine.errors import MkError
 from mk.engine.reaper import Reaper
 
@@ -206,7 +207,7 @@ class Executor:
         """--sandbox-debug: what the command left in its sandbox outlives the build."""
         import shutil
 
-        kept = self.cache.root / "sandbox-debug" / scratch.name
+        kept = self.cache.root / SANDBOX_DEBUG.name / scratch.name
         remove_tree(kept)
         shutil.copytree(scratch, kept, symlinks=True)
         print(f"mk: the sandbox of {action.describe()} is kept in {kept} (execroot/, tmp/, stdout, stderr)",

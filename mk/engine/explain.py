@@ -18,6 +18,7 @@ import msgpack
 from mk.cache.fsutil import write_atomic
 from mk.cache.local import workspace_name
 from mk.engine.actions import Action
+from mk.engine.cache_parts import EXPLAIN
 from mk.engine.keys import KeyMaterial
 
 _FORMAT = 2
@@ -43,7 +44,7 @@ class ExplainLog:
     actions that executed in the last build with their material then and before."""
 
     def __init__(self, cache_root: Path, workspace_root: Path) -> None:
-        self.file = cache_root / "explain" / f"{workspace_name(workspace_root)}.msgpack"
+        self.file = cache_root / EXPLAIN.name / f"{workspace_name(workspace_root)}.msgpack"
 
     def _load(self) -> tuple[dict[str, Material], list[dict[str, object]]]:
         try:

@@ -14,6 +14,7 @@ from mk.engine.actions import Action, Artifact
 from mk.engine.errors import Location, MkError
 from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
+from mk.engine.placed import Placement
 from mk.engine.registry import Registry
 from mk.engine.workspace import Workspace
 
@@ -34,6 +35,7 @@ class Graph:
 
     target_count: int
     requested_files: tuple[Artifact, ...]
+    placement: Placement  # the files placed in mk-out for each requested target
     actions: tuple[Action, ...]
     sources: tuple[SourceFile, ...]
     # The providers of each requested target, by label, pickled apart: they are read only by
@@ -52,10 +54,10 @@ def analyse_here(
     from mk.engine.loader import Loader
 
     loader = Loader(workspace, registry.rules, seconds)
-    analyzer = Analyzer(loader, workspace.settings.source_date_epoch)
     labels: dict[Label, None] = {}
     for pattern in patterns:
         labels.update(dict.fromkeys(loader.expand(pattern)))
+    analyzer = Analyzer(loader, workspace.settings.source_date_epoch, dict.fromkeys(labels, tuple(groups)))
     requested = [analyzer.analyze(label) for label in labels]
     targets = analyzer.closure()
     actions = tuple(a for t in targets for a in t.actions)
@@ -67,12 +69,15 @@ def analyse_here(
                     f"'{out.path}' is an output of both {producers[out.path].owner} and {action.owner}"
                 )
             producers[out.path] = action
-    requested_files = tuple(dict.fromkeys(f for t in requested for f in _files(t, groups)))
+    files = {str(t.target.label): _files(t, groups) for t in requested}
+    requested_files = tuple(dict.fromkeys(f for fs in files.values() for f in fs))
+    placement = Placement.of((label, tuple(dict.fromkeys(f.path for f in fs if not f.is_source)))
+                             for label, fs in files.items())
     needed = _needed(requested_files, producers)
     actions = tuple(a for a in actions if id(a) in needed)
     for action in actions:  # computed now, so the cached graph carries them
         _ = action.static.digest, action.sorted_inputs
-    graph = Graph(len(targets), requested_files, actions, _source_files(targets, actions, requested_files),
+    graph = Graph(len(targets), requested_files, placement, actions, _source_files(targets, actions, requested_files),
                   pickle.dumps({str(t.target.label): t.providers for t in requested}),
                   sum(a.runs_on_host_tools for a in actions))
     graph_cache.save(graph, loader.observed)

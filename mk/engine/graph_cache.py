@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 import blake3
 
-from mk.cache.fsutil import write_atomic
+from mk.cache.fsutil import mark_used, write_atomic
 from mk.cache.seal import SEAL_BYTES, seal, unseal
 from mk.cache.stat_cache import RACY_NS
+from mk.engine.cache_parts import GRAPHS
 
 _FORMAT = 3
 _MAGIC = b"mk-graph\n"
@@ -102,7 +103,7 @@ class GraphCache:
     def __init__(self, cache_root: Path, workspace_root: Path, patterns: list[str]) -> None:
         self.cache_root = cache_root
         name = blake3.blake3(repr((str(workspace_root), patterns)).encode()).hexdigest()[:32]
-        self.file = cache_root / "graphs" / f"{name}.pickle"
+        self.file = cache_root / GRAPHS.name / f"{name}.pickle"
         self.results_file = self.file.with_suffix(".results")  # see RecentResults
 
     def load(self, kind: type[T]) -> T | None:
@@ -117,6 +118,7 @@ class GraphCache:
                 return None
             if _SIGNATURES[whole](path) != signature:
                 return None
+        mark_used(self.file)
         return graph
 
     def save(self, graph: object, observations: Observations) -> None:

@@ -18,6 +18,7 @@ from mk.cache.fsutil import atomic_writer
 from mk.cache.local import process_alive
 from mk.cache.stat_cache import FileDigest, StatCache
 from mk.engine.errors import MkError
+from mk.engine.placed import Placement, recording
 
 
 def up_to_date(out_dir: Path, path: str, want: FileDigest, stats: StatCache) -> bool:
@@ -50,8 +51,12 @@ def sweep_interrupted(out_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def placing(out_dir: Path) -> Iterator[Callable[[str, FileDigest, ContentStore, StatCache], None]]:
-    """A `place` function for this build; the marker exists from its first write to the end."""
+def placing(
+    out_dir: Path, placement: Placement
+) -> Iterator[Callable[[str, FileDigest, ContentStore, StatCache], None]]:
+    """A `place` function for the files of `placement`; the marker exists from its first write to
+    the end. Once they are placed, what their targets placed before and no longer make is removed
+    (see `placed`)."""
     marker = out_dir / f"{_MARKER}{os.getpid()}"
     wrote = False
 
@@ -66,7 +71,8 @@ def placing(out_dir: Path) -> Iterator[Callable[[str, FileDigest, ContentStore, 
         _write(f"{out_dir}/{path}", want, cas, stats)
 
     try:
-        yield place_one
+        with recording(out_dir, placement):
+            yield place_one
     finally:
         if wrote:
             marker.unlink(missing_ok=True)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mk.cache.parts import CACHE_PARTS, CachePart
+from mk.engine.cache_parts import ENGINE_CACHE_PARTS
 from mk.engine.workspace import ENGINE_SETTINGS, Setting, Settings
 
 if TYPE_CHECKING:
@@ -59,14 +61,16 @@ def load(reference: str) -> Any:
 
 @dataclass(frozen=True)
 class Family:
-    """One rule family's contributions. Settings are data; everything else is a `module:name`
-    reference: `rules` name `Rule`s, `sources` resolvers of download sources by name (given the
-    settings, a function from an archive name to its base URL, looked up when an action runs so a
-    URL never enters a key), `commands` click commands by command name, `runners` `Runner`s."""
+    """One rule family's contributions. Settings and cache parts (the folders it writes under the
+    cache, for `mk cache stats|gc`) are data; everything else is a `module:name` reference:
+    `rules` name `Rule`s, `sources` resolvers of download sources by name (given the settings, a
+    function from an archive name to its base URL, looked up when an action runs so a URL never
+    enters a key), `commands` click commands by command name, `runners` `Runner`s."""
 
     name: str
     rules: tuple[str, ...] = ()
     settings: tuple[Setting, ...] = ()
+    cache_parts: tuple[CachePart, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
     commands: Mapping[str, str] = field(default_factory=dict)
     runners: tuple[str, ...] = ()
@@ -82,6 +86,7 @@ class Registry:
 
     def __post_init__(self) -> None:
         for what, names in (("setting", [s.key or s.env or "" for s in self.all_settings()]),
+                            ("cache folder", [p.name for p in self.cache_parts()]),
                             ("command", [c for f in self.families for c in f.commands]),
                             ("download source", [n for f in self.families for n in f.sources])):
             duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -106,6 +111,10 @@ class Registry:
     def all_settings(self) -> tuple[Setting, ...]:
         """The engine's settings, then each family's: what mk.toml may hold, and the docs' table."""
         return ENGINE_SETTINGS + tuple(s for f in self.families for s in f.settings)
+
+    def cache_parts(self) -> tuple[CachePart, ...]:
+        """Everything mk writes under the cache root: the cache's own parts, the engine's, each family's."""
+        return CACHE_PARTS + ENGINE_CACHE_PARTS + tuple(p for f in self.families for p in f.cache_parts)
 
     def commands(self) -> dict[str, str]:
         return {name: ref for f in self.families for name, ref in f.commands.items()}

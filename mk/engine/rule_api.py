@@ -108,12 +108,17 @@ class RuleContext:
         deps: Mapping[str, Sequence[Dep]],
         source_date_epoch: int,
         read_source: Callable[[str], str | None],
+        output_groups: tuple[str, ...] = (),
     ) -> None:
         self.label = label
         self.attrs = attrs
         self.deps = deps
         self.source_date_epoch = source_date_epoch
         self._read_source = read_source
+        # The output groups the build asks of this very target (`mk image --format tar`: "tar"),
+        # so that a file describing its outputs (an image's manifest) can list them; none when
+        # it is built only as another target's dependency.
+        self.output_groups = output_groups
         self.actions: list[Action] = []
 
     def string(self, name: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mk.engine.registry import Family, Registry
 from mk.engine.workspace import Setting
+from mk.rules.cache_parts import DEB_SHA256, DEBIAN_INDICES, VM
 
 FILES = Family(
     name="files",
@@ -29,13 +30,14 @@ DEBIAN = Family(
         Setting("debian_security_mirror", "string", "Debian security archive base URL; default: derived from "
                 "`debian_mirror`, or this machine's apt sources.", env="MK_DEBIAN_SECURITY_MIRROR"),
     ),
+    cache_parts=(DEBIAN_INDICES, DEB_SHA256),
     sources={"debian": "mk.rules.deb.commands:debian_source"},
     commands={"lock": "mk.rules.deb.commands:lock"},
 )
 
 KERNEL = Family(name="kernel", rules=("mk.rules.kernel:RULE",))
 
-IMAGE = Family(name="image", rules=("mk.rules.image:RULE",), runners=("mk.rules.qemu:RUNNER",))
+IMAGE = Family(name="image", rules=("mk.rules.image:RULE",), runners=("mk.rules.qemu:RUNNER",), cache_parts=(VM,))
 
 
 def registry() -> Registry:

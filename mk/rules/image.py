@@ -2,8 +2,9 @@
 sets and layers, `onboot` commands and supervised `services`, booted from an initramfs.
 
 Default outputs, under `mk-out/<pkg>/<name>/`: `kernel`, `initrd.img` (zstd cpio), `cmdline`,
-`sbom.spdx.json` and `manifest.json` (sha256 of each). The `tar` and `oci` output groups
-(`mk image --format tar|oci`) add `rootfs.tar` and `image.oci.tar`.
+`sbom.spdx.json` and `manifest.json`. The `tar` and `oci` output groups (`mk image --format
+tar|oci`) add `rootfs.tar` and `image.oci.tar`. The manifest gives the sha256 and size of every
+other file the build places there, the formats asked for included.
 """
 
 from __future__ import annotations
@@ -112,9 +113,6 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     ctx.add_action(Action(owner=ctx.label, mnemonic="Sbom", inputs=sboms, outputs=(sbom,),
                           params={"sboms": [s.path for s in sboms], "name": str(ctx.label),
                                   "epoch": ctx.source_date_epoch}, function=combine_sboms))
-    manifest = out("manifest.json")
-    ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", inputs=(kernel, initrd, cmdline, sbom),
-                          outputs=(manifest,), function=write_manifest))
     rootfs_tar, oci = out("rootfs.tar"), out("image.oci.tar")
     ctx.add_action(archive_action(ctx, "Tar", rootfs, rootfs_tar, "tar", "none"))
     ctx.add_action(Action(
@@ -123,10 +121,15 @@ def analyze(ctx: RuleContext) -> list[Provider]:
                           [f"PATH={init.PATH}"], "", "", f"{name}:latest", ctx.source_date_epoch, "amd64"),
         function=write_oci,
     ))
-    boot = (kernel, initrd, cmdline, sbom, manifest)
     # Output groups are the formats `mk image --format` offers; "kernel+initrd" is the default set.
-    formats = {"kernel+initrd": boot, "tar": (rootfs_tar,), "oci": (oci,)}
-    return [DefaultInfo(files=boot, groups=formats),
+    formats = {"tar": (rootfs_tar,), "oci": (oci,)}
+    # The manifest describes every file this build places for the image: the formats asked for too.
+    described = (kernel, initrd, cmdline, sbom, *(f for g in ctx.output_groups for f in formats.get(g, ())))
+    manifest = out("manifest.json")
+    ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", inputs=described, outputs=(manifest,),
+                          function=write_manifest))
+    boot = (kernel, initrd, cmdline, sbom, manifest)
+    return [DefaultInfo(files=boot, groups={"kernel+initrd": boot, **formats}),
             ImageInfo(kernel, initrd, cmdline, rootfs, ctx.string("ssh_key_user"))]
 
 
@@ -169,7 +172,8 @@ RULE = Rule(
         "through the image's symlinks, a bare name is looked up on PATH (/usr/sbin:/usr/bin:/sbin:/bin) and "
         "among busybox's applets, which /init links at boot; builtins, shell syntax and expansions are left to "
         "the shell. Outputs in `mk-out/<pkg>/<name>/`: kernel, initrd.img (zstd cpio), cmdline, "
-        "sbom.spdx.json, manifest.json; `mk image --format tar|oci` adds rootfs.tar or image.oci.tar. Boot it "
+        "sbom.spdx.json, manifest.json; `mk image --format tar|oci` adds rootfs.tar or image.oci.tar. The "
+        "manifest gives the sha256 and size of every other file there, the formats built included. Boot it "
         "with `mk run`. image.oci.tar is the root filesystem as one layer, named `NAME:latest` in index.json "
         "(`podman load -i image.oci.tar` makes `localhost/NAME:latest`). As a container it runs its first service "
         "(or a busybox shell when it has none) the way busybox init would: through `sh -c`, with PATH "

@@ -27,6 +27,7 @@ import click
 from mk.engine.errors import MkError
 from mk.engine.registry import Runner
 from mk.engine.rule_api import Provider
+from mk.rules.cache_parts import VM
 from mk.rules.providers import ImageInfo
 
 QEMU = "qemu-system-x86_64"
@@ -225,7 +226,7 @@ def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[st
         print("mk: warning: --ssh-key is ignored: the image sets no ssh_key_user, so nothing would install the key "
               "at boot (set ssh_key_user, e.g. to \"root\", on the image target)", file=sys.stderr)
         options = replace(options, ssh_key=None)
-    return VirtualMachine(image, options, cache_root / "vm", foreground)
+    return VirtualMachine(image, options, cache_root / VM.name, foreground)
 
 
 def _check() -> None:

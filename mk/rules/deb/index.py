@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mk.cache.fsutil import mark_used
 from mk.engine.errors import MkError
 from mk.rules.deb.download import DownloadError, download
 from mk.rules.deb.grammar import GrammarError, check_package
@@ -120,7 +121,9 @@ def _fetch_packages(dist_url: str, stem: str, listed: ReleaseFiles, cache: Path,
             continue
         sha256, size = listed.files[stem + suffix]
         local = cache / f"{sha256}{suffix}"
-        if not (local.is_file() and _sha256(local) == sha256):
+        if local.is_file() and _sha256(local) == sha256:
+            mark_used(local)
+        else:
             _download_index(dist_url, stem + suffix, sha256, size, local, listed.by_hash, suite)
         with opener(local, "rb") as f:  # type: ignore[operator]
             data: bytes = f.read()

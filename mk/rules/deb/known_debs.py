@@ -12,11 +12,12 @@ import hashlib
 from pathlib import Path
 
 from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError, digest_file
-from mk.cache.fsutil import write_atomic
+from mk.cache.fsutil import mark_used, write_atomic
+from mk.rules.cache_parts import DEB_SHA256
 
 
 def _entry(cas: ContentStore, sha256: str) -> Path:
-    return cas.root.parent / "deb-sha256" / sha256[:2] / sha256
+    return cas.root.parent / DEB_SHA256.name / sha256[:2] / sha256
 
 
 def copy(cas: ContentStore, sha256: str, out: Path) -> bool:
@@ -33,7 +34,10 @@ def copy(cas: ContentStore, sha256: str, out: Path) -> bool:
                 f.write(chunk)
     except (MissingBlobError, CorruptBlobError):
         return False
-    return check.hexdigest() == sha256
+    if check.hexdigest() != sha256:
+        return False
+    mark_used(_entry(cas, sha256))
+    return True
 
 
 def remember(cas: ContentStore, sha256: str, downloaded: Path) -> None:

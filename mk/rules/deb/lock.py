@@ -8,6 +8,7 @@ from pathlib import Path
 from mk.engine.errors import MkError, a_or_an
 from mk.engine.targets import Target
 from mk.engine.workspace import Workspace
+from mk.rules.cache_parts import DEBIAN_INDICES
 from mk.rules.deb.index import read_indices
 from mk.rules.deb.lockfile import LockedPackage, Lockfile
 from mk.rules.deb.mirrors import find_mirrors
@@ -40,7 +41,7 @@ def _lock(workspace: Workspace, target: Target, cache_root: Path) -> LockReport:
     settings = workspace.settings
     mirrors = find_mirrors(_text(settings.get("debian_mirror")), _text(settings.get("debian_security_mirror")))
     candidates = read_indices(mirrors, list(wanted.suites), list(wanted.components), wanted.architecture,
-                              keyring, cache_root / "debian-indices")
+                              keyring, cache_root / DEBIAN_INDICES.name)
     chosen = Resolver(candidates, wanted.architecture, wanted.excludes).resolve(wanted.packages)
     lockfile = Lockfile(wanted.digest(), tuple(LockedPackage.of(c) for c in chosen))
     package_dir = workspace.root / target.label.package

@@ -1,0 +1,10 @@
+"""The parts of the local cache the engine writes (see `mk.cache.parts` for what gc does with each)."""
+
+from mk.cache.parts import CachePart, Policy
+
+GRAPHS = CachePart("graphs", "analysed graphs, with the results their last build used (the key is kept)",
+                   Policy.EVICTABLE, kept=("key",))
+EXPLAIN = CachePart("explain", "what `mk explain` compares, one per workspace", Policy.EVICTABLE)
+SANDBOX_DEBUG = CachePart("sandbox-debug", "sandboxes kept by `mk build --sandbox-debug`", Policy.DROPPED)
+
+ENGINE_CACHE_PARTS = (GRAPHS, EXPLAIN, SANDBOX_DEBUG)
