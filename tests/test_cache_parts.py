@@ -21,7 +21,7 @@ deb_packages(name = "base", packages = ["app"], suites = ["bookworm"], keyring =
 """
 
 DROPPED = ("toolchains", "sandbox-debug")
-KEPT = ("tmp", "lock", "vm")
+KEPT = ("tmp", "lock", "vm", "tree-history")
 KEPT_FILES = ("graphs/key",)
 
 
@@ -148,6 +148,6 @@ def test_gc_says_what_it_cannot_evict_when_the_limit_is_below_what_is_kept(works
     assert result.out.splitlines()[0].endswith(f", {human_size(left)} left"), result.out
     assert result.err == (
         f"mk: warning: {human_size(left)} is over the limit of 0 B: gc keeps mk's small state (tmp/, lock, "
-        "graphs/key, vm/) and the folders, and leaves alone what mk does not write (mystery/)\n")
+        "graphs/key, tree-history/, vm/) and the folders, and leaves alone what mk does not write (mystery/)\n")
     for name in EVICTABLE:
         assert [p for p in files_under(ws.cache_dir / name) if p.name != "key"] == [], name

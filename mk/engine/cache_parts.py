@@ -5,6 +5,9 @@ from mk.cache.parts import CachePart, Policy
 GRAPHS = CachePart("graphs", "analysed graphs, with the results their last build used (the key is kept)",
                    Policy.EVICTABLE, kept=("key",))
 EXPLAIN = CachePart("explain", "what `mk explain` compares, one per workspace", Policy.EVICTABLE)
+# Kept: a few digests per workspace, and `mk diff TARGET` says so when a tree it names is gone.
+TREE_HISTORY = CachePart("tree-history", "the trees each output was before and after, for `mk diff TARGET`",
+                         Policy.KEPT)
 SANDBOX_DEBUG = CachePart("sandbox-debug", "sandboxes kept by `mk build --sandbox-debug`", Policy.DROPPED)
 
-ENGINE_CACHE_PARTS = (GRAPHS, EXPLAIN, SANDBOX_DEBUG)
+ENGINE_CACHE_PARTS = (GRAPHS, EXPLAIN, TREE_HISTORY, SANDBOX_DEBUG)

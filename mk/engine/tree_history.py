@@ -16,6 +16,7 @@ import msgpack
 
 from mk.cache.fsutil import write_atomic
 from mk.cache.local import workspace_name
+from mk.engine.cache_parts import TREE_HISTORY
 
 _FORMAT = 1
 
@@ -24,7 +25,7 @@ class TreeHistory:
     """`<cache>/tree-history/<workspace>.msgpack`: artifact path -> [older digest, newer digest]."""
 
     def __init__(self, cache_root: Path, workspace_root: Path) -> None:
-        self.file = cache_root / "tree-history" / f"{workspace_name(workspace_root)}.msgpack"
+        self.file = cache_root / TREE_HISTORY.name / f"{workspace_name(workspace_root)}.msgpack"
 
     def _load(self) -> dict[str, list[str]]:
         """What was recorded; an unreadable file is as good as none (it only helps `mk diff`)."""
