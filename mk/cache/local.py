@@ -95,10 +95,16 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_tree(path: Path) -> None:
-    """rmtree that also removes read-only directories a build step may have left."""
+    """rmtree that also removes read-only directories a build step may have left.
+
+    Every action's scratch folder goes this way, so the usual case is one rmtree; only when that
+    leaves something behind are the folders made writable and the removal tried again."""
+    import shutil  # on the way out only: a no-op build never needs it
+
+    shutil.rmtree(path, ignore_errors=True)
+    if not os.path.lexists(path):
+        return
     for dirpath, _dirs, _files in os.walk(path):
         with contextlib.suppress(OSError):
             os.chmod(dirpath, 0o755)
-    import shutil  # on the way out only: a no-op build never needs it
-
     shutil.rmtree(path, ignore_errors=True)

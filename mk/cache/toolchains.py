@@ -17,7 +17,12 @@ from pathlib import Path
 from mk.cache.cas import ContentStore
 from mk.cache.local import LocalCache
 from mk.cache.parts import TOOLCHAINS
-from mk.cache.tree import Kind, Tree
+from mk.cache.tree import Kind, Tree, TreeError
+
+# Folders the sandbox mounts over (see mk.engine.sandbox), made in every written-out toolchain so
+# that the whole tree can be bound as the root with one mount.
+MOUNT_POINTS = ("dev", "proc", "tmp", "mk/execroot")
+_LAYOUT = 2  # in each folder's name: a copy written by an older mk (without mount points) is not used
 
 
 class Toolchains:
@@ -30,7 +35,7 @@ class Toolchains:
 
     def root_for(self, digest: str) -> Path:
         """The folder holding the tree whose manifest has `digest`, written out if need be."""
-        final = self.root / digest
+        final = self.root / f"{digest}-{_LAYOUT}"
         if final.is_dir():
             return final
         with self._lock:
@@ -79,6 +84,11 @@ def _write(tree: Tree, root: Path, cas: ContentStore) -> None:
             links.append((root / entry.target, path))
     for target, path in links:
         os.link(target, path)
+    for mount_point in MOUNT_POINTS:  # where the sandbox mounts its own; whatever the tree had there is hidden
+        folder = root / mount_point
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise TreeError(f"'{mount_point}' in the toolchain is not a folder; the sandbox mounts its own there")
+        folder.mkdir(parents=True, exist_ok=True)
     for path, mode in reversed(folders):  # deepest first, each once filled
         os.chmod(path, mode & 0o555 | 0o500)
 

@@ -1,15 +1,14 @@
 """The sandbox every command action runs in: bubblewrap, with a toolchain tree as its root.
 
 What a command sees, and nothing more:
-- the toolchain: each top-level entry of its tree (`/usr`, the `/bin -> usr/bin` links, `/etc`,
-  ...) bound read-only. With `toolchain = "host"` it is the host's `/usr` and its merged-/usr
-  links instead, and never the host's `/etc`;
+- the toolchain: its tree, written out once (see `mk.cache.toolchains`), bound read-only as the
+  root. With `toolchain = "host"` the root is an empty read-only tmpfs holding the host's `/usr`
+  and its merged-/usr links instead, and never the host's `/etc`;
 - `/mk/execroot`, its working directory: the declared inputs at their workspace-relative paths.
   Only the folders of declared outputs are writable there, and the inputs in them are not;
 - a private, writable `/tmp` (also `$HOME`), a minimal `/dev`, and `/proc`;
 - no network, and user, pid, ipc and uts namespaces of its own: it runs as uid and gid 1000 on
   a host named `mk`. Not /home, /root, /etc, the workspace or the cache.
-The root itself is an empty read-only tmpfs holding these mount points.
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ UID = GID = 1000
 HOSTNAME = "mk"
 # The host directories that make up a host toolchain: /usr and the links (or folders) around it.
 _HOST_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
-# Mount points the sandbox makes itself; a toolchain's own entries of these names are not used.
-_RESERVED = frozenset({"dev", "proc", "tmp", "mk"})
 
 _INSTALL = "install it (Debian: apt-get install bubblewrap)"
 _NAMESPACES = (
@@ -62,9 +59,11 @@ def arguments(layout: Layout) -> list[str]:
         "--unshare-cgroup-try", "--die-with-parent", "--new-session",
         "--uid", str(UID), "--gid", str(GID), "--hostname", HOSTNAME,
     ]
-    entries = _host_root() if layout.toolchain is None else _toolchain_root(str(layout.toolchain))
-    for kind, name, source in entries:
-        args += ["--symlink", source, f"/{name}"] if kind == "symlink" else ["--ro-bind", source, f"/{name}"]
+    if layout.toolchain is None:
+        for kind, name, source in _host_root():
+            args += ["--symlink", source, f"/{name}"] if kind == "symlink" else ["--ro-bind", source, f"/{name}"]
+    else:  # one mount: the written-out tree has the mount points below (see mk.cache.toolchains)
+        args += ["--ro-bind", str(layout.toolchain), "/"]
     args += ["--dev", "/dev", "--proc", "/proc", "--bind", str(layout.tmp), "/tmp"]
     args += ["--ro-bind", str(layout.execroot), EXECROOT]
     writable = sorted(set(layout.output_dirs))
@@ -76,7 +75,9 @@ def arguments(layout: Layout) -> list[str]:
     for path in layout.inputs:  # inputs inside a writable folder stay read-only
         if _inside_any(path, writable):
             args += ["--ro-bind", str(layout.execroot / path), f"{EXECROOT}/{path}"]
-    args += ["--chdir", EXECROOT, "--remount-ro", "/"]
+    args += ["--chdir", EXECROOT]
+    if layout.toolchain is None:
+        args += ["--remount-ro", "/"]  # the empty root holding the host's /usr and the mount points
     return args
 
 
@@ -93,20 +94,6 @@ def _host_root() -> tuple[tuple[str, str, str], ...]:
             entries.append(("symlink", name, os.readlink(path)))
         elif os.path.isdir(path):
             entries.append(("bind", name, path))
-    return tuple(entries)
-
-
-@functools.lru_cache(maxsize=64)
-def _toolchain_root(root: str) -> tuple[tuple[str, str, str], ...]:
-    entries = []
-    with os.scandir(root) as it:
-        for entry in sorted(it, key=lambda e: e.name):
-            if entry.name in _RESERVED:
-                continue
-            if entry.is_symlink():
-                entries.append(("symlink", entry.name, os.readlink(entry.path)))
-            else:
-                entries.append(("bind", entry.name, entry.path))
     return tuple(entries)
 
 
