@@ -221,6 +221,9 @@ class Bazel:
         """Starts the server for `ws` (untimed) without loading any package."""
         timed(self._cmd("info", "output_base"), ws, dict(os.environ), self.timeout)
 
+    def server_pid(self, ws: Path) -> int:
+        return int(timed(self._cmd("info", "server_pid"), ws, dict(os.environ), self.timeout)[1].split()[-1])
+
     def build(self, ws: Path) -> Run:
         seconds, output = timed(
             self._cmd(

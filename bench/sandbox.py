@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -115,11 +116,29 @@ def seed(mk_exe: str, tmp: Path, timeout: float, jobs: int) -> Seed:
 # ---- cold builds ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Cold:
+    run: Run
+    cpu: float  # seconds of CPU (user + system) of the tool and every process it waited for
+
+
 @dataclass
 class Setup:
     name: str
-    run: Callable[[int], Run]  # run number -> one timed cold build
-    runs: list[Run] = field(default_factory=list)
+    run: Callable[[int], Cold]  # run number -> one timed cold build
+    runs: list[Cold] = field(default_factory=list)
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (and theirs), so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of a running process, with those of the children it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
 
 
 def mk_setup(name: str, mk_exe: str, tmp: Path, size: int, jobs: int, timeout: float,
@@ -127,7 +146,7 @@ def mk_setup(name: str, mk_exe: str, tmp: Path, size: int, jobs: int, timeout: f
     """mk's cold build; on the seeded toolchain if `seed_cache`, else on the host's /usr."""
     tag = "mk-locked" if seed_cache is not None else "mk-host"
 
-    def run(i: int) -> Run:
+    def run(i: int) -> Cold:
         ws = generate(tmp / f"{tag}-{i}", size, bazel=False)
         cache = tmp / f"{tag}-cache-{i}"
         if seed_cache is not None:
@@ -135,7 +154,9 @@ def mk_setup(name: str, mk_exe: str, tmp: Path, size: int, jobs: int, timeout: f
             # cp -a keeps the tree's hard links and read-only folders as mk wrote them.
             subprocess.run(["cp", "-a", str(seed_cache), str(cache)], check=True)
         try:
-            return Mk(mk_exe, cache, timeout, ["-j", str(jobs)]).build(ws.root)
+            before = children_cpu()
+            result = Mk(mk_exe, cache, timeout, ["-j", str(jobs)]).build(ws.root)
+            return Cold(result, children_cpu() - before)
         finally:
             rmtree(ws.root)
             rmtree(cache)
@@ -145,14 +166,17 @@ def mk_setup(name: str, mk_exe: str, tmp: Path, size: int, jobs: int, timeout: f
 
 def bazel_setup(name: str, bazel_exe: str, strategy: str, tmp: Path, size: int, jobs: int,
                 timeout: float) -> Setup:
-    def run(i: int) -> Run:
+    def run(i: int) -> Cold:
         ws = generate(tmp / f"bazel-{strategy}-{i}", size, bazel=True)
         # The Debian system rc sets --sandbox_debug, which keeps every sandbox; turned off here.
         bazel = Bazel(bazel_exe, tmp / f"bazel-root-{strategy}-{i}", timeout, strategy,
                       [f"--jobs={jobs}", "--nosandbox_debug"])
         try:
             bazel.start(ws.root)  # a warm server on an empty output base
-            return bazel.build(ws.root)
+            server = bazel.server_pid(ws.root)
+            before = children_cpu() + process_cpu(server)  # the client's and the server's (with its spawns)
+            result = bazel.build(ws.root)
+            return Cold(result, children_cpu() + process_cpu(server) - before)
         finally:
             bazel.shutdown(ws.root)
             rmtree(ws.root)
@@ -165,9 +189,10 @@ def measure_builds(setups: Sequence[Setup], runs: int, log: Callable[[str], None
     for i in range(runs):
         turn = i % len(setups)
         for setup in [*setups[turn:], *setups[:turn]]:  # alternate who goes first
-            run = setup.run(i)
-            setup.runs.append(run)
-            log(f"  run {i + 1}: {setup.name}: {run.seconds:.2f} s, {run.executed} executed")
+            cold = setup.run(i)
+            setup.runs.append(cold)
+            log(f"  run {i + 1}: {setup.name}: {cold.run.seconds:.2f} s, {cold.cpu:.1f} s CPU, "
+                f"{cold.run.executed} executed")
 
 
 # ---- per-action overhead --------------------------------------------------------------------
@@ -223,32 +248,30 @@ def measure_overhead(name: str, toolchain: Path | None, work: Path, launches: in
 # ---- reporting ------------------------------------------------------------------------------
 
 
-def _median(runs: Sequence[Run]) -> Run:
-    return Run(statistics.median(r.seconds for r in runs), int(statistics.median(r.executed for r in runs)))
-
-
 def _secs(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
 def build_table(setups: Sequence[Setup]) -> str:
-    rows = [("set-up", "median", "min", "max", "runs (s)", "exec")]
+    rows = [("set-up", "median", "min", "max", "runs (s)", "CPU median", "exec")]
     for s in setups:
-        times = [r.seconds for r in s.runs]
+        times = [c.run.seconds for c in s.runs]
         rows.append((s.name, _secs(statistics.median(times)), _secs(min(times)), _secs(max(times)),
-                     " ".join(f"{t:.2f}" for t in times), str(_median(s.runs).executed)))
+                     " ".join(f"{t:.2f}" for t in times), _secs(statistics.median(c.cpu for c in s.runs)),
+                     "/".join(sorted({str(c.run.executed) for c in s.runs}))))
     return format_rows(rows, left=0)
 
 
 def overhead_table(results: Sequence[Overhead]) -> str:
     rows = [("sandbox root", "direct mean", "sandboxed mean", "overhead mean", "overhead median",
-             "overhead p90", f"< {CHECK_OVERHEAD_MS:.0f} ms")]
+             "overhead p90", "fastest - fastest", f"mean < {CHECK_OVERHEAD_MS:.0f} ms")]
     for o in results:
         diffs = sorted(o.diffs())
         mean = statistics.fmean(diffs)
         rows.append((o.name, f"{statistics.fmean(o.direct_ms):.2f} ms", f"{statistics.fmean(o.sandboxed_ms):.2f} ms",
                      f"{mean:.2f} ms", f"{statistics.median(diffs):.2f} ms",
-                     f"{diffs[int(len(diffs) * 0.9)]:.2f} ms", "PASS" if mean < CHECK_OVERHEAD_MS else "MISS"))
+                     f"{diffs[int(len(diffs) * 0.9)]:.2f} ms", f"{min(o.sandboxed_ms) - min(o.direct_ms):.2f} ms",
+                     "PASS" if mean < CHECK_OVERHEAD_MS else "MISS"))
     return format_rows(rows, left=0)
 
 
@@ -310,19 +333,24 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"fetch + unpack {fmt_time(seeded.fetch)}, then write-out + 1 genrule {fmt_time(seeded.write_out)}")
     warnings: list[str] = []
     for s in setups:
-        if any(r.executed != args.targets for r in s.runs):
-            warnings.append(f"{s.name}: executed {[r.executed for r in s.runs]}, expected {args.targets}")
-    medians = {s.name: statistics.median(r.seconds for r in s.runs) for s in setups}
-    locked, host = medians[setups[0].name], medians[setups[1].name]
+        if any(c.run.executed != args.targets for c in s.runs):
+            warnings.append(f"{s.name}: executed {[c.run.executed for c in s.runs]}, expected {args.targets}")
+    medians = {s.name: statistics.median(c.run.seconds for c in s.runs) for s in setups}
+    cpu = {s.name: statistics.median(c.cpu for c in s.runs) for s in setups}
+    names = [s.name for s in setups]  # locked, host[, linux-sandbox, local]
+
+    def ratio(a: int, b: int, target: float | None = None) -> None:
+        wall = medians[names[a]] / medians[names[b]]
+        verdict = "" if target is None else f"  (target <= {target}: {'PASS' if wall <= target else 'MISS'})"
+        print(f"{names[a] + ' / ' + names[b]:<66} wall {wall:.2f}x  CPU {cpu[names[a]] / cpu[names[b]]:.2f}x"
+              + verdict)
+
     if bazel_exe is not None:
-        linux_sandbox, local = medians[setups[2].name], medians[setups[3].name]
-        ratio = locked / linux_sandbox
-        print(f"mk sandboxed (locked) / bazel linux-sandbox: {ratio:.2f}x "
-              f"(target <= {CHECK_RATIO}: {'PASS' if ratio <= CHECK_RATIO else 'MISS'})")
-        print(f"mk sandboxed (host)   / bazel linux-sandbox: {host / linux_sandbox:.2f}x")
-        print(f"mk sandboxed (locked) / bazel local:         {locked / local:.2f}x")
-        print(f"bazel linux-sandbox   / bazel local:         {linux_sandbox / local:.2f}x")
-    print(f"mk locked toolchain   / mk host /usr:        {locked / host:.2f}x")
+        ratio(0, 2, CHECK_RATIO)
+        ratio(1, 2)
+        ratio(0, 3)
+        ratio(2, 3)
+    ratio(0, 1)
     print()
     print(f"per-action sandbox overhead: /bin/true through mk's bubblewrap command line vs. directly, "
           f"{args.launches} launches each (interleaved), via subprocess.run")
