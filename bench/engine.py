@@ -49,6 +49,9 @@ DEPTH = 10
 FANOUT = PACKAGE_SIZE - CHAINS * DEPTH - 1  # 19
 NOOP_TARGET_SECONDS = 0.150
 DEFAULT_TIMEOUT = 3600.0
+# Every mk command runs in a sandbox whose root is a toolchain; these workspaces use the host's
+# /usr, as Bazel here runs with the host's tools too.
+HOST_MK_TOML = 'toolchain = "host"\n'
 
 _MK_SUMMARY = re.compile(
     r"^mk: (\d+) targets, (\d+) actions: (\d+) executed, (\d+) cached "
@@ -82,8 +85,8 @@ def _genrule(name: str, srcs: Sequence[str], out: str) -> str:
     )
 
 
-def generate(root: Path, n: int, bazel: bool) -> Workspace:
-    """Writes a workspace of exactly `n` genrule targets under `root`."""
+def generate(root: Path, n: int, bazel: bool, mk_toml: str = HOST_MK_TOML) -> Workspace:
+    """Writes a workspace of exactly `n` genrule targets under `root` (for mk, with `mk_toml`)."""
     if n < PACKAGE_SIZE or n % PACKAGE_SIZE:
         raise BenchError(f"size {n} must be a positive multiple of {PACKAGE_SIZE}")
     packages = n // PACKAGE_SIZE
@@ -91,7 +94,7 @@ def generate(root: Path, n: int, bazel: bool) -> Workspace:
     if bazel:
         (root / "WORKSPACE").write_text('workspace(name = "bench")\n')
     else:
-        (root / "mk.toml").write_text("")
+        (root / "mk.toml").write_text(mk_toml)
     # Bazel checks visibility across packages; mk has no `package()` and needs none.
     header = 'package(default_visibility = ["//visibility:public"])\n\n' if bazel else ""
     joins: list[str] = []
@@ -141,7 +144,7 @@ class Phases:
     error: str | None = None
 
 
-def _timed(cmd: Sequence[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[float, str]:
+def timed(cmd: Sequence[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[float, str]:
     started = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -158,18 +161,39 @@ def _timed(cmd: Sequence[str], cwd: Path, env: dict[str, str], timeout: float) -
     return seconds, output
 
 
+def mk_env(cache_dir: Path) -> dict[str, str]:
+    """The environment of an mk process using `cache_dir`."""
+    env = {**os.environ, "MK_CACHE_DIR": str(cache_dir)}
+    # An installed mk has its bytecode compiled; with this set, every module edited since
+    # its .pyc was written is recompiled on every run, which is not what users see.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def precompile(mk_exe: str) -> None:
+    """Compiles the bytecode of mk and of its interpreter's packages once, as an install would."""
+    resolved = shutil.which(mk_exe) or mk_exe
+    with open(resolved, "rb") as f:
+        first = f.readline()
+    python = first[2:].decode().strip() if first.startswith(b"#!") else sys.executable
+    script = ("import compileall, os, site, sys, mk; "
+              "folders = [os.path.dirname(mk.__file__), *site.getsitepackages()]; "
+              "sys.exit(0 if all(compileall.compile_dir(d, quiet=1) for d in folders) else 1)")
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([python, "-c", script], env=env, check=True, stdin=subprocess.DEVNULL)
+
+
 class Mk:
-    def __init__(self, exe: str, cache_dir: Path, timeout: float) -> None:
+    def __init__(self, exe: str, cache_dir: Path, timeout: float, args: Sequence[str] = ()) -> None:
         self.exe = exe
         self.cache_dir = cache_dir
         self.timeout = timeout
+        self.args = list(args)  # before the targets, e.g. ["-j", "2"]
 
-    def build(self, ws: Path) -> Run:
-        env = {**os.environ, "MK_CACHE_DIR": str(self.cache_dir)}
-        # An installed mk has its bytecode compiled; with this set, every module edited since
-        # its .pyc was written is recompiled on every run, which is not what users see.
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        seconds, output = _timed([self.exe, "build", "//..."], ws, env, self.timeout)
+    def build(self, ws: Path, targets: Sequence[str] = ("//...",)) -> Run:
+        seconds, output = timed([self.exe, "build", *self.args, *targets], ws,
+                                mk_env(self.cache_dir), self.timeout)
         m = _MK_SUMMARY.search(output)
         if m is None:
             raise BenchError(f"no summary line in mk's output:\n{output[-2000:]}")
@@ -177,8 +201,13 @@ class Mk:
 
 
 class Bazel:
-    def __init__(self, exe: str, user_root: Path, timeout: float) -> None:
+    def __init__(
+        self, exe: str, user_root: Path, timeout: float, strategy: str = "local",
+        args: Sequence[str] = (),
+    ) -> None:
         self.exe = exe
+        self.user_root = user_root
+        self.build_args = [f"--spawn_strategy={strategy}", *args]
         # Keep the system rc: Debian's /etc/bazel/bazelrc sets --install_base, without which
         # the bazel-bootstrap binary cannot start.
         self.startup = [f"--output_user_root={user_root}", "--nohome_rc", "--noworkspace_rc",
@@ -190,12 +219,15 @@ class Bazel:
 
     def start(self, ws: Path) -> None:
         """Starts the server for `ws` (untimed) without loading any package."""
-        _timed(self._cmd("info", "output_base"), ws, dict(os.environ), self.timeout)
+        timed(self._cmd("info", "output_base"), ws, dict(os.environ), self.timeout)
+
+    def server_pid(self, ws: Path) -> int:
+        return int(timed(self._cmd("info", "server_pid"), ws, dict(os.environ), self.timeout)[1].split()[-1])
 
     def build(self, ws: Path) -> Run:
-        seconds, output = _timed(
+        seconds, output = timed(
             self._cmd(
-                "build", "--spawn_strategy=local", "--noshow_progress", "--color=no",
+                "build", *self.build_args, "--noshow_progress", "--color=no",
                 "--curses=no", "--show_result=0", "--", "//...",
             ),
             ws, dict(os.environ), self.timeout,
@@ -272,7 +304,7 @@ def check(name: str, size: int, ws: Workspace, phases: Phases) -> list[str]:
 # ---- reporting -----------------------------------------------------------------------------
 
 
-def _median(runs: list[Run]) -> Run | None:
+def median(runs: list[Run]) -> Run | None:
     if not runs:
         return None
     return Run(
@@ -281,7 +313,7 @@ def _median(runs: list[Run]) -> Run | None:
     )
 
 
-def _fmt_time(run: Run | None) -> str:
+def fmt_time(run: Run | None) -> str:
     if run is None:
         return "-"
     return f"{run.seconds * 1000:.0f} ms" if run.seconds < 1 else f"{run.seconds:.2f} s"
@@ -303,15 +335,20 @@ def table(results: list[tuple[int, Phases, Phases | None]]) -> str:
     for size, mk, bazel in results:
         for label, pick in (
             ("cold", lambda p: p.cold),
-            ("no-op (median)", lambda p: _median(p.noop)),
-            ("one-leaf (median)", lambda p: _median(p.leaf)),
+            ("no-op (median)", lambda p: median(p.noop)),
+            ("one-leaf (median)", lambda p: median(p.leaf)),
         ):
             m: Run | None = pick(mk)
             b: Run | None = pick(bazel) if bazel is not None else None
-            rows.append((str(size), label, _fmt_time(m), _fmt_exec(m), _fmt_time(b),
+            rows.append((str(size), label, fmt_time(m), _fmt_exec(m), fmt_time(b),
                          _fmt_exec(b), _ratio(m, b)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.rjust(w) if i != 1 else c.ljust(w) for i, (c, w) in
+    return format_rows(rows, left=1)
+
+
+def format_rows(rows: Sequence[Sequence[str]], left: int) -> str:
+    """`rows` (the first is the header) as aligned columns; column `left` is left-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i != left else c.ljust(w) for i, (c, w) in
                        enumerate(zip(r, widths, strict=True))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -320,7 +357,7 @@ def table(results: list[tuple[int, Phases, Phases | None]]) -> str:
 # ---- main ----------------------------------------------------------------------------------
 
 
-def _default_mk() -> str:
+def default_mk() -> str:
     beside = Path(sys.executable).parent / "mk"
     repo_venv = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "mk"
     for candidate in (beside, repo_venv):
@@ -336,7 +373,7 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text}") from None
 
 
-def _rmtree(path: Path) -> None:
+def rmtree(path: Path) -> None:
     # Bazel leaves read-only directories behind; make them writable and retry.
     def onerror(func: Callable[..., object], p: str, _exc: object) -> None:
         os.chmod(os.path.dirname(p), 0o755)
@@ -347,6 +384,28 @@ def _rmtree(path: Path) -> None:
     shutil.rmtree(path, onerror=onerror)
 
 
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def add_tool_options(parser: argparse.ArgumentParser) -> None:
+    """--mk, --bazel, --no-bazel and --timeout, as every engine benchmark takes them."""
+    parser.add_argument("--mk", default=default_mk(), help="the mk executable")
+    parser.add_argument("--bazel", default=shutil.which("bazel"), help="the bazel executable")
+    parser.add_argument("--no-bazel", action="store_true", help="measure mk only")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="seconds any single build may take")
+
+
+def prepare(args: argparse.Namespace) -> str | None:
+    """Compiles mk's bytecode; returns the bazel executable to measure, if any."""
+    bazel_exe: str | None = None if args.no_bazel else args.bazel
+    if bazel_exe is None and not args.no_bazel:
+        log("bazel is not on PATH: measuring mk only")
+    precompile(args.mk)
+    return bazel_exe
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", type=_sizes, default=[1000, 10000],
@@ -355,22 +414,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed no-op builds (default 5)")
     parser.add_argument("--leaf-runs", type=int, default=3,
                         help="timed one-leaf-change builds (default 3)")
-    parser.add_argument("--mk", default=_default_mk(), help="the mk executable")
-    parser.add_argument("--bazel", default=shutil.which("bazel"), help="the bazel executable")
-    parser.add_argument("--no-bazel", action="store_true", help="measure mk only")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                        help="seconds any single build may take")
+    add_tool_options(parser)
     parser.add_argument("--keep", action="store_true", help="keep the generated workspaces")
     args = parser.parse_args(argv)
     sizes: list[int] = [100, 1000] if args.quick else args.sizes
 
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    bazel_exe: str | None = None if args.no_bazel else args.bazel
-    if bazel_exe is None and not args.no_bazel:
-        log("bazel is not on PATH: measuring mk only")
-
+    bazel_exe = prepare(args)
     load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="mk-bench-"))
     log(f"workspaces in {tmp}; mk = {args.mk}; bazel = {bazel_exe or '-'}")
@@ -422,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.keep:
             log(f"kept {tmp}")
         else:
-            _rmtree(tmp)
+            rmtree(tmp)
 
     print(f"mk engine benchmark: {os.cpu_count()} CPUs, genrule graphs of {CHAINS} chains x "
           f"{DEPTH} + fan-in + {FANOUT} fan-out per {PACKAGE_SIZE}-target package, "
@@ -432,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(table(results))
     print()
-    median_small = _median(small_noop)
+    median_small = median(small_noop)
     if median_small is not None:
         verdict = "ok" if median_small.seconds < NOOP_TARGET_SECONDS else "OVER TARGET"
         print(f"mk no-op, 100 targets, cold process: median {median_small.seconds * 1000:.0f} ms "
