@@ -17,10 +17,12 @@ from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
-from mk.rules import init
+from mk.rules import init, toolchain
 from mk.rules.archive import archive_action, oci_params, write_oci
 from mk.rules.deb.sbom import merge_documents
-from mk.rules.providers import ImageInfo, KernelInfo, SbomInfo, TreeInfo
+from mk.rules.images.all import FORMATS
+from mk.rules.images.format import FormatContext, ImageParts
+from mk.rules.providers import Boot, ImageInfo, KernelInfo, SbomInfo, TreeInfo
 from mk.rules.trees import tree_inputs
 from mk.rules.write_file import write
 
@@ -118,8 +120,30 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     ))
     boot = (kernel, initrd, cmdline, sbom, manifest)
     # Output groups are the formats `mk image --format` offers; "kernel+initrd" is the default set.
-    formats = {"kernel+initrd": boot, "tar": (rootfs_tar,), "oci": (oci,)}
-    return [DefaultInfo(files=boot, groups=formats), ImageInfo(kernel, initrd, cmdline)]
+    groups = {"kernel+initrd": boot, "tar": (rootfs_tar,), "oci": (oci,)}
+    boots = {"kernel+initrd": Boot("direct", "kernel", {"kernel": kernel, "initrd": initrd, "cmdline": cmdline})}
+    has_toolchain = ctx.attrs[toolchain.ATTR.name] is not None
+    parts = ImageParts(name, rootfs, rootfs_tar, kernel, initrd, cmdline, ctx.string("cmdline"),
+                       toolchain.toolchain(ctx) if has_toolchain else None, has_toolchain)
+    formats = FormatContext(ctx, parts, FORMATS)
+    for fmt in FORMATS.values():
+        if has_toolchain or not fmt.needs_tools:  # without one, only mk's own writers are offered
+            built = formats.built(fmt.name)
+            groups[fmt.name] = built.files
+            if built.boot is not None:
+                boots[fmt.name] = built.boot
+    wanted = ctx.strings("formats")
+    if not has_toolchain and (needing := [f for f in wanted if FORMATS[f].needs_tools]):
+        raise MkError(f"image {ctx.label}: the formats {', '.join(needing)} run tools, so the image needs a "
+                      "toolchain (a `toolchain` attribute, or the `toolchain` setting in mk.toml)")
+    default = tuple(dict.fromkeys((*boot, *(f for name in wanted for f in groups[name]))))
+    return [DefaultInfo(files=default, groups=groups), ImageInfo(kernel, initrd, cmdline, boots)]
+
+
+def _format_name(name: str) -> str:
+    if name not in FORMATS and name not in ("tar", "oci"):
+        raise ValueError(f"'{name}' is not an image format; choose from {', '.join(['tar', 'oci', *FORMATS])}")
+    return name
 
 
 def _generated(ctx: RuleContext) -> list[list[object]]:
@@ -171,6 +195,10 @@ RULE = Rule(
         Attr("services", attrs.STRING_LIST, "Long-running commands, restarted when they exit.", default=[]),
         Attr("files", attrs.LABEL_DICT, "Destination path -> a file label.", default={}),
         Attr("network", attrs.BOOL, "Bring eth0 up with DHCP at boot.", default=True),
+        Attr("formats", attrs.records("format names", _format_name), "Formats `mk image` writes besides "
+             "kernel+initrd (each is also available with `mk image --format F`): "
+             + ", ".join(f"`{f.name}` ({f.doc})" for f in FORMATS.values()) + ".", default=[]),
+        toolchain.ATTR,
         Attr("ssh_key_user", attrs.STRING, "If set, `mk run --ssh-key` installs the key for this user at "
              "boot (passed on the kernel command line, never stored in the image).", default=""),
     ),

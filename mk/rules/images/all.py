@@ -1,0 +1,8 @@
+"""Every image format mk offers, by name, in the order BUILD.md lists them."""
+
+from __future__ import annotations
+
+from mk.rules.images import filesystems
+from mk.rules.images.format import Format
+
+FORMATS: dict[str, Format] = {f.name: f for f in (*filesystems.FORMATS,)}

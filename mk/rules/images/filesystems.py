@@ -1,0 +1,78 @@
+"""Root filesystem images: squashfs, erofs and ext4, each from the image's root tree as a tar.
+
+Each tool runs in the sandbox on the image's toolchain, with every identifier and time fixed:
+- the UUID (and ext4's directory hash seed) derive from the sha256 of the root tar, so they
+  change exactly when the content does;
+- times are SOURCE_DATE_EPOCH (mke2fs reads E2FSPROGS_FAKE_TIME, and treats 0 as unset, so an
+  epoch of 0 becomes 1 there; it copies ctime and atime from the files it reads, which debugfs
+  then sets).
+Owners, modes and device nodes come from the tar. mksquashfs reads the tar itself; mkfs.erofs
+and mke2fs read a folder, so the tar is unpacked under fakeroot, which keeps the owners and
+devices it records for the tool that runs next in the same session.
+"""
+
+from __future__ import annotations
+
+from mk.rules.images.format import Built, Format, FormatContext
+
+# A UUID from the first 32 hex digits of the root tar's sha256, marked as version 4 (random-like,
+# RFC 4122 variant) so that tools which check the form accept it.
+UUID_OF_TAR = r"""uuid_of() {
+    sha256sum "$1" | cut -c1-32 | sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.{12})$/\1-\2-4\3-8\4-\5/'
+}"""
+
+# The root tar unpacked under fakeroot (owners, devices) into /tmp/root, then `$@` in the same
+# session. In the sandbox's user namespace a real chown to another owner fails with EINVAL, which
+# fakeroot would pass on; FAKEROOTDONTTRYCHOWN makes it only record the owner, as it should.
+_UNPACK_THEN = r"""export FAKEROOTDONTTRYCHOWN=1
+fakeroot -s /tmp/fakeroot.state -- tar -xpf "$tar" -C /tmp/root --numeric-owner
+fakeroot -i /tmp/fakeroot.state -- "$@"
+"""
+
+
+def _unpacked(tool: str) -> str:
+    """A script that unpacks the tar at $tar into /tmp/root under fakeroot, then runs `tool`."""
+    return "mkdir /tmp/root\nset -- " + tool + "\n" + _UNPACK_THEN
+
+
+def squashfs(fc: FormatContext) -> Built:
+    out = fc.out("root.squashfs")
+    fc.command("Squashfs", (fc.parts.tar,), (out,), f"""
+mksquashfs - {out.path} -tar -noappend -quiet -no-progress -comp zstd -processors 1 < {fc.parts.tar.path}
+""")
+    return Built((out,))
+
+
+def erofs(fc: FormatContext) -> Built:
+    out = fc.out("root.erofs")
+    fc.command("Erofs", (fc.parts.tar,), (out,), f"""{UUID_OF_TAR}
+tar={fc.parts.tar.path}
+{_unpacked(f'mkfs.erofs -d0 -T {fc.epoch} -U "$(uuid_of "$tar")" -zlz4hc {out.path} /tmp/root')}""")
+    return Built((out,))
+
+
+def ext4(fc: FormatContext) -> Built:
+    out = fc.out("root.ext4")
+    # Room for the files, their inodes and the journal: the tar's size, plus a quarter, plus 16 MiB,
+    # in whole MiB (the size follows from the content, so the image stays reproducible).
+    fc.command("Ext4", (fc.parts.tar,), (out,), f"""{UUID_OF_TAR}
+tar={fc.parts.tar.path}
+uuid=$(uuid_of "$tar")
+size=$(( ($(stat -c %s "$tar") * 5 / 4 / 1048576 + 16) ))M
+export E2FSPROGS_FAKE_TIME={max(fc.epoch, 1)}
+{_unpacked(f'mke2fs -q -F -t ext4 -L root -U "$uuid" -E hash_seed="$uuid",root_owner=0:0 -d /tmp/root '
+           f'{out.path} "$size"')}
+# mke2fs copies each file's ctime and atime from the unpacked copy, which has today's: set them.
+(cd /tmp/root && find . -mindepth 1 -printf '%P\\n') | while IFS= read -r path; do
+    printf 'sif "/%s" ctime @{fc.epoch}\\nsif "/%s" atime @{fc.epoch}\\n' "$path" "$path"
+done > /tmp/times
+debugfs -w -f /tmp/times {out.path} > /dev/null
+""")
+    return Built((out,))
+
+
+FORMATS = (
+    Format("squashfs", "A squashfs root filesystem (zstd), `root.squashfs`.", squashfs),
+    Format("erofs", "An erofs root filesystem (lz4hc), `root.erofs`.", erofs),
+    Format("ext4", "An ext4 root filesystem, `root.ext4`, sized from its content.", ext4),
+)
