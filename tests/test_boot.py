@@ -57,20 +57,26 @@ def test_hello_boots_and_prints_its_line(cache: Path) -> None:
     assert "reboot: Power down" in result.stdout
 
 
-@pytest.fixture
-def sshd_vm(cache: Path, tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[str], Path]]:
-    """The sshd example booted under TCG: (its ssh port on 127.0.0.1, the key it accepts, QEMU, its
-    serial console log)."""
+# Every format the sshd example boots from, and what its root filesystem is once booted.
+BOOTABLE = {"kernel+initrd": "rootfs", "kernel+squashfs": "overlay"}
+
+
+@pytest.fixture(params=sorted(BOOTABLE))
+def sshd_vm(request: pytest.FixtureRequest, cache: Path,
+            tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[str], Path]]:
+    """The sshd example booted under TCG from each bootable format: (its ssh port on 127.0.0.1,
+    the key it accepts, QEMU, its serial console log)."""
     require("qemu-system-x86_64")
     require("ssh")
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(key)], check=True)
-    build_image("//examples:sshd", mk_env(cache))
+    build_image("//examples:sshd", mk_env(cache), REPO, "--format", request.param)
     port = free_port()
     serial = tmp_path / "serial.log"
     log = open(serial, "w")  # noqa: SIM115 - closed below, after the VM
-    vm = subprocess.Popen([MK, "run", "//examples:sshd", "--accel", "tcg", "--publish", f"{port}:22",
-                           "--ssh-key", f"{key}.pub"], cwd=REPO, env=mk_env(cache), stdin=subprocess.DEVNULL,
+    vm = subprocess.Popen([MK, "run", "//examples:sshd", "--format", request.param, "--accel", "tcg",
+                           "--publish", f"{port}:22", "--ssh-key", f"{key}.pub"], cwd=REPO, env=mk_env(cache),
+                          stdin=subprocess.DEVNULL,
                           stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         yield port, key, vm, serial
@@ -106,13 +112,16 @@ def wait_for_banner(port: int, serial: Path, seconds: float = TCG_BOOT_SECONDS) 
 
 
 @pytest.mark.timeout(MIRROR_SECONDS + TCG_BOOT_SECONDS + 5 * SSH_SECONDS + POWER_OFF_SECONDS + MARGIN)
-def test_sshd_accepts_a_key_login(sshd_vm: tuple[int, Path, subprocess.Popen[str], Path], tmp_path: Path) -> None:
+def test_sshd_accepts_a_key_login(sshd_vm: tuple[int, Path, subprocess.Popen[str], Path], tmp_path: Path,
+                                  request: pytest.FixtureRequest) -> None:
     port, key, vm, serial = sshd_vm
     banner = wait_for_banner(port, serial)
     assert banner.startswith("SSH-2.0-OpenSSH_9.2p1")
     uname = ssh(port, key, "uname -r")
     assert uname.returncode == 0, uname.stderr
     assert uname.stdout.strip().endswith("-cloud-amd64")
+    root = ssh(port, key, "grep ' / ' /proc/mounts | cut -d' ' -f3")
+    assert root.stdout.strip() == BOOTABLE[request.node.callspec.params["sshd_vm"]], root
     release = ssh(port, key, "cat /etc/os-release")
     assert 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"' in release.stdout
     assert ssh(port, key, "test -s /etc/ssh/ssh_host_ed25519_key && echo host-key-made-at-boot").stdout.strip() == \

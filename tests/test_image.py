@@ -15,6 +15,7 @@ from debrepo import Deb, Member, Repo
 from mk.engine.errors import MkError
 from mk.rules import qemu as vm
 from mk.rules.kernel import modinfo_depends
+from mk.rules.providers import Boot
 
 RELEASE = "6.1.0-1-test"
 
@@ -208,7 +209,8 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     (tmp_path / "cmdline").write_text("console=ttyS0\n")
     require(vm.QEMU)
     options = vm.VmOptions(mem="1G", cpus=2, publish=((2222, 22), (8080, 80)), ssh_key="ssh-ed25519 AAAA key@host")
-    command = vm.command(tmp_path, options, "tcg")
+    files = {role: tmp_path / role for role in ("kernel", "initrd", "cmdline")}
+    command = vm.command(Boot("direct", "kernel", {}), files, options, "tcg")
     assert command[1:7] == ["-accel", "tcg", "-m", "1G", "-smp", "2"]
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80" in command
     append = command[command.index("-append") + 1]

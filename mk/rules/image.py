@@ -123,7 +123,7 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     groups = {"kernel+initrd": boot, "tar": (rootfs_tar,), "oci": (oci,)}
     boots = {"kernel+initrd": Boot("direct", "kernel", {"kernel": kernel, "initrd": initrd, "cmdline": cmdline})}
     has_toolchain = ctx.attrs[toolchain.ATTR.name] is not None
-    parts = ImageParts(name, rootfs, rootfs_tar, kernel, initrd, cmdline, ctx.string("cmdline"),
+    parts = ImageParts(name, rootfs, rootfs_tar, kernel, kernel_info.modules, initrd, cmdline, ctx.string("cmdline"),
                        toolchain.toolchain(ctx) if has_toolchain else None, has_toolchain)
     formats = FormatContext(ctx, parts, FORMATS)
     for fmt in FORMATS.values():

@@ -24,6 +24,10 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 {BUSYBOX} --install -s 2> /dev/null  # applet links; files a package installed are kept
 if [ -f /etc/mk/modules.load ]; then
     while read -r module; do
+        name=${{module##*/}}
+        name=${{name%%.ko*}}
+        # A stage-1 initrd (an image booted from a disk) has loaded them already.
+        grep -q "^${{name//-/_}} " /proc/modules && continue
         insmod "$module" || echo "mk-init: could not load $module"
     done < /etc/mk/modules.load
 fi

@@ -8,7 +8,6 @@ answer is remembered until the host reboots. Ctrl-C stops the VM; nothing is lef
 from __future__ import annotations
 
 import base64
-import posixpath
 import shutil
 import subprocess
 import time
@@ -21,9 +20,10 @@ import click
 from mk.engine.errors import MkError
 from mk.engine.registry import Runner
 from mk.engine.rule_api import Provider
-from mk.rules.providers import ImageInfo
+from mk.rules.providers import Boot, ImageInfo
 
 QEMU = "qemu-system-x86_64"
+DEFAULT_FORMAT = "kernel+initrd"
 _PROBE_SECONDS = 8.0
 
 
@@ -60,27 +60,34 @@ def read_ssh_key(path: Path) -> str:
     return lines[0]
 
 
-def command(image: Path, options: VmOptions, accel: str) -> list[str]:
-    cmdline = (image / "cmdline").read_text(encoding="utf-8").strip()
-    if options.ssh_key:
-        # base64url keeps the key one word on the kernel command line; the image's onboot decodes it.
-        encoded = base64.urlsafe_b64encode(options.ssh_key.encode()).decode()
-        cmdline += f" mk.authorized_key={encoded}"
+def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: str) -> list[str]:
+    """QEMU's command line for `boot`, whose files (by role, see `Boot`) are at `files`."""
     forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in options.publish)
-    return [
+    args = [
         qemu_binary(), "-accel", accel, "-m", options.mem, "-smp", str(options.cpus),
         "-nographic", "-no-reboot",
-        "-kernel", str(image / "kernel"), "-initrd", str(image / "initrd.img"), "-append", cmdline,
         "-netdev", f"user,id=net0{forwards}", "-device", "virtio-net-pci,netdev=net0",
     ]
+    if "disk" in files:
+        # -snapshot: the guest's writes go to a temporary file, never into mk-out.
+        args += ["-snapshot", "-drive", f"file={files['disk']},if=virtio,format={boot.disk_format}"]
+    if boot.firmware == "direct":
+        cmdline = files["cmdline"].read_text(encoding="utf-8").strip()
+        if options.ssh_key:
+            # base64url keeps the key one word on the kernel command line; the image's onboot decodes it.
+            encoded = base64.urlsafe_b64encode(options.ssh_key.encode()).decode()
+            cmdline += f" mk.authorized_key={encoded}"
+        args += ["-kernel", str(files["kernel"]), "-initrd", str(files["initrd"]), "-append", cmdline]
+    return args
 
 
-def choose_accel(requested: str, image: Path, state_dir: Path) -> str:
+def choose_accel(requested: str, image: Path | None, state_dir: Path) -> str:
+    """`image`: the folder holding a kernel to probe KVM with (None: no probe is possible)."""
     if requested in ("tcg", "kvm"):
         return requested
     if requested != "auto":
         raise MkError(f"--accel {requested}: choose tcg, kvm or auto")
-    if not Path("/dev/kvm").exists():
+    if not Path("/dev/kvm").exists() or image is None:
         return "tcg"
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     remembered = state_dir / f"kvm-works-{boot_id}"
@@ -129,12 +136,13 @@ class VirtualMachine:
     reaches only mk, which then stops it.
     """
 
-    def __init__(self, image: Path, options: VmOptions, state_dir: Path, foreground: bool) -> None:
-        for name in ("kernel", "initrd.img", "cmdline"):
-            if not (image / name).is_file():
-                raise MkError(f"{image / name} is missing; build the image first (mk image)")
-        accel = choose_accel(options.accel, image, state_dir)
-        self.process = subprocess.Popen(command(image, options, accel),
+    def __init__(self, boot: Boot, files: Mapping[str, Path], options: VmOptions, state_dir: Path,
+                 foreground: bool) -> None:
+        for path in files.values():
+            if not path.is_file():
+                raise MkError(f"{path} is missing; build the image first (mk image)")
+        accel = choose_accel(options.accel, files["kernel"].parent if "kernel" in files else None, state_dir)
+        self.process = subprocess.Popen(command(boot, files, options, accel),
                                         stdin=None if foreground else subprocess.DEVNULL,
                                         start_new_session=not foreground)
 
@@ -168,8 +176,13 @@ def _options(values: Mapping[str, object]) -> VmOptions:
 def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[str, object],
           foreground: bool) -> VirtualMachine:
     assert isinstance(info, ImageInfo)
-    image = output_dir / posixpath.dirname(info.kernel.path)
-    return VirtualMachine(image, _options(values), cache_root / "vm", foreground)
+    name = str(values.get("format") or DEFAULT_FORMAT)
+    boot = info.boots.get(name)
+    if boot is None:
+        bootable = ", ".join(sorted(info.boots))
+        raise MkError(f"--format {name}: the image does not boot from that format (it boots from: {bootable})")
+    files = {role: output_dir / artifact.path for role, artifact in boot.files.items()}
+    return VirtualMachine(boot, files, _options(values), cache_root / "vm", foreground)
 
 
 def _check() -> None:
@@ -186,6 +199,9 @@ RUNNER = Runner(
         click.Option(["--accel"], type=click.Choice(["auto", "tcg", "kvm"]), default="auto", show_default=True),
         click.Option(["--mem"], default="512M", show_default=True, help="Guest memory."),
         click.Option(["--cpus"], type=click.IntRange(min=1), default=1, show_default=True),
+        click.Option(["--format"], metavar="FORMAT",
+                     help=f"The image format to build and boot (default {DEFAULT_FORMAT}; also kernel+squashfs, "
+                          "raw-efi, ...)."),
     ),
     check=_check,
     start=start,

@@ -13,7 +13,11 @@ devices it records for the tool that runs next in the same session.
 
 from __future__ import annotations
 
+from mk.engine.actions import Action
 from mk.rules.images.format import Built, Format, FormatContext
+from mk.rules.images.stage1 import stage1
+from mk.rules.providers import Boot
+from mk.rules.write_file import write
 
 # A UUID from the first 32 hex digits of the root tar's sha256, marked as version 4 (random-like,
 # RFC 4122 variant) so that tools which check the form accept it.
@@ -71,8 +75,22 @@ debugfs -w -f /tmp/times {out.path} > /dev/null
     return Built((out,))
 
 
+def kernel_squashfs(fc: FormatContext) -> Built:
+    """The kernel, the stage-1 initrd, and the squashfs root on the first virtio disk."""
+    root = fc.built("squashfs").files[0]
+    initrd = fc.once("stage1", stage1)
+    cmdline = fc.out("kernel+squashfs.cmdline")
+    fc.add(Action(owner=fc.ctx.label, mnemonic="WriteFile", inputs=(), outputs=(cmdline,),
+                  params={"content": f"{fc.parts.cmdline_text} mk.root=/dev/vda mk.rootfstype=squashfs\n",
+                          "executable": False}, function=write))
+    files = {"kernel": fc.parts.kernel, "initrd": initrd, "cmdline": cmdline, "disk": root}
+    return Built(tuple(files.values()), Boot("direct", "kernel", files))
+
+
 FORMATS = (
     Format("squashfs", "A squashfs root filesystem (zstd), `root.squashfs`.", squashfs),
     Format("erofs", "An erofs root filesystem (lz4hc), `root.erofs`.", erofs),
     Format("ext4", "An ext4 root filesystem, `root.ext4`, sized from its content.", ext4),
+    Format("kernel+squashfs", "The kernel, a small initrd `stage1.img` and `kernel+squashfs.cmdline` that "
+           "boot the squashfs root from a virtio disk (under a tmpfs overlay).", kernel_squashfs),
 )

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from mk.engine.actions import Action, Artifact
 from mk.engine.errors import MkError
 from mk.engine.rule_api import RuleContext
 from mk.rules.providers import Boot
 
+T = TypeVar("T")
 BASH = "/bin/bash"
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # mke2fs, mkfs.fat, sfdisk and veritysetup live in sbin
 
@@ -41,6 +43,7 @@ class ImageParts:
     tree: Artifact  # the root filesystem's tree manifest
     tar: Artifact  # the same tree as an uncompressed tar (owners, modes and devices included)
     kernel: Artifact
+    modules: Artifact  # the kernel rule's modules tree, with their load order
     initrd: Artifact
     cmdline: Artifact
     cmdline_text: str
@@ -64,7 +67,7 @@ class FormatContext:
     ctx: RuleContext
     parts: ImageParts
     formats: Mapping[str, Format]
-    _built: dict[str, Built] = field(default_factory=dict)
+    _done: dict[str, object] = field(default_factory=dict)
     _declaring: list[str] = field(default_factory=list)
 
     @property
@@ -76,15 +79,21 @@ class FormatContext:
 
     def built(self, name: str) -> Built:
         """The outputs of format `name`, declaring its actions on first use."""
-        if name not in self._built:
+        return self.once(name, self.formats[name].declare)
+
+    def once(self, name: str, declare: Callable[[FormatContext], T]) -> T:
+        """What `declare` gives, declaring its actions only the first time `name` is asked for: a
+        part several formats share (the stage-1 initrd, say) is made once."""
+        if name not in self._done:
             if name in self._declaring:
                 raise MkError(f"image formats depend on each other in a loop: {' -> '.join([*self._declaring, name])}")
             self._declaring.append(name)
             try:
-                self._built[name] = self.formats[name].declare(self)
+                self._done[name] = declare(self)
             finally:
                 self._declaring.pop()
-        return self._built[name]
+        found: T = self._done[name]  # type: ignore[assignment]  # (stored by the same `declare`)
+        return found
 
     def command(self, mnemonic: str, inputs: tuple[Artifact, ...], outputs: tuple[Artifact, ...], script: str,
                 env: Mapping[str, str] | None = None) -> None:
