@@ -57,6 +57,9 @@ def test_hello_boots_and_prints_its_line(cache: Path) -> None:
     assert "reboot: Power down" in result.stdout
 
 
+# Every format of an image, each checked to be reproducible.
+IMAGE_FORMATS = ("tar", "oci", "squashfs", "erofs", "ext4", "kernel+squashfs")
+
 # Every format the sshd example boots from, and what its root filesystem is once booted.
 BOOTABLE = {"kernel+initrd": "rootfs", "kernel+squashfs": "overlay"}
 
@@ -156,8 +159,13 @@ def test_every_example_is_reproducible(tmp_path: Path) -> None:
                             env=env, umask=umask)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "not hermetic" not in result.stderr
+        formats = [arg for name in IMAGE_FORMATS for arg in ("--format", name)]
+        result = run_within([MK, "image", "-j", jobs, "//examples:sshd", *formats], MIRROR_SECONDS,
+                            "`mk image //examples:sshd` in every format", cwd=root, env=env, umask=umask)
+        assert result.returncode == 0, result.stderr[-3000:]
         out = root / "mk-out"
         outputs.append({str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()})
     assert outputs[0].keys() == outputs[1].keys()
-    assert {"examples/motd", "examples/file-list.txt", "examples/sshd/initrd.img"} <= outputs[0].keys()
+    assert {"examples/motd", "examples/file-list.txt", "examples/sshd/initrd.img", "examples/sshd/root.ext4",
+            "examples/sshd/root.erofs", "examples/sshd/root.squashfs"} <= outputs[0].keys()
     assert [f for f in outputs[0] if outputs[0][f] != outputs[1][f]] == []

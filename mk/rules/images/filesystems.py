@@ -25,18 +25,24 @@ UUID_OF_TAR = r"""uuid_of() {
     sha256sum "$1" | cut -c1-32 | sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.{12})$/\1-\2-4\3-8\4-\5/'
 }"""
 
-# The root tar unpacked under fakeroot (owners, devices) into /tmp/root, then `$@` in the same
-# session. In the sandbox's user namespace a real chown to another owner fails with EINVAL, which
-# fakeroot would pass on; FAKEROOTDONTTRYCHOWN makes it only record the owner, as it should.
+# The root tar unpacked under fakeroot (owners, devices) into /dev/shm/root, then `$@` in the same
+# session. /dev/shm is a tmpfs, whose folders list their entries in the order they were made:
+# mke2fs 1.47.0 adds files in that order, which on a disk filesystem follows hashes that differ
+# from one folder (and machine) to the next. In the sandbox's user namespace a real chown to
+# another owner fails with EINVAL, which fakeroot would pass on; FAKEROOTDONTTRYCHOWN makes it
+# only record the owner, as it should.
 _UNPACK_THEN = r"""export FAKEROOTDONTTRYCHOWN=1
-fakeroot -s /tmp/fakeroot.state -- tar -xpf "$tar" -C /tmp/root --numeric-owner
+fakeroot -s /tmp/fakeroot.state -- tar -xpf "$tar" -C /dev/shm/root --numeric-owner
+# Every entry of an mk tree has the same time; GNU tar may touch a folder again after restoring
+# its time (it makes some symlinks last), so set them all once more.
+find /dev/shm/root -exec touch --no-dereference --date="@$SOURCE_DATE_EPOCH" {} +
 fakeroot -i /tmp/fakeroot.state -- "$@"
 """
 
 
 def _unpacked(tool: str) -> str:
-    """A script that unpacks the tar at $tar into /tmp/root under fakeroot, then runs `tool`."""
-    return "mkdir /tmp/root\nset -- " + tool + "\n" + _UNPACK_THEN
+    """A script that unpacks the tar at $tar into /dev/shm/root under fakeroot, then runs `tool`."""
+    return "mkdir /dev/shm/root\nset -- " + tool + "\n" + _UNPACK_THEN
 
 
 def squashfs(fc: FormatContext) -> Built:
@@ -51,7 +57,7 @@ def erofs(fc: FormatContext) -> Built:
     out = fc.out("root.erofs")
     fc.command("Erofs", (fc.parts.tar,), (out,), f"""{UUID_OF_TAR}
 tar={fc.parts.tar.path}
-{_unpacked(f'mkfs.erofs -d0 -T {fc.epoch} -U "$(uuid_of "$tar")" -zlz4hc {out.path} /tmp/root')}""")
+{_unpacked(f'mkfs.erofs -d0 -T {fc.epoch} -U "$(uuid_of "$tar")" -zlz4hc {out.path} /dev/shm/root')}""")
     return Built((out,))
 
 
@@ -64,10 +70,10 @@ tar={fc.parts.tar.path}
 uuid=$(uuid_of "$tar")
 size=$(( ($(stat -c %s "$tar") * 5 / 4 / 1048576 + 16) ))M
 export E2FSPROGS_FAKE_TIME={max(fc.epoch, 1)}
-{_unpacked(f'mke2fs -q -F -t ext4 -L root -U "$uuid" -E hash_seed="$uuid",root_owner=0:0 -d /tmp/root '
+{_unpacked(f'mke2fs -q -F -t ext4 -L root -U "$uuid" -E hash_seed="$uuid",root_owner=0:0 -d /dev/shm/root '
            f'{out.path} "$size"')}
 # mke2fs copies each file's ctime and atime from the unpacked copy, which has today's: set them.
-(cd /tmp/root && find . -mindepth 1 -printf '%P\\n') | while IFS= read -r path; do
+(cd /dev/shm/root && find . -mindepth 1 -printf '%P\\n') | while IFS= read -r path; do
     printf 'sif "/%s" ctime @{fc.epoch}\\nsif "/%s" atime @{fc.epoch}\\n' "$path" "$path"
 done > /tmp/times
 debugfs -w -f /tmp/times {out.path} > /dev/null
