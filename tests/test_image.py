@@ -13,6 +13,7 @@ from conftest import MK, WorkspaceFactory, mk_env, read_events, require
 from debrepo import Deb, Member, Repo
 
 from mk.engine.errors import MkError
+from mk.rules import elf
 from mk.rules import qemu as vm
 from mk.rules.kernel import modinfo_depends
 from mk.rules.providers import Boot
@@ -20,19 +21,34 @@ from mk.rules.providers import Boot
 RELEASE = "6.1.0-1-test"
 
 
+def elf_file(sections: dict[str, bytes]) -> bytes:
+    """A minimal ELF64 file holding `sections` (by name), then its table of section names."""
+    names = b"\0" + b"".join(name.encode() + b"\0" for name in sections) + b".shstrtab\0"
+    body, headers, name_offset = bytearray(64), [bytes(64)], 1
+    for name, content in sections.items():
+        headers.append(struct.pack("<IIQQQQIIQQ", name_offset, 1, 0, 0, len(body), len(content), 0, 0, 1, 0))
+        body += content
+        name_offset += len(name) + 1
+    headers.append(struct.pack("<IIQQQQIIQQ", name_offset, 3, 0, 0, len(body), len(names), 0, 0, 1, 0))
+    body += names + bytes(-(len(body) + len(names)) % 8)
+    fields = (1, 62, 1, 0, 0, len(body), 0, 64, 0, 0, 64, len(headers), len(headers) - 1)  # x86-64, names last
+    body[:64] = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", *fields)
+    return bytes(body) + b"".join(headers)
+
+
 def module(name: str, depends: str) -> bytes:
-    """A minimal ELF64 relocatable file whose .modinfo section says `depends=`."""
-    modinfo = f"license=GPL\0depends={depends}\0name={name}\0".encode()
-    names = b"\0.modinfo\0.shstrtab\0"
-    shoff = 64 + len(modinfo) + len(names)
-    shoff += -shoff % 8
-    fields = (1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 3, 2)  # REL, x86-64, ..., 3 sections, names in #2
-    header = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", *fields)
-    sections = bytes(64)
-    sections += struct.pack("<IIQQQQIIQQ", 1, 1, 0, 0, 64, len(modinfo), 0, 0, 1, 0)
-    sections += struct.pack("<IIQQQQIIQQ", 10, 3, 0, 0, 64 + len(modinfo), len(names), 0, 0, 1, 0)
-    body = header + modinfo + names
-    return body + bytes(shoff - len(body)) + sections
+    """A kernel module whose .modinfo section says `depends=`."""
+    return elf_file({".modinfo": f"license=GPL\0depends={depends}\0name={name}\0".encode()})
+
+
+def program(loader: str | None, libraries: list[str]) -> bytes:
+    """A dynamically linked program (or library, without `loader`) that needs `libraries`."""
+    names, dynamic = b"\0", b""
+    for library in libraries:
+        dynamic += struct.pack("<qQ", 1, len(names))  # DT_NEEDED
+        names += library.encode() + b"\0"
+    sections = {".dynstr": names, ".dynamic": dynamic + struct.pack("<qQ", 0, 0)}
+    return elf_file({**({".interp": loader.encode() + b"\0"} if loader else {}), **sections})
 
 
 MODULES = {  # name: (path under kernel/, depends)
@@ -110,6 +126,14 @@ def test_modinfo_depends_reads_the_elf_section() -> None:
     assert modinfo_depends(module("x", "")) == []
     with pytest.raises(ValueError, match="not a 64-bit little-endian ELF"):
         modinfo_depends(b"MZ not an elf")
+
+
+def test_elf_names_the_libraries_and_loader_a_program_needs() -> None:
+    dmsetup = program("/lib64/ld-linux-x86-64.so.2", ["libdevmapper.so.1.02.1", "libc.so.6"])
+    assert elf.needed(dmsetup) == ["libdevmapper.so.1.02.1", "libc.so.6"]
+    assert elf.interpreter(dmsetup) == "/lib64/ld-linux-x86-64.so.2"
+    assert elf.interpreter(program(None, [])) is None and elf.needed(program(None, [])) == []
+    assert elf.needed(module("x", "a")) == []  # no .dynamic section: a kernel module
 
 
 def test_kernel_closure_and_load_order(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
