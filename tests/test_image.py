@@ -177,6 +177,7 @@ def test_image_contents_and_outputs(workspace: WorkspaceFactory, repo: Repo, tmp
     onboot = (image / "etc/mk/onboot").read_text()
     assert onboot.index("udhcpc") < onboot.index("mk.authorized_key") < onboot.index("( echo first )") < \
         onboot.index("( echo second )")
+    assert 'key=/sys/firmware/qemu_fw_cfg/by_name/opt/mk/authorized_key/raw\n' in onboot  # for UEFI boots
     assert (image / "etc/hostname").read_text() == "boxy\n"
     assert (image / "etc/motd").read_text() == "hi\n"
     assert (image / "bin").is_symlink() and (image / "usr/bin/busybox").is_file()
@@ -242,6 +243,56 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     import base64
 
     assert base64.urlsafe_b64decode(append.split("=", 2)[2]).decode() == "ssh-ed25519 AAAA key@host"
+
+
+def test_qemu_boots_the_uefi_formats_with_their_firmware_and_the_key_in_fw_cfg(tmp_path: Path) -> None:
+    require(vm.QEMU)
+    options = vm.VmOptions(ssh_key="ssh-ed25519 AAAA key@host")
+    firmware = {"firmware_code": tmp_path / "CODE.fd", "firmware_vars": tmp_path / "VARS.fd"}
+    disk = vm.command(Boot("uefi", "disk", {}), {"disk": tmp_path / "disk.img", **firmware}, options, "tcg")
+    assert disk[disk.index("-snapshot"):] == [
+        "-snapshot", "-drive", f"file={tmp_path}/disk.img,if=virtio,format=raw",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={tmp_path}/CODE.fd",
+        "-drive", f"if=pflash,format=raw,unit=1,file={tmp_path}/VARS.fd",
+        "-fw_cfg", "name=opt/mk/authorized_key,string=c3NoLWVkMjU1MTkgQUFBQSBrZXlAaG9zdA==",
+    ]
+    import base64
+
+    assert base64.urlsafe_b64decode("c3NoLWVkMjU1MTkgQUFBQSBrZXlAaG9zdA==").decode() == options.ssh_key
+    uki = vm.command(Boot("uefi", "kernel", {}), {"kernel": tmp_path / "uki.efi", **firmware}, vm.VmOptions(), "tcg")
+    # The UKI's own command line: no -append, no -initrd, and without --ssh-key no fw_cfg either.
+    assert uki[-6:] == ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={tmp_path}/CODE.fd",
+                        "-drive", f"if=pflash,format=raw,unit=1,file={tmp_path}/VARS.fd",
+                        "-kernel", f"{tmp_path}/uki.efi"]
+    assert "-append" not in uki and "-initrd" not in uki and "-fw_cfg" not in uki
+
+
+def test_each_uefi_run_writes_its_own_copy_of_the_firmware_variables(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir, log = tmp_path / "bin", tmp_path / "qemu.log"
+    bin_dir.mkdir()
+    # A QEMU that writes to the variable store it is given, and says where that was.
+    qemu = bin_dir / vm.QEMU
+    qemu.write_text(f"""#!/bin/sh
+for arg; do
+    case "$arg" in *unit=1,file=*) vars=${{arg##*file=}} ;; esac
+done
+echo "$vars" > {log}
+echo written-by-the-guest > "$vars"
+""")
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    files = {role: tmp_path / name for role, name in
+             (("disk", "disk.img"), ("firmware_code", "CODE.fd"), ("firmware_vars", "VARS.fd"))}
+    for path in files.values():
+        path.write_text("pristine\n")
+    machine = vm.VirtualMachine(Boot("uefi", "disk", {}), files, vm.VmOptions(accel="tcg"), tmp_path / "state",
+                                foreground=False)
+    assert machine.wait() == 0
+    used = Path(log.read_text().strip())
+    assert used.name == "vars.fd" and used.parent != tmp_path
+    assert not used.parent.exists()  # removed once QEMU is gone
+    assert files["firmware_vars"].read_text() == "pristine\n"
 
 
 def test_run_arguments_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,6 @@
-"""The QEMU runner (`mk run`, `mk watch --run`): boot an image's kernel and initrd in QEMU, with user-mode networking.
+"""The QEMU runner (`mk run`, `mk watch --run`): boot an image in QEMU, with user-mode networking: its
+kernel and initrd directly, or (`--format`) a disk or a UKI through the firmware the format names
+(OVMF for the UEFI formats, from the image's locked `firmware` package).
 
 The serial console is the terminal. `--accel auto` uses KVM only when a short probe shows that
 guests actually run under it (on some machines /dev/kvm exists but guests hang), and the
@@ -10,6 +12,7 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ import click
 from mk.engine.errors import MkError
 from mk.engine.registry import Runner
 from mk.engine.rule_api import Provider
+from mk.rules.init import FW_CFG_KEY
 from mk.rules.providers import Boot, ImageInfo
 
 QEMU = "qemu-system-x86_64"
@@ -71,13 +75,25 @@ def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: st
     if "disk" in files:
         # -snapshot: the guest's writes go to a temporary file, never into mk-out.
         args += ["-snapshot", "-drive", f"file={files['disk']},if=virtio,format={boot.disk_format}"]
+    # base64url keeps the key one word (on the kernel command line, or in a fw_cfg string); the
+    # image's onboot step decodes it.
+    key = base64.urlsafe_b64encode(options.ssh_key.encode()).decode() if options.ssh_key else None
     if boot.firmware == "direct":
         cmdline = files["cmdline"].read_text(encoding="utf-8").strip()
-        if options.ssh_key:
-            # base64url keeps the key one word on the kernel command line; the image's onboot decodes it.
-            encoded = base64.urlsafe_b64encode(options.ssh_key.encode()).decode()
-            cmdline += f" mk.authorized_key={encoded}"
+        if key:
+            cmdline += f" mk.authorized_key={key}"
         args += ["-kernel", str(files["kernel"]), "-initrd", str(files["initrd"]), "-append", cmdline]
+        return args
+    if boot.firmware == "uefi":
+        # `files["firmware_vars"]` is written to: a copy made for this run (see VirtualMachine).
+        args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={files['firmware_code']}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={files['firmware_vars']}"]
+        if boot.medium == "kernel":  # a UKI, which OVMF starts with the command line it holds
+            args += ["-kernel", str(files["kernel"])]
+    if key:
+        # The command line is the image's own here (inside the UKI, or on the disk): the key goes
+        # through QEMU's firmware configuration, which the guest reads in /sys/firmware/qemu_fw_cfg.
+        args += ["-fw_cfg", f"name={FW_CFG_KEY},string={key}"]
     return args
 
 
@@ -142,17 +158,27 @@ class VirtualMachine:
             if not path.is_file():
                 raise MkError(f"{path} is missing; build the image first (mk image)")
         accel = choose_accel(options.accel, files["kernel"].parent if "kernel" in files else None, state_dir)
-        self.process = subprocess.Popen(command(boot, files, options, accel),
-                                        stdin=None if foreground else subprocess.DEVNULL,
-                                        start_new_session=not foreground)
+        # UEFI firmware writes its variable store: each run gets a fresh copy, never mk-out's file.
+        self.scratch = Path(tempfile.mkdtemp(prefix="mk-vm-")) if "firmware_vars" in files else None
+        if self.scratch is not None:
+            files = {**files, "firmware_vars": Path(shutil.copy(files["firmware_vars"], self.scratch / "vars.fd"))}
+        try:
+            self.process = subprocess.Popen(command(boot, files, options, accel),
+                                            stdin=None if foreground else subprocess.DEVNULL,
+                                            start_new_session=not foreground)
+        except BaseException:
+            self._remove_scratch()
+            raise
 
     def wait(self) -> int:
         """Until the VM powers off (or Ctrl-C); QEMU's exit status."""
         try:
-            return self.process.wait()
+            status = self.process.wait()
         except KeyboardInterrupt:
             self.stop(grace=5)
             raise
+        self._remove_scratch()
+        return status
 
     def stop(self, grace: float = 10) -> None:
         if self.process.poll() is None:
@@ -162,6 +188,11 @@ class VirtualMachine:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _options(values: Mapping[str, object]) -> VmOptions:
@@ -180,7 +211,8 @@ def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[st
     boot = info.boots.get(name)
     if boot is None:
         bootable = ", ".join(sorted(info.boots))
-        raise MkError(f"--format {name}: the image does not boot from that format (it boots from: {bootable})")
+        raise MkError(f"--format {name}: the image does not boot from that format (it boots from: {bootable}; "
+                      "the UEFI formats boot when the image names its `firmware`)")
     files = {role: output_dir / artifact.path for role, artifact in boot.files.items()}
     return VirtualMachine(boot, files, _options(values), cache_root / "vm", foreground)
 
