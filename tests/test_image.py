@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -12,9 +13,12 @@ import zstandard
 from conftest import MK, WorkspaceFactory, mk_env, read_events, require
 from debrepo import Deb, Member, Repo
 
+from mk.cache.cas import ContentStore
+from mk.cache.tree import Entry, Kind, Tree
 from mk.engine.errors import MkError
 from mk.rules import elf
 from mk.rules import qemu as vm
+from mk.rules.images.programs import with_libraries
 from mk.rules.kernel import modinfo_depends
 from mk.rules.providers import Boot
 
@@ -134,6 +138,40 @@ def test_elf_names_the_libraries_and_loader_a_program_needs() -> None:
     assert elf.interpreter(dmsetup) == "/lib64/ld-linux-x86-64.so.2"
     assert elf.interpreter(program(None, [])) is None and elf.needed(program(None, [])) == []
     assert elf.needed(module("x", "a")) == []  # no .dynamic section: a kernel module
+
+
+def test_programs_come_with_the_libraries_they_load(tmp_path: Path) -> None:
+    cas = ContentStore(tmp_path)
+
+    def stored(path: str, data: bytes, mode: int = 0o644) -> Entry:
+        return Entry(path, Kind.FILE, mode, digest=cas.put_bytes(data), size=len(data))
+
+    lib = "usr/lib/x86_64-linux-gnu"
+    files = [
+        stored("usr/sbin/dmsetup", program("/lib64/ld-linux-x86-64.so.2", ["libdevmapper.so.1.02.1"]), 0o755),
+        stored(f"{lib}/libdevmapper.so.1.02.1", program(None, ["libc.so.6"])),
+        stored(f"{lib}/libc.so.6.real", program("/lib64/ld-linux-x86-64.so.2", [])),
+        stored(f"{lib}/ld-linux-x86-64.so.2", program(None, [])),
+        stored("usr/bin/unrelated", b"not copied"),
+    ]
+    links = [Entry("lib", Kind.SYMLINK, 0o777, target="usr/lib"),
+             Entry(f"{lib}/libc.so.6", Kind.SYMLINK, 0o777, target="libc.so.6.real"),
+             Entry("lib64/ld-linux-x86-64.so.2", Kind.SYMLINK, 0o777, target=f"/{lib}/ld-linux-x86-64.so.2")]
+    tree = Tree.build([*files, *links])
+    copied = {e.path: e for e in with_libraries(tree, cas, {"usr/sbin/dmsetup": "dmsetup"}, "the test")}
+    # Each where the loader looks for it, as a file with the content it links to.
+    assert sorted(copied) == ["lib/x86_64-linux-gnu/libc.so.6", "lib/x86_64-linux-gnu/libdevmapper.so.1.02.1",
+                              "lib64/ld-linux-x86-64.so.2", "usr/sbin/dmsetup"]
+    assert copied["lib/x86_64-linux-gnu/libc.so.6"].digest == files[2].digest
+    assert copied["lib64/ld-linux-x86-64.so.2"].digest == files[3].digest
+    assert copied["usr/sbin/dmsetup"].mode == 0o755 and all(e.kind is Kind.FILE for e in copied.values())
+    with pytest.raises(ValueError, match=r"^the test needs /usr/sbin/veritysetup, which is not in the image: "
+                                         r"add cryptsetup-bin to 'base'$"):
+        with_libraries(tree, cas, {"usr/sbin/veritysetup": "cryptsetup-bin"}, "the test")
+    broken = Tree.build([files[0], *links[2:], files[3]])
+    with pytest.raises(ValueError, match=re.escape("/usr/sbin/dmsetup needs the library libdevmapper.so.1.02.1, which "
+                                                   "is in none of /lib/x86_64-linux-gnu, ")):
+        with_libraries(broken, cas, {"usr/sbin/dmsetup": "dmsetup"}, "the test")
 
 
 def test_kernel_closure_and_load_order(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:

@@ -123,8 +123,10 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     groups = {"kernel+initrd": boot, "tar": (rootfs_tar,), "oci": (oci,)}
     boots = {"kernel+initrd": Boot("direct", "kernel", {"kernel": kernel, "initrd": initrd, "cmdline": cmdline})}
     has_toolchain = ctx.attrs[toolchain.ATTR.name] is not None
+    firmware = ctx.providers("firmware", TreeInfo)
     parts = ImageParts(name, rootfs, rootfs_tar, kernel, kernel_info.modules, initrd, cmdline, ctx.string("cmdline"),
-                       toolchain.toolchain(ctx) if has_toolchain else None, has_toolchain)
+                       toolchain.toolchain(ctx) if has_toolchain else None, has_toolchain, bool(ctx.attrs["verity"]),
+                       firmware[0].tree if firmware else None)
     formats = FormatContext(ctx, parts, FORMATS)
     for fmt in FORMATS.values():
         if has_toolchain or not fmt.needs_tools:  # without one, only mk's own writers are offered
@@ -199,8 +201,17 @@ RULE = Rule(
              "kernel+initrd (each is also available with `mk image --format F`): "
              + ", ".join(f"`{f.name}` ({f.doc})" for f in FORMATS.values()) + ".", default=[]),
         toolchain.ATTR,
+        Attr("verity", attrs.BOOL, "Protect the root of the disk formats (`raw-efi`) with dm-verity: the kernel "
+             "checks every block it reads against a root hash held in the UKI's command line, and refuses a "
+             "tampered root. The stage-1 initrd opens it with dmsetup, which `base` must then provide.",
+             default=False),
+        Attr("firmware", attrs.LABEL, "A tree holding UEFI firmware (Debian's `ovmf`, locked like any package "
+             "set): its OVMF_CODE_4M.fd and OVMF_VARS_4M.fd go beside the UEFI formats (`uki`, `raw-efi`), "
+             "which `mk run` boots with them. Without it those formats are built but not run.",
+             providers=(TreeInfo,)),
         Attr("ssh_key_user", attrs.STRING, "If set, `mk run --ssh-key` installs the key for this user at "
-             "boot (passed on the kernel command line, never stored in the image).", default=""),
+             "boot (passed on the kernel command line, or through QEMU's firmware configuration for the formats "
+             "that boot through firmware; never stored in the image).", default=""),
     ),
     analyze=analyze,
 )
