@@ -219,7 +219,9 @@ def run(ctx: click.Context, /, target: str, **runner_options: object) -> None:
     """
     for runner in REGISTRY.runners():
         runner.check()  # fail before building when, say, QEMU is missing
-    session, result = _build_and_report(BuildRequest((target,)))
+    # A runner's --format (an image's) is an output group to build as well.
+    group = runner_options.get("format")
+    session, result = _build_and_report(BuildRequest((target,), groups=(str(group),) if group else ()))
     found = _runner(result)
     if found is None:
         raise MkError(f"{target} cannot be run: it provides nothing a runner starts (an image target can)")

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(python3 python3-venv python3-pip bash coreutils git tar gzip xz-utils zstd cpio bubblewrap skopeo umoci nginx gnupg gpgv debian-archive-keyring dpkg qemu-system-x86 openssh-client mmdebstrap graphviz)
+SYSTEM_PACKAGES=(python3 python3-venv python3-pip bash coreutils git tar gzip xz-utils zstd cpio bubblewrap skopeo umoci nginx gnupg gpgv debian-archive-keyring dpkg qemu-system-x86 openssh-client mmdebstrap graphviz e2fsprogs squashfs-tools erofs-utils dosfstools mtools fdisk xorriso qemu-utils ovmf binutils cryptsetup-bin)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

@@ -3,7 +3,9 @@ ssh login with a key made by the test. Needs the Debian mirror (for the packages
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import MIRROR_SECONDS, MK, mk_env, parse_summary, require, run_within, tail
+
+from mk.rules import qemu as vm
+from mk.rules.providers import Boot
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.qemu, pytest.mark.mirror]
@@ -58,20 +63,32 @@ def test_hello_boots_and_prints_its_line(cache: Path) -> None:
     assert "mk: QEMU runs with tcg (emulation: slow) because --accel tcg asks for it\n" in result.stderr
 
 
-@pytest.fixture
-def sshd_vm(cache: Path, tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[str], Path]]:
-    """The sshd example booted under TCG: (its ssh port on 127.0.0.1, the key it accepts, QEMU, its
-    serial console log)."""
+# Every format of an image, each checked to be reproducible.
+IMAGE_FORMATS = ("tar", "oci", "squashfs", "erofs", "ext4", "kernel+squashfs", "uki", "raw-efi")
+
+# Every format the sshd example boots from, and what its root filesystem is once booted.
+BOOTABLE = {"kernel+initrd": "rootfs", "kernel+squashfs": "overlay", "uki": "rootfs", "raw-efi": "overlay"}
+
+# The formats whose root dm-verity checks (the sshd example sets verity = True).
+VERITY = {"raw-efi"}
+
+
+@pytest.fixture(params=sorted(BOOTABLE))
+def sshd_vm(request: pytest.FixtureRequest, cache: Path,
+            tmp_path: Path) -> Iterator[tuple[int, Path, subprocess.Popen[str], Path]]:
+    """The sshd example booted under TCG from each bootable format: (its ssh port on 127.0.0.1,
+    the key it accepts, QEMU, its serial console log)."""
     require("qemu-system-x86_64")
     require("ssh")
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-N", "", "-t", "ed25519", "-f", str(key)], check=True)
-    build_image("//examples:sshd", mk_env(cache))
+    build_image("//examples:sshd", mk_env(cache), REPO, "--format", request.param)
     port = free_port()
     serial = tmp_path / "serial.log"
     log = open(serial, "w")  # noqa: SIM115 - closed below, after the VM
-    vm = subprocess.Popen([MK, "run", "//examples:sshd", "--accel", "tcg", "--publish", f"{port}:22",
-                           "--ssh-key", f"{key}.pub"], cwd=REPO, env=mk_env(cache), stdin=subprocess.DEVNULL,
+    vm = subprocess.Popen([MK, "run", "//examples:sshd", "--format", request.param, "--accel", "tcg",
+                           "--publish", f"{port}:22", "--ssh-key", f"{key}.pub"], cwd=REPO, env=mk_env(cache),
+                          stdin=subprocess.DEVNULL,
                           stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         yield port, key, vm, serial
@@ -106,14 +123,23 @@ def wait_for_banner(port: int, serial: Path, seconds: float = TCG_BOOT_SECONDS) 
                 f"the serial console's last lines:\n{tail(serial.read_text(errors='replace'))}", pytrace=False)
 
 
-@pytest.mark.timeout(MIRROR_SECONDS + TCG_BOOT_SECONDS + 5 * SSH_SECONDS + POWER_OFF_SECONDS + MARGIN)
-def test_sshd_accepts_a_key_login(sshd_vm: tuple[int, Path, subprocess.Popen[str], Path], tmp_path: Path) -> None:
+@pytest.mark.timeout(MIRROR_SECONDS + TCG_BOOT_SECONDS + 7 * SSH_SECONDS + POWER_OFF_SECONDS + MARGIN)
+def test_sshd_accepts_a_key_login(sshd_vm: tuple[int, Path, subprocess.Popen[str], Path], tmp_path: Path,
+                                  request: pytest.FixtureRequest) -> None:
     port, key, vm, serial = sshd_vm
     banner = wait_for_banner(port, serial)
     assert banner.startswith("SSH-2.0-OpenSSH_9.2p1")
     uname = ssh(port, key, "uname -r")
     assert uname.returncode == 0, uname.stderr
     assert uname.stdout.strip().endswith("-cloud-amd64")
+    booted = request.node.callspec.params["sshd_vm"]
+    root = ssh(port, key, "grep ' / ' /proc/mounts | cut -d' ' -f3")
+    assert root.stdout.strip() == BOOTABLE[booted], root
+    if booted in VERITY:
+        roothash = (REPO / "mk-out/examples/sshd/root.roothash").read_text().strip()
+        assert f" mk.roothash={roothash}" in ssh(port, key, "cat /proc/cmdline").stdout
+        status = ssh(port, key, "dmsetup status").stdout
+        assert re.fullmatch(r"mk-root: 0 \d+ verity V\n", status), status  # V: every block read was verified
     release = ssh(port, key, "cat /etc/os-release")
     assert 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"' in release.stdout
     assert ssh(port, key, "test -s /etc/ssh/ssh_host_ed25519_key && echo host-key-made-at-boot").stdout.strip() == \
@@ -128,6 +154,41 @@ def test_sshd_accepts_a_key_login(sshd_vm: tuple[int, Path, subprocess.Popen[str
     except subprocess.TimeoutExpired:
         pytest.fail(f"the VM did not power off within {POWER_OFF_SECONDS} s of `poweroff -f`; the serial console's "
                     f"last lines:\n{tail(serial.read_text(errors='replace'))}", pytrace=False)
+
+
+@pytest.mark.timeout(MIRROR_SECONDS + TCG_BOOT_SECONDS + MARGIN)
+def test_verity_refuses_a_root_with_one_byte_changed(cache: Path, tmp_path: Path) -> None:
+    """The raw-efi disk of //examples:sshd with one byte of its root partition flipped: dm-verity fails
+    the read, and the stage-1 initrd says it cannot mount the root and powers the machine off."""
+    require("qemu-system-x86_64")
+    require("sfdisk")
+    build_image("//examples:sshd", mk_env(cache), REPO, "--format", "raw-efi")
+    out = REPO / "mk-out/examples/sshd"
+    disk, variables = tmp_path / "tampered.img", tmp_path / "vars.fd"
+    shutil.copyfile(out / "raw-efi.img", disk)
+    shutil.copyfile(out / "OVMF_VARS_4M.fd", variables)
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(disk)], capture_output=True, text=True,
+                                      check=True).stdout)
+    (root,) = [p for p in table["partitiontable"]["partitions"] if p["name"] == "root"]
+    # In the root's first 4 KiB block, which mounting it reads, but past the squashfs superblock:
+    # without dm-verity the filesystem would not notice.
+    offset = root["start"] * 512 + 2048
+    with open(disk, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0xFF]))
+    files = {"disk": disk, "firmware_code": out / "OVMF_CODE_4M.fd", "firmware_vars": variables}
+    result = run_within(vm.command(Boot("uefi", "disk", {}), files, vm.VmOptions(), "tcg"), TCG_BOOT_SECONDS,
+                        "booting the tampered raw-efi disk under TCG until its stage-1 initrd powers it off",
+                        stdin=subprocess.DEVNULL)
+    console = result.stdout
+    roothash = (out / "root.roothash").read_text().strip()
+    assert re.search(r"device-mapper: verity: [\d:]+: data block 0 is corrupted", console), tail(console)
+    assert ("mk-stage1: cannot mount the root filesystem /dev/dm-0 (squashfs, checked by dm-verity against "
+            f"mk.roothash={roothash})") in console, tail(console)
+    assert "reboot: Power down" in console and "Server listening" not in console, tail(console)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.timeout(2 * MIRROR_SECONDS + MARGIN)
@@ -148,8 +209,14 @@ def test_every_example_is_reproducible(tmp_path: Path) -> None:
                             env=env, umask=umask)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "not hermetic" not in result.stderr
+        formats = [arg for name in IMAGE_FORMATS for arg in ("--format", name)]
+        result = run_within([MK, "image", "-j", jobs, "//examples:sshd", *formats], MIRROR_SECONDS,
+                            "`mk image //examples:sshd` in every format", cwd=root, env=env, umask=umask)
+        assert result.returncode == 0, result.stderr[-3000:]
         out = root / "mk-out"
         outputs.append({str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()})
     assert outputs[0].keys() == outputs[1].keys()
-    assert {"examples/motd", "examples/file-list.txt", "examples/sshd/initrd.img"} <= outputs[0].keys()
+    assert {"examples/motd", "examples/file-list.txt", "examples/sshd/initrd.img", "examples/sshd/root.ext4",
+            "examples/sshd/root.erofs", "examples/sshd/root.squashfs", "examples/sshd/uki.efi",
+            "examples/sshd/raw-efi.img", "examples/sshd/root.verity"} <= outputs[0].keys()
     assert [f for f in outputs[0] if outputs[0][f] != outputs[1][f]] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -16,27 +17,46 @@ import zstandard
 from conftest import MIRROR_SECONDS, MK, WorkspaceFactory, mk_env, read_events, require, run_within
 from debrepo import Deb, Member, Repo
 
-from mk.cache.cas import digest_bytes
+from mk.cache.cas import ContentStore, digest_bytes
+from mk.cache.tree import Entry, Kind, Tree
 from mk.engine.errors import MkError
+from mk.rules import elf
 from mk.rules import qemu as vm
+from mk.rules.images.programs import with_libraries
 from mk.rules.kernel import modinfo_depends
+from mk.rules.providers import Boot
 
 RELEASE = "6.1.0-1-test"
 
 
+def elf_file(sections: dict[str, bytes]) -> bytes:
+    """A minimal ELF64 file holding `sections` (by name), then its table of section names."""
+    names = b"\0" + b"".join(name.encode() + b"\0" for name in sections) + b".shstrtab\0"
+    body, headers, name_offset = bytearray(64), [bytes(64)], 1
+    for name, content in sections.items():
+        headers.append(struct.pack("<IIQQQQIIQQ", name_offset, 1, 0, 0, len(body), len(content), 0, 0, 1, 0))
+        body += content
+        name_offset += len(name) + 1
+    headers.append(struct.pack("<IIQQQQIIQQ", name_offset, 3, 0, 0, len(body), len(names), 0, 0, 1, 0))
+    body += names + bytes(-(len(body) + len(names)) % 8)
+    fields = (1, 62, 1, 0, 0, len(body), 0, 64, 0, 0, 64, len(headers), len(headers) - 1)  # x86-64, names last
+    body[:64] = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", *fields)
+    return bytes(body) + b"".join(headers)
+
+
 def module(name: str, depends: str) -> bytes:
-    """A minimal ELF64 relocatable file whose .modinfo section says `depends=`."""
-    modinfo = f"license=GPL\0depends={depends}\0name={name}\0".encode()
-    names = b"\0.modinfo\0.shstrtab\0"
-    shoff = 64 + len(modinfo) + len(names)
-    shoff += -shoff % 8
-    fields = (1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 3, 2)  # REL, x86-64, ..., 3 sections, names in #2
-    header = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", *fields)
-    sections = bytes(64)
-    sections += struct.pack("<IIQQQQIIQQ", 1, 1, 0, 0, 64, len(modinfo), 0, 0, 1, 0)
-    sections += struct.pack("<IIQQQQIIQQ", 10, 3, 0, 0, 64 + len(modinfo), len(names), 0, 0, 1, 0)
-    body = header + modinfo + names
-    return body + bytes(shoff - len(body)) + sections
+    """A kernel module whose .modinfo section says `depends=`."""
+    return elf_file({".modinfo": f"license=GPL\0depends={depends}\0name={name}\0".encode()})
+
+
+def program(loader: str | None, libraries: list[str]) -> bytes:
+    """A dynamically linked program (or library, without `loader`) that needs `libraries`."""
+    names, dynamic = b"\0", b""
+    for library in libraries:
+        dynamic += struct.pack("<qQ", 1, len(names))  # DT_NEEDED
+        names += library.encode() + b"\0"
+    sections = {".dynstr": names, ".dynamic": dynamic + struct.pack("<qQ", 0, 0)}
+    return elf_file({**({".interp": loader.encode() + b"\0"} if loader else {}), **sections})
 
 
 MODULES = {  # name: (path under kernel/, depends)
@@ -130,6 +150,48 @@ def test_modinfo_depends_reads_the_elf_section() -> None:
         modinfo_depends(b"MZ not an elf")
 
 
+def test_elf_names_the_libraries_and_loader_a_program_needs() -> None:
+    dmsetup = program("/lib64/ld-linux-x86-64.so.2", ["libdevmapper.so.1.02.1", "libc.so.6"])
+    assert elf.needed(dmsetup) == ["libdevmapper.so.1.02.1", "libc.so.6"]
+    assert elf.interpreter(dmsetup) == "/lib64/ld-linux-x86-64.so.2"
+    assert elf.interpreter(program(None, [])) is None and elf.needed(program(None, [])) == []
+    assert elf.needed(module("x", "a")) == []  # no .dynamic section: a kernel module
+
+
+def test_programs_come_with_the_libraries_they_load(tmp_path: Path) -> None:
+    cas = ContentStore(tmp_path)
+
+    def stored(path: str, data: bytes, mode: int = 0o644) -> Entry:
+        return Entry(path, Kind.FILE, mode, digest=cas.put_bytes(data), size=len(data))
+
+    lib = "usr/lib/x86_64-linux-gnu"
+    files = [
+        stored("usr/sbin/dmsetup", program("/lib64/ld-linux-x86-64.so.2", ["libdevmapper.so.1.02.1"]), 0o755),
+        stored(f"{lib}/libdevmapper.so.1.02.1", program(None, ["libc.so.6"])),
+        stored(f"{lib}/libc.so.6.real", program("/lib64/ld-linux-x86-64.so.2", [])),
+        stored(f"{lib}/ld-linux-x86-64.so.2", program(None, [])),
+        stored("usr/bin/unrelated", b"not copied"),
+    ]
+    links = [Entry("lib", Kind.SYMLINK, 0o777, target="usr/lib"),
+             Entry(f"{lib}/libc.so.6", Kind.SYMLINK, 0o777, target="libc.so.6.real"),
+             Entry("lib64/ld-linux-x86-64.so.2", Kind.SYMLINK, 0o777, target=f"/{lib}/ld-linux-x86-64.so.2")]
+    tree = Tree.build([*files, *links])
+    copied = {e.path: e for e in with_libraries(tree, cas, {"usr/sbin/dmsetup": "dmsetup"}, "the test")}
+    # Each where the loader looks for it, as a file with the content it links to.
+    assert sorted(copied) == ["lib/x86_64-linux-gnu/libc.so.6", "lib/x86_64-linux-gnu/libdevmapper.so.1.02.1",
+                              "lib64/ld-linux-x86-64.so.2", "usr/sbin/dmsetup"]
+    assert copied["lib/x86_64-linux-gnu/libc.so.6"].digest == files[2].digest
+    assert copied["lib64/ld-linux-x86-64.so.2"].digest == files[3].digest
+    assert copied["usr/sbin/dmsetup"].mode == 0o755 and all(e.kind is Kind.FILE for e in copied.values())
+    with pytest.raises(ValueError, match=r"^the test needs /usr/sbin/veritysetup, which is not in the image: "
+                                         r"add cryptsetup-bin to 'base'$"):
+        with_libraries(tree, cas, {"usr/sbin/veritysetup": "cryptsetup-bin"}, "the test")
+    broken = Tree.build([files[0], *links[2:], files[3]])
+    with pytest.raises(ValueError, match=re.escape("/usr/sbin/dmsetup needs the library libdevmapper.so.1.02.1, which "
+                                                   "is in none of /lib/x86_64-linux-gnu, ")):
+        with_libraries(broken, cas, {"usr/sbin/dmsetup": "dmsetup"}, "the test")
+
+
 def test_kernel_closure_and_load_order(workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
     root = image_workspace(workspace, repo)
     result = mk(root, tmp_path / "cache", "image", "//img:box")
@@ -169,6 +231,7 @@ def test_image_contents_and_outputs(workspace: WorkspaceFactory, repo: Repo, tmp
     onboot = (image / "etc/mk/onboot").read_text()
     assert onboot.index("udhcpc") < onboot.index("mk.authorized_key") < onboot.index("( echo first )") < \
         onboot.index("( echo second )")
+    assert 'key=/sys/firmware/qemu_fw_cfg/by_name/opt/mk/authorized_key/raw\n' in onboot  # for UEFI boots
     assert (image / "etc/hostname").read_text() == "boxy\n"
     assert (image / "etc/motd").read_text() == "hi\n"
     assert (image / "bin").is_symlink() and (image / "usr/bin/busybox").is_file()
@@ -361,7 +424,8 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     (tmp_path / "cmdline").write_text("console=ttyS0\n")
     require(vm.QEMU)
     options = vm.VmOptions(mem="1G", cpus=2, publish=((2222, 22), (8080, 80)), ssh_key="ssh-ed25519 AAAA key@host")
-    command = vm.command(tmp_path, options, "tcg")
+    files = {role: tmp_path / role for role in ("kernel", "initrd", "cmdline")}
+    command = vm.command(Boot("direct", "kernel", {}), files, options, "tcg")
     assert command[1:7] == ["-accel", "tcg", "-m", "1G", "-smp", "2"]
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80" in command
     append = command[command.index("-append") + 1]
@@ -369,6 +433,56 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     import base64
 
     assert base64.urlsafe_b64decode(append.split("=", 2)[2]).decode() == "ssh-ed25519 AAAA key@host"
+
+
+def test_qemu_boots_the_uefi_formats_with_their_firmware_and_the_key_in_fw_cfg(tmp_path: Path) -> None:
+    require(vm.QEMU)
+    options = vm.VmOptions(ssh_key="ssh-ed25519 AAAA key@host")
+    firmware = {"firmware_code": tmp_path / "CODE.fd", "firmware_vars": tmp_path / "VARS.fd"}
+    disk = vm.command(Boot("uefi", "disk", {}), {"disk": tmp_path / "disk.img", **firmware}, options, "tcg")
+    assert disk[disk.index("-snapshot"):] == [
+        "-snapshot", "-drive", f"file={tmp_path}/disk.img,if=virtio,format=raw",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={tmp_path}/CODE.fd",
+        "-drive", f"if=pflash,format=raw,unit=1,file={tmp_path}/VARS.fd",
+        "-fw_cfg", "name=opt/mk/authorized_key,string=c3NoLWVkMjU1MTkgQUFBQSBrZXlAaG9zdA==",
+    ]
+    import base64
+
+    assert base64.urlsafe_b64decode("c3NoLWVkMjU1MTkgQUFBQSBrZXlAaG9zdA==").decode() == options.ssh_key
+    uki = vm.command(Boot("uefi", "kernel", {}), {"kernel": tmp_path / "uki.efi", **firmware}, vm.VmOptions(), "tcg")
+    # The UKI's own command line: no -append, no -initrd, and without --ssh-key no fw_cfg either.
+    assert uki[-6:] == ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={tmp_path}/CODE.fd",
+                        "-drive", f"if=pflash,format=raw,unit=1,file={tmp_path}/VARS.fd",
+                        "-kernel", f"{tmp_path}/uki.efi"]
+    assert "-append" not in uki and "-initrd" not in uki and "-fw_cfg" not in uki
+
+
+def test_each_uefi_run_writes_its_own_copy_of_the_firmware_variables(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir, log = tmp_path / "bin", tmp_path / "qemu.log"
+    bin_dir.mkdir()
+    # A QEMU that writes to the variable store it is given, and says where that was.
+    qemu = bin_dir / vm.QEMU
+    qemu.write_text(f"""#!/bin/sh
+for arg; do
+    case "$arg" in *unit=1,file=*) vars=${{arg##*file=}} ;; esac
+done
+echo "$vars" > {log}
+echo written-by-the-guest > "$vars"
+""")
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    files = {role: tmp_path / name for role, name in
+             (("disk", "disk.img"), ("firmware_code", "CODE.fd"), ("firmware_vars", "VARS.fd"))}
+    for path in files.values():
+        path.write_text("pristine\n")
+    machine = vm.VirtualMachine(Boot("uefi", "disk", {}), files, vm.VmOptions(accel="tcg"), tmp_path / "state",
+                                foreground=False)
+    assert machine.wait() == 0
+    used = Path(log.read_text().strip())
+    assert used.name == "vars.fd" and used.parent != tmp_path
+    assert not used.parent.exists()  # removed once QEMU is gone
+    assert files["firmware_vars"].read_text() == "pristine\n"
 
 
 def test_run_arguments_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -55,6 +55,27 @@ def test_hardlink_must_point_at_a_file_in_the_tree() -> None:
         Tree.build([Entry("b", Kind.HARDLINK, 0o644, target="missing")])
 
 
+def test_lookup_follows_symlinks_as_the_booted_system_would() -> None:
+    libc = file("usr/lib/x86_64-linux-gnu/libc.so.6", "c" * 64)
+    tree = Tree.build([
+        libc, Entry("lib", Kind.SYMLINK, 0o777, target="usr/lib"),
+        Entry("lib64/ld-linux-x86-64.so.2", Kind.SYMLINK, 0o777, target="../lib/x86_64-linux-gnu/ld.so"),
+        file("usr/lib/x86_64-linux-gnu/ld.so", "d" * 64),
+        Entry("etc/os-release", Kind.SYMLINK, 0o777, target="/usr/lib/os-release"),
+        file("usr/lib/os-release", "e" * 64),
+        Entry("usr/lib/x86_64-linux-gnu/libc.so", Kind.HARDLINK, 0o644, target="usr/lib/x86_64-linux-gnu/libc.so.6"),
+        Entry("loop/a", Kind.SYMLINK, 0o777, target="b"), Entry("loop/b", Kind.SYMLINK, 0o777, target="a"),
+    ])
+    assert tree.lookup("lib/x86_64-linux-gnu/libc.so.6") == libc  # through a symlinked folder
+    assert tree.lookup("/lib64/ld-linux-x86-64.so.2") == tree.lookup("usr/lib/x86_64-linux-gnu/ld.so")
+    os_release = tree.lookup("usr/lib/os-release")
+    assert os_release is not None and tree.lookup("etc/os-release") == os_release  # an absolute link
+    assert tree.lookup("usr/lib/x86_64-linux-gnu/libc.so") == libc  # a hard link is the file it links to
+    assert tree.lookup("lib") == tree.lookup("usr/lib") and tree.lookup("usr/lib/../lib/x86_64-linux-gnu") is not None
+    assert tree.lookup("loop/a") is None  # links that go round
+    assert tree.lookup("lib/missing.so") is None
+
+
 def test_merge_later_layer_wins_and_removals_apply() -> None:
     lower = Tree.build([file("etc/motd", "1" * 64), file("usr/share/doc/x"), file("usr/bin/a")])
     upper = Tree.build([file("etc/motd", "2" * 64)])

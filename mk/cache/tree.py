@@ -8,6 +8,7 @@ stored as a blob, so a tree's digest changes exactly when any file, mode or owne
 from __future__ import annotations
 
 import enum
+import functools
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import msgpack
 from mk.globs import glob_regex
 
 _FORMAT = 1
+_MAX_STEPS = 4096  # path components a lookup walks, links included, before it calls the links a loop
 
 
 class TreeError(ValueError):
@@ -166,6 +168,37 @@ class Tree:
 
     def files(self) -> Iterable[Entry]:
         return (e for e in self.entries if e.kind is Kind.FILE)
+
+    def lookup(self, path: str) -> Entry | None:
+        """The entry at `path` as the booted system sees it: symlinks followed, in the folders on the
+        way too (`lib/x` through `lib -> usr/lib`), and a hard link as the file it links to. None
+        when nothing is there or the links go round in a loop."""
+        pending = [p for p in path.split("/") if p not in ("", ".")]
+        resolved: list[str] = []
+        entry: Entry | None = None
+        for _ in range(_MAX_STEPS):
+            if not pending:
+                if entry is not None and entry.kind is Kind.HARDLINK:
+                    return self._by_path.get(entry.target)
+                return entry
+            part = pending.pop(0)
+            if part == "..":
+                resolved = resolved[:-1]
+                continue
+            entry = self._by_path.get("/".join([*resolved, part]))
+            if entry is None:
+                return None
+            if entry.kind is Kind.SYMLINK:
+                pending = [p for p in entry.target.split("/") if p not in ("", ".")] + pending
+                resolved = [] if entry.target.startswith("/") else resolved
+                entry = self._by_path.get("/".join(resolved)) if resolved else None
+            else:
+                resolved.append(part)
+        return None
+
+    @functools.cached_property
+    def _by_path(self) -> dict[str, Entry]:
+        return {e.path: e for e in self.entries}
 
 
 def check_symlink(path: str, target: str) -> None:

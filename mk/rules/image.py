@@ -18,11 +18,13 @@ from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
-from mk.rules import init
+from mk.rules import init, toolchain
 from mk.rules.archive import archive_action, oci_params, write_oci
 from mk.rules.deb.sbom import merge_documents
 from mk.rules.image_check import check_commands
-from mk.rules.providers import ImageInfo, KernelInfo, SbomInfo, TreeInfo
+from mk.rules.images.all import FORMATS
+from mk.rules.images.format import FormatContext, ImageParts
+from mk.rules.providers import Boot, ImageInfo, KernelInfo, SbomInfo, TreeInfo
 from mk.rules.trees import tree_inputs
 from mk.rules.write_file import write
 
@@ -122,15 +124,40 @@ def analyze(ctx: RuleContext) -> list[Provider]:
         function=write_oci,
     ))
     # Output groups are the formats `mk image --format` offers; "kernel+initrd" is the default set.
-    formats = {"tar": (rootfs_tar,), "oci": (oci,)}
+    groups: dict[str, tuple[Artifact, ...]] = {"tar": (rootfs_tar,), "oci": (oci,)}
+    boots = {"kernel+initrd": Boot("direct", "kernel", {"kernel": kernel, "initrd": initrd, "cmdline": cmdline})}
+    has_toolchain = ctx.attrs[toolchain.ATTR.name] is not None
+    firmware = ctx.providers("firmware", TreeInfo)
+    parts = ImageParts(name, rootfs, rootfs_tar, kernel, kernel_info.modules, initrd, cmdline, ctx.string("cmdline"),
+                       toolchain.toolchain(ctx) if has_toolchain else None, has_toolchain, bool(ctx.attrs["verity"]),
+                       firmware[0].tree if firmware else None)
+    formats = FormatContext(ctx, parts, FORMATS)
+    for fmt in FORMATS.values():
+        if has_toolchain or not fmt.needs_tools:  # without one, only mk's own writers are offered
+            built = formats.built(fmt.name)
+            groups[fmt.name] = built.files
+            if built.boot is not None:
+                boots[fmt.name] = built.boot
+    wanted = ctx.strings("formats")
+    if not has_toolchain and (needing := [f for f in wanted if FORMATS[f].needs_tools]):
+        raise MkError(f"image {ctx.label}: the formats {', '.join(needing)} run tools, so the image needs a "
+                      "toolchain (a `toolchain` attribute, or the `toolchain` setting in mk.toml)")
     # The manifest describes every file this build places for the image: the formats asked for too.
-    described = (kernel, initrd, cmdline, sbom, *(f for g in ctx.output_groups for f in formats.get(g, ())))
+    asked = (*ctx.output_groups, *wanted)
+    described = tuple(dict.fromkeys((kernel, initrd, cmdline, sbom, *(f for g in asked for f in groups.get(g, ())))))
     manifest = out("manifest.json")
     ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", inputs=described, outputs=(manifest,),
                           function=write_manifest))
     boot = (kernel, initrd, cmdline, sbom, manifest)
-    return [DefaultInfo(files=boot, groups={"kernel+initrd": boot, **formats}),
-            ImageInfo(kernel, initrd, cmdline, rootfs, ctx.string("ssh_key_user"))]
+    default = tuple(dict.fromkeys((*boot, *(f for name in wanted for f in groups[name]))))
+    return [DefaultInfo(files=default, groups={"kernel+initrd": boot, **groups}),
+            ImageInfo(kernel, initrd, cmdline, rootfs, ctx.string("ssh_key_user"), boots)]
+
+
+def _format_name(name: str) -> str:
+    if name not in FORMATS and name not in ("tar", "oci"):
+        raise ValueError(f"'{name}' is not an image format; choose from {', '.join(['tar', 'oci', *FORMATS])}")
+    return name
 
 
 def _generated(ctx: RuleContext) -> list[list[object]]:
@@ -193,8 +220,21 @@ RULE = Rule(
         Attr("services", attrs.STRING_LIST, "Long-running commands, restarted when they exit.", default=[]),
         Attr("files", attrs.LABEL_DICT, "Destination path -> a file label.", default={}),
         Attr("network", attrs.BOOL, "Bring eth0 up with DHCP at boot.", default=True),
+        Attr("formats", attrs.records("format names", _format_name), "Formats `mk image` writes besides "
+             "kernel+initrd (each is also available with `mk image --format F`): "
+             + ", ".join(f"`{f.name}` ({f.doc})" for f in FORMATS.values()) + ".", default=[]),
+        toolchain.ATTR,
+        Attr("verity", attrs.BOOL, "Protect the root of the disk formats (`raw-efi`) with dm-verity: the kernel "
+             "checks every block it reads against a root hash held in the UKI's command line, and refuses a "
+             "tampered root. The stage-1 initrd opens it with dmsetup, which `base` must then provide.",
+             default=False),
+        Attr("firmware", attrs.LABEL, "A tree holding UEFI firmware (Debian's `ovmf`, locked like any package "
+             "set): its OVMF_CODE_4M.fd and OVMF_VARS_4M.fd go beside the UEFI formats (`uki`, `raw-efi`), "
+             "which `mk run` boots with them. Without it those formats are built but not run.",
+             providers=(TreeInfo,)),
         Attr("ssh_key_user", attrs.STRING, "If set, `mk run --ssh-key` installs the key for this user at "
-             "boot (passed on the kernel command line, never stored in the image).", default=""),
+             "boot (passed on the kernel command line, or through QEMU's firmware configuration for the formats "
+             "that boot through firmware; never stored in the image).", default=""),
     ),
     analyze=analyze,
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import lzma
 import posixpath
 import re
-import struct
 
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree
@@ -19,6 +18,7 @@ from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO
 from mk.engine.errors import did_you_mean
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
+from mk.rules.elf import sections
 from mk.rules.providers import KernelInfo, TreeInfo
 from mk.rules.trees import tree_inputs
 
@@ -28,20 +28,13 @@ _MODULE = re.compile(r"^usr/lib/modules/([^/]+)/(.+\.ko(?:\.xz|\.zst)?)$")
 
 def modinfo_depends(elf: bytes) -> list[str]:
     """The `depends=` list of a kernel module's .modinfo section (64-bit little-endian ELF)."""
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
-        raise ValueError("not a 64-bit little-endian ELF file")
-    shoff, = struct.unpack_from("<Q", elf, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize) for i in range(shnum)]
-    names_offset = sections[shstrndx][4]
-    for name, _type, _flags, _addr, offset, size in sections:
-        end = elf.index(b"\0", names_offset + name)
-        if elf[names_offset + name:end] == b".modinfo":
-            for field in elf[offset:offset + size].split(b"\0"):
-                if field.startswith(b"depends="):
-                    return [d for d in field[8:].decode().split(",") if d]
-            return []
-    raise ValueError("no .modinfo section")
+    modinfo = sections(elf).get(".modinfo")
+    if modinfo is None:
+        raise ValueError("no .modinfo section")
+    for field in modinfo.split(b"\0"):
+        if field.startswith(b"depends="):
+            return [d for d in field[8:].decode().split(",") if d]
+    return []
 
 
 def _module_bytes(cas: ContentStore, entry: Entry) -> bytes:

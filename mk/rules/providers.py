@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from mk.engine.actions import Artifact
 from mk.engine.rule_api import Provider
@@ -31,6 +32,18 @@ class KernelInfo(Provider):
 
 
 @dataclass(frozen=True)
+class Boot:
+    """How QEMU starts a format: by `firmware` ("direct": -kernel/-initrd; "bios": SeaBIOS;
+    "uefi": OVMF) from `medium` ("kernel", "disk" or "cdrom") in `disk_format` (raw, qcow2, vpc).
+    `files` names the artifacts by role: kernel, initrd, cmdline, disk, cdrom."""
+
+    firmware: str
+    medium: str
+    files: Mapping[str, Artifact]
+    disk_format: str = "raw"
+
+
+@dataclass(frozen=True)
 class ImageInfo(Provider):
     """A bootable image: what a machine (QEMU, `mk run`) needs to start it, and its root
     filesystem's tree (what `mk ls` and `mk diff` show)."""
@@ -40,3 +53,4 @@ class ImageInfo(Provider):
     cmdline: Artifact
     root: Artifact
     ssh_key_user: str  # who `mk run --ssh-key` authorizes at boot; "" when nobody (the key is then ignored)
+    boots: Mapping[str, Boot] = field(default_factory=dict)  # by format name: how `mk run --format` starts it

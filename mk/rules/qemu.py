@@ -1,4 +1,6 @@
-"""The QEMU runner (`mk run`, `mk watch --run`): boot an image's kernel and initrd in QEMU, with user-mode networking.
+"""The QEMU runner (`mk run`, `mk watch --run`): boot an image in QEMU, with user-mode networking: its
+kernel and initrd directly, or (`--format`) a disk or a UKI through the firmware the format names
+(OVMF for the UEFI formats, from the image's locked `firmware` package).
 
 The serial console is the terminal. `--accel auto` uses KVM only when a short probe shows that
 guests actually run under it (on some machines /dev/kvm exists but guests hang), and the
@@ -12,11 +14,11 @@ from __future__ import annotations
 
 import base64
 import errno
-import posixpath
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -28,9 +30,11 @@ from mk.engine.errors import MkError
 from mk.engine.registry import Runner
 from mk.engine.rule_api import Provider
 from mk.rules.cache_parts import VM
-from mk.rules.providers import ImageInfo
+from mk.rules.init import FW_CFG_KEY
+from mk.rules.providers import Boot, ImageInfo
 
 QEMU = "qemu-system-x86_64"
+DEFAULT_FORMAT = "kernel+initrd"
 _PROBE_SECONDS = 8.0
 
 
@@ -87,28 +91,49 @@ def read_ssh_key(path: Path) -> str:
     return lines[0]
 
 
-def command(image: Path, options: VmOptions, accel: str) -> list[str]:
-    cmdline = (image / "cmdline").read_text(encoding="utf-8").strip()
-    if options.ssh_key:
-        # base64url keeps the key one word on the kernel command line; the image's onboot decodes it.
-        encoded = base64.urlsafe_b64encode(options.ssh_key.encode()).decode()
-        cmdline += f" mk.authorized_key={encoded}"
+def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: str) -> list[str]:
+    """QEMU's command line for `boot`, whose files (by role, see `Boot`) are at `files`."""
     forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in options.publish)
-    return [
+    args = [
         qemu_binary(), "-accel", accel, "-m", options.mem, "-smp", str(options.cpus),
         "-nographic", "-no-reboot",
-        "-kernel", str(image / "kernel"), "-initrd", str(image / "initrd.img"), "-append", cmdline,
         "-netdev", f"user,id=net0{forwards}", "-device", "virtio-net-pci,netdev=net0",
     ]
+    if "disk" in files:
+        # -snapshot: the guest's writes go to a temporary file, never into mk-out.
+        args += ["-snapshot", "-drive", f"file={files['disk']},if=virtio,format={boot.disk_format}"]
+    # base64url keeps the key one word (on the kernel command line, or in a fw_cfg string); the
+    # image's onboot step decodes it.
+    key = base64.urlsafe_b64encode(options.ssh_key.encode()).decode() if options.ssh_key else None
+    if boot.firmware == "direct":
+        cmdline = files["cmdline"].read_text(encoding="utf-8").strip()
+        if key:
+            cmdline += f" mk.authorized_key={key}"
+        args += ["-kernel", str(files["kernel"]), "-initrd", str(files["initrd"]), "-append", cmdline]
+        return args
+    if boot.firmware == "uefi":
+        # `files["firmware_vars"]` is written to: a copy made for this run (see VirtualMachine).
+        args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={files['firmware_code']}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={files['firmware_vars']}"]
+        if boot.medium == "kernel":  # a UKI, which OVMF starts with the command line it holds
+            args += ["-kernel", str(files["kernel"])]
+    if key:
+        # The command line is the image's own here (inside the UKI, or on the disk): the key goes
+        # through QEMU's firmware configuration, which the guest reads in /sys/firmware/qemu_fw_cfg.
+        args += ["-fw_cfg", f"name={FW_CFG_KEY},string={key}"]
+    return args
 
 
-def choose_accel(requested: str, image: Path, state_dir: Path) -> Accel:
+def choose_accel(requested: str, image: Path | None, state_dir: Path) -> Accel:
+    """`image`: the folder holding a kernel to probe KVM with (None: no probe is possible)."""
     if requested in ("tcg", "kvm"):
         return Accel(requested, f"--accel {requested} asks for it")
     if requested != "auto":
         raise MkError(f"--accel {requested}: choose tcg, kvm or auto")
     if not Path("/dev/kvm").exists():
         return Accel("tcg", "/dev/kvm is missing")
+    if image is None:
+        return Accel("tcg", "this format boots no kernel file mk could probe KVM with (choose --accel kvm to try it)")
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     remembered = state_dir / f"kvm-works-{boot_id}"
     if remembered.exists():
@@ -179,24 +204,35 @@ class VirtualMachine:
     reaches only mk, which then stops it.
     """
 
-    def __init__(self, image: Path, options: VmOptions, state_dir: Path, foreground: bool) -> None:
-        for name in ("kernel", "initrd.img", "cmdline"):
-            if not (image / name).is_file():
-                raise MkError(f"{image / name} is missing; build the image first (mk image)")
+    def __init__(self, boot: Boot, files: Mapping[str, Path], options: VmOptions, state_dir: Path,
+                 foreground: bool) -> None:
+        for path in files.values():
+            if not path.is_file():
+                raise MkError(f"{path} is missing; build the image first (mk image)")
         check_ports_free(options.publish)
-        accel = choose_accel(options.accel, image, state_dir)
+        accel = choose_accel(options.accel, files["kernel"].parent if "kernel" in files else None, state_dir)
         print(accel, file=sys.stderr, flush=True)
-        self.process = subprocess.Popen(command(image, options, accel.name),
-                                        stdin=None if foreground else subprocess.DEVNULL,
-                                        start_new_session=not foreground)
+        # UEFI firmware writes its variable store: each run gets a fresh copy, never mk-out's file.
+        self.scratch = Path(tempfile.mkdtemp(prefix="mk-vm-")) if "firmware_vars" in files else None
+        if self.scratch is not None:
+            files = {**files, "firmware_vars": Path(shutil.copy(files["firmware_vars"], self.scratch / "vars.fd"))}
+        try:
+            self.process = subprocess.Popen(command(boot, files, options, accel.name),
+                                            stdin=None if foreground else subprocess.DEVNULL,
+                                            start_new_session=not foreground)
+        except BaseException:
+            self._remove_scratch()
+            raise
 
     def wait(self) -> int:
         """Until the VM powers off (or Ctrl-C); QEMU's exit status."""
         try:
-            return self.process.wait()
+            status = self.process.wait()
         except KeyboardInterrupt:
             self.stop(grace=5)
             raise
+        self._remove_scratch()
+        return status
 
     def stop(self, grace: float = 10) -> None:
         if self.process.poll() is None:
@@ -206,6 +242,11 @@ class VirtualMachine:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _options(values: Mapping[str, object]) -> VmOptions:
@@ -220,13 +261,19 @@ def _options(values: Mapping[str, object]) -> VmOptions:
 def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[str, object],
           foreground: bool) -> VirtualMachine:
     assert isinstance(info, ImageInfo)
-    image = output_dir / posixpath.dirname(info.kernel.path)
+    name = str(values.get("format") or DEFAULT_FORMAT)
+    boot = info.boots.get(name)
+    if boot is None:
+        bootable = ", ".join(sorted(info.boots))
+        raise MkError(f"--format {name}: the image does not boot from that format (it boots from: {bootable}; "
+                      "the UEFI formats boot when the image names its `firmware`)")
+    files = {role: output_dir / artifact.path for role, artifact in boot.files.items()}
     options = _options(values)
     if options.ssh_key and not info.ssh_key_user:
         print("mk: warning: --ssh-key is ignored: the image sets no ssh_key_user, so nothing would install the key "
               "at boot (set ssh_key_user, e.g. to \"root\", on the image target)", file=sys.stderr)
         options = replace(options, ssh_key=None)
-    return VirtualMachine(image, options, cache_root / VM.name, foreground)
+    return VirtualMachine(boot, files, options, cache_root / VM.name, foreground)
 
 
 def _check() -> None:
@@ -245,6 +292,9 @@ RUNNER = Runner(
                      help="auto: KVM when a probe (once per host boot) shows guests run under it, else TCG."),
         click.Option(["--mem"], default="512M", show_default=True, help="Guest memory."),
         click.Option(["--cpus"], type=click.IntRange(min=1), default=1, show_default=True),
+        click.Option(["--format"], metavar="FORMAT",
+                     help=f"The image format to build and boot (default {DEFAULT_FORMAT}; also kernel+squashfs, "
+                          "raw-efi, ...)."),
     ),
     check=_check,
     start=start,

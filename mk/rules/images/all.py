@@ -1,0 +1,15 @@
+"""Every image format mk offers, by name, in the order BUILD.md lists them."""
+
+from __future__ import annotations
+
+from mk.rules.images import efi_disk, filesystems, uki
+from mk.rules.images.format import Format
+
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    *filesystems.FORMATS,
+    Format("uki", "A unified kernel image `uki.efi`: systemd-boot's EFI stub with the kernel, the image's "
+           "initrd, its cmdline and os-release, which UEFI firmware boots by itself.", uki.uki),
+    Format("raw-efi", "A GPT disk `raw-efi.img` that UEFI firmware boots: an EFI system partition "
+           "(`raw-efi.esp`) holding a UKI with the stage-1 initrd as `EFI/BOOT/BOOTX64.EFI`, then the squashfs "
+           "root, and with `verity` its hash tree (`root.verity`, root hash in `root.roothash`).", efi_disk.raw_efi),
+)}

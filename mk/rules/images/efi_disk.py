@@ -1,0 +1,102 @@
+"""raw-efi: a GPT disk that UEFI firmware boots by itself.
+
+Partition 1 is the EFI system partition: FAT, made by mkfs.fat with a volume id from the UKI's
+sha256 and no label (the label's directory entry would carry the time of day), and filled by
+mtools, which date the files SOURCE_DATE_EPOCH (FAT's calendar starts in 1980: an earlier epoch
+becomes 1980-01-01). It holds the UKI as EFI/BOOT/BOOTX64.EFI, the path firmware tries on a disk
+it has no boot entry for. The UKI boots the stage-1 initrd, which mounts partition 2, the
+squashfs root; with `verity`, partition 3 holds the root's dm-verity hash tree and the UKI's
+command line its root hash, so the kernel refuses any block of the root that differs.
+
+sfdisk writes the GPT from a script. Each partition's GUID derives from what it holds and the
+disk's from those; the partition types are those of the Discoverable Partitions Specification.
+Partitions start on MiB boundaries, where dd places them.
+"""
+
+from __future__ import annotations
+
+from mk.engine.actions import Action, ActionIO, Artifact
+from mk.rules.images.firmware import uefi_built
+from mk.rules.images.format import UUID_OF, Built, FormatContext
+from mk.rules.images.stage1 import stage1, verity_stage1
+from mk.rules.images.uki import assemble_uki
+from mk.rules.images.verity import verity
+
+FAT_EPOCH = 315532800  # 1980-01-01 00:00 UTC, the first time a FAT directory entry can hold
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"  # an x86-64 root
+VERITY_TYPE = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"  # the dm-verity hash tree of an x86-64 root
+ROOT_DEVICE, VERITY_DEVICE = "/dev/vda2", "/dev/vda3"  # as the disk appears to QEMU's virtio
+
+# Reads the arrays files, types, names and $disk; writes $disk.
+_PARTITION = r"""
+mib() { echo $(( ($(stat -c %s "$1") + 1048575) / 1048576 )); }
+start=1  # in MiB: the first MiB holds the protective MBR and the GPT
+script=
+for i in "${!files[@]}"; do
+    size=$(mib "${files[$i]}")
+    starts[i]=$start
+    uuids[i]=$(uuid_of "${files[$i]}")
+    script+="start=$(( start * 2048 )), size=$(( size * 2048 )), type=${types[$i]}, uuid=${uuids[$i]}, "
+    script+="name=\"${names[$i]}\""$'\n'
+    start=$(( start + size ))
+done
+printf '%s\n' "${uuids[@]}" > /tmp/uuids
+truncate -s $(( (start + 1) * 1048576 )) "$disk"  # and a MiB at the end for the backup GPT
+printf 'label: gpt\nlabel-id: %s\nunit: sectors\nfirst-lba: 2048\n%s' "$(uuid_of /tmp/uuids)" "$script" |
+    sfdisk --quiet --no-reread --no-tell-kernel "$disk"
+for i in "${!files[@]}"; do
+    dd if="${files[$i]}" of="$disk" bs=1M seek="${starts[$i]}" conv=notrunc status=none
+done
+"""
+
+
+def write_cmdline(io: ActionIO) -> None:
+    """The image's command line, the root's words, and those read from the inputs (the verity words)."""
+    words = [io.string("text"), *(io.inputs[path].read_text(encoding="utf-8").strip() for path in io.strings("parts"))]
+    io.output().write_text(" ".join(words) + "\n", encoding="utf-8")
+
+
+def esp(fc: FormatContext, uki: Artifact) -> Artifact:
+    """A FAT EFI system partition holding `uki` as EFI/BOOT/BOOTX64.EFI."""
+    out = fc.out("raw-efi.esp")
+    fc.command("Esp", (uki,), (out,), f"""uki={uki.path} esp={out.path}
+# Room for the UKI, FAT's tables and a quarter to spare, in whole MiB.
+mib=$(( ($(stat -c %s "$uki") + 1048575) / 1048576 * 5 / 4 + 2 ))
+mkfs.fat -C --invariant -i "$(sha256sum "$uki" | cut -c1-8)" "$esp" $(( mib * 1024 )) > /dev/null
+mmd -i "$esp" ::/EFI ::/EFI/BOOT
+mcopy -i "$esp" "$uki" ::/EFI/BOOT/BOOTX64.EFI
+""", env={"SOURCE_DATE_EPOCH": str(max(fc.epoch, FAT_EPOCH)), "TZ": "UTC", "MTOOLS_SKIP_CHECK": "1"})
+    return out
+
+
+def gpt_disk(fc: FormatContext, file: str, partitions: list[tuple[Artifact, str, str]]) -> Artifact:
+    """A GPT disk `file` holding each (content, type GUID, name) of `partitions`, in order."""
+    disk = fc.out(file)
+    fc.command("GptDisk", tuple(p[0] for p in partitions), (disk,), f"""{UUID_OF}
+files=({' '.join(p[0].path for p in partitions)})
+types=({' '.join(p[1] for p in partitions)})
+names=({' '.join(p[2] for p in partitions)})
+disk={disk.path}{_PARTITION}""")
+    return disk
+
+
+def raw_efi(fc: FormatContext) -> Built:
+    """The disk, its ESP, the UKI on that, the UKI's command line, and with `verity` the hash tree and
+    the root hash."""
+    root = fc.built("squashfs").files[0]
+    text = f"{fc.parts.cmdline_text} mk.root={ROOT_DEVICE} mk.rootfstype=squashfs"
+    if fc.parts.verity:
+        checked = fc.once("verity", verity)
+        text += f" mk.verity={VERITY_DEVICE}"
+        initrd, words = fc.once("stage1-verity", verity_stage1), [checked.cmdline]
+        hashes, extra = [(checked.tree, VERITY_TYPE, "root-verity")], [checked.tree, checked.roothash]
+    else:
+        initrd, words, hashes, extra = fc.once("stage1", stage1), [], [], []
+    cmdline = fc.out("raw-efi.cmdline")
+    fc.add(Action(owner=fc.ctx.label, mnemonic="Cmdline", inputs=tuple(words), outputs=(cmdline,),
+                  params={"text": text, "parts": [w.path for w in words]}, function=write_cmdline))
+    uki = assemble_uki(fc, "BOOTX64.EFI", initrd, cmdline)
+    partition = esp(fc, uki)
+    disk = gpt_disk(fc, "raw-efi.img", [(partition, ESP_TYPE, "esp"), (root, ROOT_TYPE, "root"), *hashes])
+    return uefi_built(fc, (disk, partition, uki, cmdline, *extra), "disk", {"disk": disk})

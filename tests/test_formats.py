@@ -1,0 +1,213 @@
+"""Image formats of //examples:sshd, checked by each filesystem's own tools (from the host, so
+that mk's sandboxed toolchain is not judging its own work). Needs the Debian mirror."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from conftest import MIRROR_SECONDS, MK, mk_env, require, run_within
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.mirror
+ROOT_FILESYSTEMS = ("squashfs", "erofs", "ext4")
+
+
+def build_examples(root: Path, formats: tuple[str, ...], verity: bool = True) -> Path:
+    """mk-out/examples/sshd/ of a copy of the examples in `root`, made in `formats`; `verity` as in
+    examples/BUILD, or turned off."""
+    (root / "mk.toml").write_text((REPO / "mk.toml").read_text())
+    subprocess.run(["cp", "-r", str(REPO / "examples"), str(root / "examples")], check=True)
+    if not verity:
+        build = root / "examples/BUILD"
+        assert "    verity = True,\n" in build.read_text()
+        build.write_text(build.read_text().replace("    verity = True,\n", ""))
+    arguments = [arg for name in formats for arg in ("--format", name)]
+    result = run_within([MK, "image", "//examples:sshd", *arguments], MIRROR_SECONDS, "`mk image` of every format",
+                        cwd=root, env=mk_env(root / "cache"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root / "mk-out/examples/sshd"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every format of the sshd example (whose disk formats have a verity-protected root)."""
+    return build_examples(tmp_path_factory.mktemp("formats"),
+                          (*ROOT_FILESYSTEMS, "kernel+squashfs", "tar", "uki", "raw-efi"))
+
+
+def check(*command: str) -> str:
+    require(command[0])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(command)}: {result.returncode}\n{result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def tar_listing(tar: Path) -> set[tuple[str, str, int, int]]:
+    """(path, type, uid, gid) of each member."""
+    with tarfile.open(tar) as archive:
+        return {(m.name.rstrip("/"), "d" if m.isdir() else "l" if m.issym() else "f", m.uid, m.gid)
+                for m in archive.getmembers() if m.name not in ("", ".")}
+
+
+def test_ext4_passes_fsck(built: Path) -> None:
+    check("fsck.ext4", "-fn", str(built / "root.ext4"))
+    stat = check("debugfs", "-R", "stat /usr/sbin/sshd", str(built / "root.ext4"))
+    # Every time is SOURCE_DATE_EPOCH (0), or 1 where mke2fs reads 0 as unset.
+    assert "ctime: 0x00000000:00000000" in stat and "atime: 0x00000000:00000000" in stat, stat
+
+
+def test_erofs_passes_fsck(built: Path) -> None:
+    check("fsck.erofs", str(built / "root.erofs"))
+
+
+def test_squashfs_holds_the_image_tree_with_its_owners(built: Path) -> None:
+    superblock = check("unsquashfs", "-s", str(built / "root.squashfs"))
+    assert "Creation or last append time Thu Jan  1 00:00:00 1970" in superblock
+    listing = check("unsquashfs", "-lln", "-d", "", str(built / "root.squashfs"))
+    found = set()
+    for line in listing.splitlines():
+        words = line.split()
+        if len(words) < 6 or "/" not in words[1]:
+            continue
+        uid, gid = (int(n) for n in words[1].split("/"))
+        path = words[5].lstrip("/")
+        if path:
+            found.add((path, {"d": "d", "l": "l"}.get(words[0][0], "f"), uid, gid))
+    assert found == tar_listing(built / "rootfs.tar")
+
+
+def test_kernel_squashfs_names_its_root(built: Path) -> None:
+    cmdline = (built / "kernel+squashfs.cmdline").read_text()
+    assert cmdline.endswith(" mk.root=/dev/vda mk.rootfstype=squashfs\n")
+    assert (built / "stage1.img").stat().st_size < (built / "initrd.img").stat().st_size / 5
+
+
+def uuid_of(data: bytes) -> str:
+    """A UUID from content, as mk's format scripts make them: sha256, marked as version 4."""
+    h = hashlib.sha256(data).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-8{h[17:20]}-{h[20:32]}"
+
+
+def pe_sections(efi: Path, into: Path) -> dict[str, bytes]:
+    """A UKI's sections, dumped by the host's objcopy."""
+    names = (".osrel", ".cmdline", ".linux", ".initrd")
+    into.mkdir()
+    check("objcopy", *(arg for n in names for arg in ("--dump-section", f"{n}={into / n}")), str(efi), str(into / "x"))
+    return {n: (into / n).read_bytes() for n in names}
+
+
+def initrd_files(efi: Path, into: Path) -> set[str]:
+    """The paths in a UKI's initrd (a zstd cpio)."""
+    initrd = pe_sections(efi, into)[".initrd"]
+    data = subprocess.run(["zstd", "-dc"], input=initrd, capture_output=True, check=True).stdout
+    listing = subprocess.run(["cpio", "-it", "--quiet"], input=data, capture_output=True, check=True).stdout
+    return set(listing.decode().split())
+
+
+def os_release(built: Path) -> bytes:
+    with tarfile.open(built / "rootfs.tar") as archive:
+        member = archive.extractfile("usr/lib/os-release")
+        assert member is not None
+        return member.read()
+
+
+def test_ukis_hold_the_kernel_their_initrd_cmdline_and_os_release(built: Path, tmp_path: Path) -> None:
+    for efi, initrd, cmdline in (("uki.efi", (built / "initrd.img").read_bytes(), "cmdline"),
+                                 ("BOOTX64.EFI", None, "raw-efi.cmdline")):
+        sections = pe_sections(built / efi, tmp_path / efi)
+        assert sections[".linux"] == (built / "kernel").read_bytes()
+        assert sections[".cmdline"] == (built / cmdline).read_bytes().rstrip(b"\n")
+        assert sections[".osrel"] == os_release(built)
+        if initrd is not None:
+            assert sections[".initrd"] == initrd
+        headers = check("objdump", "-p", "-h", str(built / efi))
+        # The time is SOURCE_DATE_EPOCH (0), not when objcopy ran; the checksum that covered it is cleared.
+        assert re.search(r"^Time/Date\s+Thu Jan  1 00:00:00 1970$", headers, re.M), headers
+        assert re.search(r"^CheckSum\s+00000000$", headers, re.M), headers
+        layout = sorted((int(vma, 16), int(size, 16)) for size, vma in
+                        re.findall(r"^ +\d+ \S+ +([0-9a-f]{8}) +([0-9a-f]{16}) ", headers, re.M))
+        assert len(layout) == 12, headers  # the stub's 8 sections and the 4 added
+        assert all(vma + size <= after for (vma, size), (after, _) in itertools.pairwise(layout)), layout
+
+
+def test_raw_efi_stage1_opens_the_verity_root_with_dmsetup(built: Path, tmp_path: Path) -> None:
+    files = initrd_files(built / "BOOTX64.EFI", tmp_path / "sections")
+    assert {"init", "usr/bin/busybox", "usr/sbin/dmsetup", "lib64/ld-linux-x86-64.so.2",
+            "lib/x86_64-linux-gnu/libc.so.6", "lib/x86_64-linux-gnu/libdevmapper.so.1.02.1"} <= files
+    assert any(f.endswith("/dm-verity.ko") for f in files)
+    assert "usr/sbin/sshd" not in files
+
+
+def test_raw_efi_partitions_and_guids_derive_from_their_content(built: Path, tmp_path: Path) -> None:
+    disk = (built / "raw-efi.img").read_bytes()
+    dump = check("sfdisk", "--dump", str(built / "raw-efi.img"))
+    rows = re.findall(r"^\S+ : start= *(\d+), size= *(\d+), type=(\S+), uuid=(\S+), name=\"([^\"]*)\"$", dump, re.M)
+    expected = [("esp", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "raw-efi.esp"),
+                ("root", "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "root.squashfs"),
+                ("root-verity", "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5", "root.verity")]
+    assert [(name, kind) for _, _, kind, _, name in rows] == [(name, kind) for name, kind, _ in expected], dump
+    uuids = []
+    for (start, size, _, uuid, _), (_, _, file) in zip(rows, expected, strict=True):
+        content = (built / file).read_bytes()
+        assert uuid == uuid_of(content).upper()
+        uuids.append(uuid_of(content))
+        assert int(start) % 2048 == 0 and int(size) * 512 >= len(content)  # on MiB boundaries, and it fits
+        assert disk[int(start) * 512:int(start) * 512 + len(content)] == content, file
+    label = re.search(r"^label-id: (\S+)$", dump, re.M)
+    assert label is not None and label.group(1) == uuid_of("".join(u + "\n" for u in uuids).encode()).upper()
+
+
+def test_raw_efi_esp_passes_fsck_and_holds_the_uki(built: Path, tmp_path: Path) -> None:
+    check("fsck.fat", "-n", str(built / "raw-efi.esp"))
+    uki = (built / "BOOTX64.EFI").read_bytes()
+    env = {"MTOOLS_SKIP_CHECK": "1", "TZ": "UTC", "PATH": "/usr/bin:/bin"}
+    subprocess.run(["mcopy", "-i", str(built / "raw-efi.esp"), "::/EFI/BOOT/BOOTX64.EFI", str(tmp_path / "copy")],
+                   env=env, check=True)
+    assert (tmp_path / "copy").read_bytes() == uki
+    listing = subprocess.run(["mdir", "-i", str(built / "raw-efi.esp"), "::/EFI/BOOT"], env=env, capture_output=True,
+                             text=True, check=True).stdout
+    # The volume id from the UKI's content; the files dated SOURCE_DATE_EPOCH (0), as FAT can: 1980.
+    serial = hashlib.sha256(uki).hexdigest()[:8].upper()
+    assert f"Volume Serial Number is {serial[:4]}-{serial[4:]}" in listing
+    assert re.search(r"^BOOTX64  EFI +[\d ]+ 1980-01-01 +0:00 $", listing, re.M), listing
+
+
+def test_verity_tree_checks_the_root_against_the_hash_on_the_cmdline(built: Path, tmp_path: Path) -> None:
+    root = (built / "root.squashfs").read_bytes()
+    roothash = (built / "root.roothash").read_text().strip()
+    assert (built / "raw-efi.cmdline").read_text() == (
+        f"console=ttyS0 panic=-1 mk.root=/dev/vda2 mk.rootfstype=squashfs mk.verity=/dev/vda3 "
+        f"mk.verity.blocks={len(root) // 4096} mk.verity.salt={hashlib.sha256(root).hexdigest()} "
+        f"mk.roothash={roothash}\n")
+    check("veritysetup", "verify", str(built / "root.squashfs"), str(built / "root.verity"), roothash)
+    tampered = bytearray(root)
+    tampered[len(root) // 2] ^= 1
+    (tmp_path / "tampered").write_bytes(tampered)
+    result = subprocess.run(["veritysetup", "verify", str(tmp_path / "tampered"), str(built / "root.verity"),
+                             roothash], capture_output=True, text=True)
+    assert result.returncode != 0 and "Verification failed" in result.stderr + result.stdout
+
+
+def test_uefi_firmware_is_beside_the_uefi_formats(built: Path) -> None:
+    for name in ("OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"):
+        firmware = (built / name).read_bytes()
+        assert firmware[40:44] == b"_FVH", name  # a UEFI firmware volume
+    assert (built / "OVMF_CODE_4M.fd").stat().st_size + (built / "OVMF_VARS_4M.fd").stat().st_size == 4 << 20
+
+
+def test_raw_efi_without_verity_has_no_hash_tree_and_no_dmsetup(tmp_path: Path) -> None:
+    built = build_examples(tmp_path, ("raw-efi", "squashfs"), verity=False)
+    assert (built / "raw-efi.cmdline").read_text() == \
+        "console=ttyS0 panic=-1 mk.root=/dev/vda2 mk.rootfstype=squashfs\n"
+    dump = check("sfdisk", "--dump", str(built / "raw-efi.img"))
+    assert [name for name in re.findall(r'name="([^"]*)"$', dump, re.M)] == ["esp", "root"]
+    assert f"uuid={uuid_of((built / 'root.squashfs').read_bytes()).upper()}, name=\"root\"" in dump
+    assert not (built / "root.verity").exists() and not (built / "root.roothash").exists()
+    files = initrd_files(built / "BOOTX64.EFI", tmp_path / "sections")
+    assert "init" in files and "usr/sbin/dmsetup" not in files
