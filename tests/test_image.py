@@ -153,6 +153,8 @@ def test_image_contents_and_outputs(workspace: WorkspaceFactory, repo: Repo, tmp
     onboot = (image / "etc/mk/onboot").read_text()
     assert onboot.index("udhcpc") < onboot.index("mk.authorized_key") < onboot.index("( echo first )") < \
         onboot.index("( echo second )")
+    # `mk run --ssh-key` on an image booted by its firmware passes the key through QEMU's fw_cfg
+    assert "keys=$(cat /sys/firmware/qemu_fw_cfg/by_name/opt/mk/authorized_key/raw 2> /dev/null)\n" in onboot
     assert (image / "etc/hostname").read_text() == "boxy\n"
     assert (image / "etc/motd").read_text() == "hi\n"
     assert (image / "bin").is_symlink() and (image / "usr/bin/busybox").is_file()
@@ -215,9 +217,32 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80" in command
     append = command[command.index("-append") + 1]
     assert append.startswith("console=ttyS0 mk.authorized_key=")
+    assert "-fw_cfg" not in command
     import base64
 
     assert base64.urlsafe_b64decode(append.split("=", 2)[2]).decode() == "ssh-ed25519 AAAA key@host"
+
+
+def test_qemu_command_line_of_a_disk_the_firmware_boots(tmp_path: Path) -> None:
+    require(vm.QEMU)
+    options = vm.VmOptions(ssh_key="ssh-ed25519 AAAA key@host")
+    command = vm.command(Boot("bios", "disk", {}, "qcow2"), {"disk": tmp_path / "disk.qcow2"}, options, "tcg")
+    assert command[command.index("-drive") + 1] == f"file={tmp_path}/disk.qcow2,if=virtio,format=qcow2"
+    assert "-snapshot" in command and "-kernel" not in command and "-append" not in command
+    # The command line is on the disk: the key goes through QEMU's firmware configuration instead.
+    name, value = command[command.index("-fw_cfg") + 1].split(",")
+    assert name == "name=opt/mk/authorized_key"
+    import base64
+
+    assert base64.urlsafe_b64decode(value.removeprefix("string=")).decode() == "ssh-ed25519 AAAA key@host"
+
+
+def test_qemu_command_line_of_a_cdrom(tmp_path: Path) -> None:
+    require(vm.QEMU)
+    command = vm.command(Boot("bios", "cdrom", {}), {"cdrom": tmp_path / "image.iso"}, vm.VmOptions(), "tcg")
+    assert command[command.index("-cdrom") + 1] == f"{tmp_path}/image.iso"
+    assert command[command.index("-boot") + 1] == "d"
+    assert "-drive" not in command and "-fw_cfg" not in command and "-snapshot" not in command
 
 
 def test_run_arguments_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

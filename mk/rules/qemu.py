@@ -20,6 +20,7 @@ import click
 from mk.engine.errors import MkError
 from mk.engine.registry import Runner
 from mk.engine.rule_api import Provider
+from mk.rules.init import AUTHORIZED_KEY_FW_CFG
 from mk.rules.providers import Boot, ImageInfo
 
 QEMU = "qemu-system-x86_64"
@@ -71,13 +72,20 @@ def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: st
     if "disk" in files:
         # -snapshot: the guest's writes go to a temporary file, never into mk-out.
         args += ["-snapshot", "-drive", f"file={files['disk']},if=virtio,format={boot.disk_format}"]
+    if "cdrom" in files:
+        args += ["-cdrom", str(files["cdrom"]), "-boot", "d"]
+    # base64url keeps the key one word (no spaces, no commas for QEMU's option parser); the image's
+    # onboot decodes it.
+    key = base64.urlsafe_b64encode(options.ssh_key.encode()).decode() if options.ssh_key else None
     if boot.firmware == "direct":
         cmdline = files["cmdline"].read_text(encoding="utf-8").strip()
-        if options.ssh_key:
-            # base64url keeps the key one word on the kernel command line; the image's onboot decodes it.
-            encoded = base64.urlsafe_b64encode(options.ssh_key.encode()).decode()
-            cmdline += f" mk.authorized_key={encoded}"
+        if key:
+            cmdline += f" mk.authorized_key={key}"
         args += ["-kernel", str(files["kernel"]), "-initrd", str(files["initrd"]), "-append", cmdline]
+    elif key:
+        # A firmware boot reads its kernel command line from the disk, where mk cannot add to it: the
+        # key goes through QEMU's firmware configuration, which the guest reads in /sys.
+        args += ["-fw_cfg", f"name={AUTHORIZED_KEY_FW_CFG},string={key}"]
     return args
 
 
