@@ -3,9 +3,12 @@ that mk's sandboxed toolchain is not judging its own work). Needs the Debian mir
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MIRROR_SECONDS, MK, mk_env, require, run_within
@@ -13,6 +16,7 @@ from conftest import MIRROR_SECONDS, MK, mk_env, require, run_within
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.mirror
 ROOT_FILESYSTEMS = ("squashfs", "erofs", "ext4")
+DISKS = ("raw-bios",)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +25,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("formats")
     (root / "mk.toml").write_text((REPO / "mk.toml").read_text())
     subprocess.run(["cp", "-r", str(REPO / "examples"), str(root / "examples")], check=True)
-    formats = [arg for name in (*ROOT_FILESYSTEMS, "kernel+squashfs", "tar") for arg in ("--format", name)]
+    formats = [arg for name in (*ROOT_FILESYSTEMS, "kernel+squashfs", "tar", *DISKS) for arg in ("--format", name)]
     result = run_within([MK, "image", "//examples:sshd", *formats], MIRROR_SECONDS, "`mk image` of every format",
                         cwd=root, env=mk_env(root / "cache"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -73,3 +77,61 @@ def test_kernel_squashfs_names_its_root(built: Path) -> None:
     cmdline = (built / "kernel+squashfs.cmdline").read_text()
     assert cmdline.endswith(" mk.root=/dev/vda mk.rootfstype=squashfs\n")
     assert (built / "stage1.img").stat().st_size < (built / "initrd.img").stat().st_size / 5
+
+
+def partitions(disk: Path) -> list[dict[str, Any]]:
+    table = json.loads(check("sfdisk", "--json", str(disk)))["partitiontable"]
+    assert isinstance(table["partitions"], list)
+    return table["partitions"]
+
+
+def partition(disk: Path, number: int, into: Path) -> Path:
+    """Partition `number` of `disk`, copied out with dd."""
+    found = partitions(disk)[number - 1]
+    check("dd", f"if={disk}", f"of={into}", "bs=512", f"skip={found['start']}", f"count={found['size']}",
+          "status=none")
+    return into
+
+
+def test_raw_bios_is_an_mbr_disk_whose_id_derives_from_its_content(built: Path, tmp_path: Path) -> None:
+    disk = built / "raw-bios.img"
+    dump = check("sfdisk", "--dump", str(disk)).replace(str(disk), "disk")
+    boot, root = partitions(disk)
+    content = partition(disk, 1, tmp_path / "boot").read_bytes() + (built / "root.squashfs").read_bytes()
+    assert dump.splitlines()[:2] == ["label: dos", f"label-id: 0x{hashlib.sha256(content).hexdigest()[:8]}"]
+    assert f"disk1 : start=        2048, size={boot['size']:>12}, type=e, bootable\n" in dump
+    assert f"disk2 : start={2048 + boot['size']:>12}, size={root['size']:>12}, type=83\n" in dump
+    mbr = disk.read_bytes()[:440]  # syslinux's boot code, which starts the active partition
+    assert b"Missing operating system." in mbr and b"Multiple active partitions." in mbr
+
+
+def test_raw_bios_root_partition_is_the_squashfs(built: Path, tmp_path: Path) -> None:
+    disk = built / "raw-bios.img"
+    assert [p["type"] for p in partitions(disk)] == ["e", "83"]
+    root = partition(disk, 2, tmp_path / "root").read_bytes()
+    squashfs = (built / "root.squashfs").read_bytes()
+    assert root[:len(squashfs)] == squashfs and root[len(squashfs):] == bytes(len(root) - len(squashfs))
+
+
+def test_raw_bios_boot_partition_passes_fsck_and_boots_the_root(built: Path, tmp_path: Path) -> None:
+    fat = partition(built / "raw-bios.img", 1, tmp_path / "boot.fat")
+    check("fsck.fat", "-n", str(fat))
+    listing = check("mdir", "-a", "-i", str(fat), "::")
+    for name in ("vmlinuz", "initrd   img", "syslinux cfg", "ldlinux  sys", "ldlinux  c32"):
+        assert name in listing, listing
+    # The volume id derives from the content, never from the clock
+    volume = hashlib.sha256(b"".join(check_bytes("mcopy", "-i", str(fat), f"::/{name}", "-")
+                                     for name in ("vmlinuz", "initrd.img", "syslinux.cfg"))).hexdigest()[:8]
+    assert f"Volume Serial Number is {volume[:4].upper()}-{volume[4:].upper()}" in listing
+    assert check_bytes("mcopy", "-i", str(fat), "::/vmlinuz", "-") == (built / "kernel").read_bytes()
+    config = check("mtype", "-i", str(fat), "::/syslinux.cfg")
+    cmdline = (built / "cmdline").read_text().strip()
+    assert f"  APPEND {cmdline} mk.root=/dev/vda2 mk.rootfstype=squashfs\n" in config
+    assert "  INITRD /initrd.img\n" in config and "  LINUX /vmlinuz\n" in config
+
+
+def check_bytes(*command: str) -> bytes:
+    require(command[0])
+    result = subprocess.run(command, capture_output=True, timeout=300)
+    assert result.returncode == 0, f"{' '.join(command)}: {result.returncode}\n{result.stderr!r}"
+    return result.stdout

@@ -1,0 +1,79 @@
+"""raw-bios: an MBR disk that a PC BIOS (QEMU's SeaBIOS) boots with syslinux.
+
+Partition 1 (FAT16, active) holds syslinux, the kernel, the stage-1 initrd and syslinux.cfg,
+whose kernel command line names partition 2, the squashfs root. Nothing is mounted: mkfs.fat
+makes the FAT image, mtools fills it, `syslinux --install` writes its boot sector and
+ldlinux.sys through mtools, sfdisk writes the partition table into a sparse file, and dd puts
+syslinux's MBR code (the first 440 bytes) and the partitions in place.
+
+Fixed identifiers: the FAT volume id and the MBR's disk id are the first 8 hex digits of a
+sha256 of what they hold. mkfs.fat's `--invariant` must come before `-i`, which it would
+otherwise reset to 1234abcd.
+"""
+
+from __future__ import annotations
+
+from mk.engine.actions import Artifact
+from mk.rules.images.format import Built, Format, FormatContext
+from mk.rules.images.stage1 import stage1
+from mk.rules.providers import Boot
+
+ROOT_DEVICE = "/dev/vda2"  # partition 2 of the first virtio disk, as the guest names it
+FAT_EPOCH = 315532800  # 1980-01-01, the earliest time a FAT directory entry holds
+SYSLINUX_MBR = "/usr/lib/SYSLINUX/mbr.bin"  # boot code that chain-loads the active partition
+
+
+def boot_partition(fc: FormatContext) -> Artifact:
+    """The FAT partition: syslinux, the kernel, the stage-1 initrd and syslinux.cfg."""
+    kernel, initrd = fc.parts.kernel, fc.once("stage1", stage1)
+    out = fc.out("raw-bios.boot.fat")
+    cmdline = f"{fc.parts.cmdline_text} mk.root={ROOT_DEVICE} mk.rootfstype=squashfs"
+    # SERIAL: syslinux's own messages (a missing file, say) reach the serial console too. PROMPT 0
+    # boots the default entry at once.
+    config = (f"SERIAL 0 115200\nDEFAULT mk\nPROMPT 0\nLABEL mk\n  LINUX /vmlinuz\n  INITRD /initrd.img\n"
+              f"  APPEND {cmdline}\n")
+    # Room for both files, a tenth more for FAT tables and clusters, and 2 MiB for syslinux; whole
+    # MiB, so that the partitions after it stay aligned.
+    fc.command("BiosBootPartition", (kernel, initrd), (out,), f"""
+kernel={kernel.path} initrd={initrd.path} out={out.path}
+cat > /tmp/syslinux.cfg <<'MK_CONFIG_END'
+{config}MK_CONFIG_END
+volume_id=$(cat "$kernel" "$initrd" /tmp/syslinux.cfg | sha256sum | cut -c1-8)
+mib=$(( (($(stat -c %s "$kernel") + $(stat -c %s "$initrd")) / 1024 * 11 / 10 + 2048 + 1023) / 1024 ))
+mkfs.fat -C --invariant -i "$volume_id" -F 16 -n BOOT "$out" $((mib * 1024)) > /dev/null
+export SOURCE_DATE_EPOCH={max(fc.epoch, FAT_EPOCH)}
+mcopy -i "$out" "$kernel" ::/vmlinuz
+mcopy -i "$out" "$initrd" ::/initrd.img
+mcopy -i "$out" /tmp/syslinux.cfg ::/syslinux.cfg
+syslinux --install "$out"
+""")
+    return out
+
+
+def raw_bios(fc: FormatContext) -> Built:
+    root = fc.built("squashfs").files[0]
+    fat = boot_partition(fc)
+    disk = fc.out("raw-bios.img")
+    fc.command("BiosDisk", (fat, root), (disk,), f"""
+fat={fat.path} root={root.path} out={disk.path}
+fat_mib=$(( $(stat -c %s "$fat") / 1048576 ))
+root_mib=$(( ($(stat -c %s "$root") + 1048575) / 1048576 ))
+truncate -s $(( (1 + fat_mib + root_mib) * 1048576 )) "$out"
+sfdisk --quiet --no-reread --no-tell-kernel "$out" <<END
+label: dos
+label-id: 0x$(cat "$fat" "$root" | sha256sum | cut -c1-8)
+unit: sectors
+start=2048, size=$((fat_mib * 2048)), type=e, bootable
+start=$(( (1 + fat_mib) * 2048 )), size=$((root_mib * 2048)), type=83
+END
+dd if={SYSLINUX_MBR} of="$out" bs=440 count=1 conv=notrunc status=none
+dd if="$fat" of="$out" bs=1M seek=1 conv=notrunc status=none
+dd if="$root" of="$out" bs=1M seek=$((1 + fat_mib)) conv=notrunc status=none
+""")
+    return Built((disk,), Boot("bios", "disk", {"disk": disk}))
+
+
+FORMATS = (
+    Format("raw-bios", "An MBR disk, `raw-bios.img`, that a BIOS boots with syslinux: a FAT partition with the "
+           "kernel and the stage-1 initrd, and the squashfs root.", raw_bios),
+)
