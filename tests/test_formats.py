@@ -16,7 +16,7 @@ from conftest import MIRROR_SECONDS, MK, mk_env, require, run_within
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.mirror
 ROOT_FILESYSTEMS = ("squashfs", "erofs", "ext4")
-DISKS = ("raw-bios",)
+DISKS = ("raw-bios", "iso-bios")
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +135,28 @@ def check_bytes(*command: str) -> bytes:
     result = subprocess.run(command, capture_output=True, timeout=300)
     assert result.returncode == 0, f"{' '.join(command)}: {result.returncode}\n{result.stderr!r}"
     return result.stdout
+
+
+def test_iso_bios_boots_isolinux_from_el_torito(built: Path) -> None:
+    report = check("xorriso", "-indev", str(built / "iso-bios.iso"), "-report_el_torito", "plain")
+    assert "El Torito boot img :   1  BIOS  y   none  0x0000  0x00      4" in report
+    assert "El Torito img path :   1  /isolinux/isolinux.bin\n" in report
+    assert "El Torito img opts :   1  boot-info-table isohybrid-suitable\n" in report
+    # isohybrid: its MBR boots the same isolinux from a USB stick
+    (whole,) = partitions(built / "iso-bios.iso")
+    assert (whole["start"], whole["type"], whole.get("bootable")) == (0, "17", True)
+
+
+def test_iso_bios_holds_the_kernel_and_the_whole_initrd(built: Path, tmp_path: Path) -> None:
+    iso = str(built / "iso-bios.iso")
+    listing = check("xorriso", "-indev", iso, "-find", "/", "-exec", "lsdl")
+    names = [line.split("'")[1] for line in listing.splitlines()]
+    assert names == ["/", "/initrd.img", "/isolinux", "/isolinux/boot.cat", "/isolinux/isolinux.bin",
+                     "/isolinux/isolinux.cfg", "/isolinux/ldlinux.c32", "/vmlinuz"]
+    # Owned by root, and dated SOURCE_DATE_EPOCH (0; 1 s for the files, as xorriso reads 0 as unset)
+    assert all(" 0        0  " in line and " Jan  1  1970 " in line for line in listing.splitlines()), listing
+    check("xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/", str(tmp_path / "iso"))
+    assert (tmp_path / "iso/vmlinuz").read_bytes() == (built / "kernel").read_bytes()
+    assert (tmp_path / "iso/initrd.img").read_bytes() == (built / "initrd.img").read_bytes()
+    cmdline = (built / "cmdline").read_text().strip()
+    assert f"  APPEND {cmdline}\n" in (tmp_path / "iso/isolinux/isolinux.cfg").read_text()

@@ -23,22 +23,26 @@ FAT_EPOCH = 315532800  # 1980-01-01, the earliest time a FAT directory entry hol
 SYSLINUX_MBR = "/usr/lib/SYSLINUX/mbr.bin"  # boot code that chain-loads the active partition
 
 
+def write_syslinux_config(path: str, cmdline: str) -> str:
+    """A script line that writes the config of syslinux (or isolinux) to `path`: boot /vmlinuz with
+    /initrd.img and `cmdline`, at once. SERIAL: syslinux's own messages (a file it cannot find, say)
+    reach the serial console too."""
+    config = (f"SERIAL 0 115200\nDEFAULT mk\nPROMPT 0\nLABEL mk\n  LINUX /vmlinuz\n  INITRD /initrd.img\n"
+              f"  APPEND {cmdline}\n")
+    return f"cat > {path} <<'MK_CONFIG_END'\n{config}MK_CONFIG_END\n"
+
+
 def boot_partition(fc: FormatContext) -> Artifact:
     """The FAT partition: syslinux, the kernel, the stage-1 initrd and syslinux.cfg."""
     kernel, initrd = fc.parts.kernel, fc.once("stage1", stage1)
     out = fc.out("raw-bios.boot.fat")
-    cmdline = f"{fc.parts.cmdline_text} mk.root={ROOT_DEVICE} mk.rootfstype=squashfs"
-    # SERIAL: syslinux's own messages (a missing file, say) reach the serial console too. PROMPT 0
-    # boots the default entry at once.
-    config = (f"SERIAL 0 115200\nDEFAULT mk\nPROMPT 0\nLABEL mk\n  LINUX /vmlinuz\n  INITRD /initrd.img\n"
-              f"  APPEND {cmdline}\n")
+    config = write_syslinux_config("/tmp/syslinux.cfg",
+                                   f"{fc.parts.cmdline_text} mk.root={ROOT_DEVICE} mk.rootfstype=squashfs")
     # Room for both files, a tenth more for FAT tables and clusters, and 2 MiB for syslinux; whole
     # MiB, so that the partitions after it stay aligned.
     fc.command("BiosBootPartition", (kernel, initrd), (out,), f"""
 kernel={kernel.path} initrd={initrd.path} out={out.path}
-cat > /tmp/syslinux.cfg <<'MK_CONFIG_END'
-{config}MK_CONFIG_END
-volume_id=$(cat "$kernel" "$initrd" /tmp/syslinux.cfg | sha256sum | cut -c1-8)
+{config}volume_id=$(cat "$kernel" "$initrd" /tmp/syslinux.cfg | sha256sum | cut -c1-8)
 mib=$(( (($(stat -c %s "$kernel") + $(stat -c %s "$initrd")) / 1024 * 11 / 10 + 2048 + 1023) / 1024 ))
 mkfs.fat -C --invariant -i "$volume_id" -F 16 -n BOOT "$out" $((mib * 1024)) > /dev/null
 export SOURCE_DATE_EPOCH={max(fc.epoch, FAT_EPOCH)}
