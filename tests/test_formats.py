@@ -16,7 +16,7 @@ from conftest import MIRROR_SECONDS, MK, mk_env, require, run_within
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.mirror
 ROOT_FILESYSTEMS = ("squashfs", "erofs", "ext4")
-DISKS = ("raw-bios", "iso-bios")
+DISKS = ("raw-bios", "iso-bios", "qcow2", "vhd")
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +160,24 @@ def test_iso_bios_holds_the_kernel_and_the_whole_initrd(built: Path, tmp_path: P
     assert (tmp_path / "iso/initrd.img").read_bytes() == (built / "initrd.img").read_bytes()
     cmdline = (built / "cmdline").read_text().strip()
     assert f"  APPEND {cmdline}\n" in (tmp_path / "iso/isolinux/isolinux.cfg").read_text()
+
+
+def test_qcow2_passes_qemu_img_check_and_holds_the_raw_disk(built: Path) -> None:
+    check("qemu-img", "check", "-f", "qcow2", str(built / "disk.qcow2"))
+    check("qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(built / "disk.qcow2"), str(built / "raw-bios.img"))
+
+
+def test_vhd_is_a_fixed_vhd_of_the_raw_disk_without_a_clock_or_random_id(built: Path) -> None:
+    disk, raw = built / "disk.vhd", (built / "raw-bios.img").read_bytes()
+    # qemu-img checks the footer's checksum as it opens it
+    info = json.loads(check("qemu-img", "info", "-f", "vpc", "--output=json", str(disk)))
+    assert (info["format"], info["virtual-size"]) == ("vpc", len(raw))
+    check("qemu-img", "compare", "-f", "vpc", "-F", "raw", str(disk), str(built / "raw-bios.img"))
+    data = disk.read_bytes()
+    assert data[:-512] == raw
+    footer = data[-512:]
+    assert footer[:8] == b"conectix" and footer[60:64] == (2).to_bytes(4, "big")  # fixed
+    assert footer[24:28] == bytes(4)  # SOURCE_DATE_EPOCH is 0, before a VHD's 2000
+    uuid = bytearray.fromhex(hashlib.sha256(raw).hexdigest()[:32])
+    uuid[6], uuid[8] = 0x40 | uuid[6] & 0x0F, 0x80 | uuid[8] & 0x0F  # marked as version 4, RFC 4122
+    assert footer[68:84] == uuid

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from mk.rules.images import bios, filesystems, iso
+from mk.rules.images import bios, convert, filesystems, iso
 from mk.rules.images.format import Format
 
-FORMATS: dict[str, Format] = {f.name: f for f in (*filesystems.FORMATS, *bios.FORMATS, *iso.FORMATS)}
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    *filesystems.FORMATS,
+    *bios.FORMATS,
+    *iso.FORMATS,
+    *convert.FORMATS,
+)}
