@@ -200,8 +200,8 @@ RULE = Rule(
              + ", ".join(f"`{f.name}` ({f.doc})" for f in FORMATS.values()) + ".", default=[]),
         toolchain.ATTR,
         Attr("ssh_key_user", attrs.STRING, "If set, `mk run --ssh-key` installs the key for this user at "
-             "boot (passed on the kernel command line, or through QEMU's fw_cfg for a format its firmware boots, "
-             "which needs the kernel module qemu_fw_cfg; never stored in the image).", default=""),
+             "boot (passed on the kernel command line, or through QEMU's firmware configuration for the formats "
+             "that boot through firmware; never stored in the image).", default=""),
     ),
     analyze=analyze,
 )

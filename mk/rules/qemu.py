@@ -20,7 +20,7 @@ import click
 from mk.engine.errors import MkError
 from mk.engine.registry import Runner
 from mk.engine.rule_api import Provider
-from mk.rules.init import AUTHORIZED_KEY_FW_CFG
+from mk.rules.init import FW_CFG_KEY
 from mk.rules.providers import Boot, ImageInfo
 
 QEMU = "qemu-system-x86_64"
@@ -74,18 +74,19 @@ def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: st
         args += ["-snapshot", "-drive", f"file={files['disk']},if=virtio,format={boot.disk_format}"]
     if "cdrom" in files:
         args += ["-cdrom", str(files["cdrom"]), "-boot", "d"]
-    # base64url keeps the key one word (no spaces, no commas for QEMU's option parser); the image's
-    # onboot decodes it.
+    # base64url keeps the key one word (on the kernel command line, or in a fw_cfg string); the
+    # image's onboot step decodes it.
     key = base64.urlsafe_b64encode(options.ssh_key.encode()).decode() if options.ssh_key else None
     if boot.firmware == "direct":
         cmdline = files["cmdline"].read_text(encoding="utf-8").strip()
         if key:
             cmdline += f" mk.authorized_key={key}"
         args += ["-kernel", str(files["kernel"]), "-initrd", str(files["initrd"]), "-append", cmdline]
-    elif key:
-        # A firmware boot reads its kernel command line from the disk, where mk cannot add to it: the
-        # key goes through QEMU's firmware configuration, which the guest reads in /sys.
-        args += ["-fw_cfg", f"name={AUTHORIZED_KEY_FW_CFG},string={key}"]
+        return args
+    if key:
+        # The command line is the image's own here (inside the UKI, or on the disk): the key goes
+        # through QEMU's firmware configuration, which the guest reads in /sys/firmware/qemu_fw_cfg.
+        args += ["-fw_cfg", f"name={FW_CFG_KEY},string={key}"]
     return args
 
 

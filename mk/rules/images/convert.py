@@ -8,8 +8,7 @@ become 0), the UUID derives from the raw disk's sha256, and the footer's checksu
 
 from __future__ import annotations
 
-from mk.rules.images.filesystems import UUID_OF_TAR
-from mk.rules.images.format import Built, Format, FormatContext
+from mk.rules.images.format import UUID_OF, Built, Format, FormatContext
 from mk.rules.providers import Boot
 
 VHD_EPOCH = 946684800  # 2000-01-01 00:00:00 UTC, when a VHD's clock starts
@@ -42,7 +41,7 @@ def vhd(fc: FormatContext) -> Built:
     out = fc.out("disk.vhd")
     # fixed: the raw disk followed by the footer, the kind every hypervisor and cloud (Azure) takes;
     # force_size: the disk's own size, not one rounded to a cylinder count.
-    fc.command("Vhd", (raw,), (out,), f"""{UUID_OF_TAR}
+    fc.command("Vhd", (raw,), (out,), f"""{UUID_OF}
 raw={raw.path} out={out.path} time={max(fc.epoch - VHD_EPOCH, 0)}
 qemu-img convert -q -f raw -O vpc -o subformat=fixed,force_size=on "$raw" "$out"
 {_SET_VHD_FOOTER}""")

@@ -14,16 +14,10 @@ devices it records for the tool that runs next in the same session.
 from __future__ import annotations
 
 from mk.engine.actions import Action
-from mk.rules.images.format import Built, Format, FormatContext
+from mk.rules.images.format import UUID_OF, Built, Format, FormatContext
 from mk.rules.images.stage1 import stage1
 from mk.rules.providers import Boot
 from mk.rules.write_file import write
-
-# A UUID from the first 32 hex digits of the root tar's sha256, marked as version 4 (random-like,
-# RFC 4122 variant) so that tools which check the form accept it.
-UUID_OF_TAR = r"""uuid_of() {
-    sha256sum "$1" | cut -c1-32 | sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.{12})$/\1-\2-4\3-8\4-\5/'
-}"""
 
 # The root tar unpacked under fakeroot (owners, devices) into /dev/shm/root, then `$@` in the same
 # session. /dev/shm is a tmpfs, whose folders list their entries in the order they were made:
@@ -55,7 +49,7 @@ mksquashfs - {out.path} -tar -noappend -quiet -no-progress -comp zstd -processor
 
 def erofs(fc: FormatContext) -> Built:
     out = fc.out("root.erofs")
-    fc.command("Erofs", (fc.parts.tar,), (out,), f"""{UUID_OF_TAR}
+    fc.command("Erofs", (fc.parts.tar,), (out,), f"""{UUID_OF}
 tar={fc.parts.tar.path}
 {_unpacked(f'mkfs.erofs -d0 -T {fc.epoch} -U "$(uuid_of "$tar")" -zlz4hc {out.path} /dev/shm/root')}""")
     return Built((out,))
@@ -65,7 +59,7 @@ def ext4(fc: FormatContext) -> Built:
     out = fc.out("root.ext4")
     # Room for the files, their inodes and the journal: the tar's size, plus a quarter, plus 16 MiB,
     # in whole MiB (the size follows from the content, so the image stays reproducible).
-    fc.command("Ext4", (fc.parts.tar,), (out,), f"""{UUID_OF_TAR}
+    fc.command("Ext4", (fc.parts.tar,), (out,), f"""{UUID_OF}
 tar={fc.parts.tar.path}
 uuid=$(uuid_of "$tar")
 size=$(( ($(stat -c %s "$tar") * 5 / 4 / 1048576 + 16) ))M

@@ -26,6 +26,12 @@ T = TypeVar("T")
 BASH = "/bin/bash"
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # mke2fs, mkfs.fat, sfdisk and veritysetup live in sbin
 
+# `uuid_of FILE`: a UUID from the first 32 hex digits of the file's sha256, marked as version 4
+# (random-like, RFC 4122 variant) so that tools which check the form accept it.
+UUID_OF = r"""uuid_of() {
+    sha256sum "$1" | cut -c1-32 | sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.{12})$/\1-\2-4\3-8\4-\5/'
+}"""
+
 
 @dataclass(frozen=True)
 class Built:
