@@ -58,7 +58,8 @@ def test_hello_boots_and_prints_its_line(cache: Path) -> None:
 
 
 # Every format of an image, each checked to be reproducible.
-IMAGE_FORMATS = ("tar", "oci", "squashfs", "erofs", "ext4", "kernel+squashfs", "raw-bios", "iso-bios", "qcow2", "vhd")
+IMAGE_FORMATS = ("tar", "oci", "squashfs", "erofs", "ext4", "kernel+squashfs", "raw-bios", "iso-bios", "iso-efi",
+                 "qcow2", "vhd")
 
 # Every format the sshd example boots from, and what its root filesystem is once booted.
 BOOTABLE = {"kernel+initrd": "rootfs", "kernel+squashfs": "overlay", "raw-bios": "overlay", "iso-bios": "rootfs",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from conftest import MIRROR_SECONDS, MK, mk_env, require, run_within
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.mirror
 ROOT_FILESYSTEMS = ("squashfs", "erofs", "ext4")
-DISKS = ("raw-bios", "iso-bios", "qcow2", "vhd")
+DISKS = ("raw-bios", "iso-bios", "iso-efi", "qcow2", "vhd")
 
 
 @pytest.fixture(scope="module")
@@ -115,19 +116,33 @@ def test_raw_bios_root_partition_is_the_squashfs(built: Path, tmp_path: Path) ->
 
 def test_raw_bios_boot_partition_passes_fsck_and_boots_the_root(built: Path, tmp_path: Path) -> None:
     fat = partition(built / "raw-bios.img", 1, tmp_path / "boot.fat")
-    check("fsck.fat", "-n", str(fat))
-    listing = check("mdir", "-a", "-i", str(fat), "::")
+    listing = check_fat(fat, ["vmlinuz", "initrd.img", "syslinux.cfg"])
     for name in ("vmlinuz", "initrd   img", "syslinux cfg", "ldlinux  sys", "ldlinux  c32"):
-        assert name in listing, listing
-    # The volume id derives from the content, never from the clock
-    volume = hashlib.sha256(b"".join(check_bytes("mcopy", "-i", str(fat), f"::/{name}", "-")
-                                     for name in ("vmlinuz", "initrd.img", "syslinux.cfg"))).hexdigest()[:8]
-    assert f"Volume Serial Number is {volume[:4].upper()}-{volume[4:].upper()}" in listing
-    assert check_bytes("mcopy", "-i", str(fat), "::/vmlinuz", "-") == (built / "kernel").read_bytes()
-    config = check("mtype", "-i", str(fat), "::/syslinux.cfg")
+        assert f"\n{name} " in listing, listing
+    assert fat_file(fat, "vmlinuz") == (built / "kernel").read_bytes()
+    assert fat_file(fat, "initrd.img") == (built / "stage1.img").read_bytes()
+    config = fat_file(fat, "syslinux.cfg").decode()
     cmdline = (built / "cmdline").read_text().strip()
     assert f"  APPEND {cmdline} mk.root=/dev/vda2 mk.rootfstype=squashfs\n" in config
     assert "  INITRD /initrd.img\n" in config and "  LINUX /vmlinuz\n" in config
+
+
+def check_fat(fat: Path, sources: list[str]) -> str:
+    """`fat`'s listing (mdir, every folder), once fsck.fat finds it sound and its volume id is that
+    of the files `sources`; every file and folder is dated SOURCE_DATE_EPOCH (0, which FAT cannot
+    hold: 1980-01-01), and there is no volume label, whose entry mkfs.fat would date."""
+    check("fsck.fat", "-n", str(fat))
+    listing = check("mdir", "-/", "-a", "-i", str(fat), "::")
+    volume = hashlib.sha256(b"".join(fat_file(fat, name) for name in sources)).hexdigest()[:8]
+    assert f" Volume in drive : has no label\n Volume Serial Number is {volume[:4]}-{volume[4:]}\n".upper() in \
+        listing.upper()
+    dates = re.findall(r" (\d{4}-\d\d-\d\d +\d+:\d\d) ", listing)
+    assert len(dates) >= len(sources) and set(dates) == {"1980-01-01   0:00"}, listing
+    return listing
+
+
+def fat_file(fat: Path, name: str) -> bytes:
+    return check_bytes("mcopy", "-i", str(fat), f"::/{name}", "-")
 
 
 def check_bytes(*command: str) -> bytes:
@@ -160,6 +175,26 @@ def test_iso_bios_holds_the_kernel_and_the_whole_initrd(built: Path, tmp_path: P
     assert (tmp_path / "iso/initrd.img").read_bytes() == (built / "initrd.img").read_bytes()
     cmdline = (built / "cmdline").read_text().strip()
     assert f"  APPEND {cmdline}\n" in (tmp_path / "iso/isolinux/isolinux.cfg").read_text()
+
+
+def test_iso_efi_boots_systemd_boot_from_el_torito(built: Path, tmp_path: Path) -> None:
+    iso = str(built / "iso-efi.iso")
+    report = check("xorriso", "-indev", iso, "-report_el_torito", "plain")
+    # A load size of 0: the FAT image is over El Torito's 32 MiB, and firmware reads to the medium's end
+    assert "El Torito boot img :   1  UEFI  y   none  0x0000  0x00      0" in report
+    assert "El Torito img path :   1  /efi.img\n" in report
+    check("xorriso", "-osirrox", "on", "-indev", iso, "-extract", "/efi.img", str(tmp_path / "efi.img"))
+    fat = tmp_path / "efi.img"
+    listing = check_fat(fat, ["EFI/BOOT/BOOTX64.EFI", "loader/loader.conf", "loader/entries/mk.conf", "vmlinuz",
+                              "initrd.img"])
+    assert "\nBOOTX64  EFI " in listing
+    assert fat_file(fat, "EFI/BOOT/BOOTX64.EFI")[:2] == b"MZ"  # systemd-boot, a PE program
+    assert fat_file(fat, "loader/loader.conf") == b"timeout 0\ndefault mk.conf\n"
+    cmdline = (built / "cmdline").read_text().strip()
+    assert fat_file(fat, "loader/entries/mk.conf").decode() == \
+        f"title sshd\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n"
+    assert fat_file(fat, "vmlinuz") == (built / "kernel").read_bytes()
+    assert fat_file(fat, "initrd.img") == (built / "initrd.img").read_bytes()
 
 
 def test_qcow2_passes_qemu_img_check_and_holds_the_raw_disk(built: Path) -> None:

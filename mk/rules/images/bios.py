@@ -1,25 +1,22 @@
 """raw-bios: an MBR disk that a PC BIOS (QEMU's SeaBIOS) boots with syslinux.
 
 Partition 1 (FAT16, active) holds syslinux, the kernel, the stage-1 initrd and syslinux.cfg,
-whose kernel command line names partition 2, the squashfs root. Nothing is mounted: mkfs.fat
-makes the FAT image, mtools fills it, `syslinux --install` writes its boot sector and
-ldlinux.sys through mtools, sfdisk writes the partition table into a sparse file, and dd puts
-syslinux's MBR code (the first 440 bytes) and the partitions in place.
-
-Fixed identifiers: the FAT volume id and the MBR's disk id are the first 8 hex digits of a
-sha256 of what they hold. mkfs.fat's `--invariant` must come before `-i`, which it would
-otherwise reset to 1234abcd.
+whose kernel command line names partition 2, the squashfs root. Nothing is mounted: the FAT
+image is made as `fat.py` says, `syslinux --install` writes its boot sector and ldlinux.sys
+through mtools, sfdisk writes the partition table into a sparse file, and dd puts syslinux's
+MBR code (the first 440 bytes) and the partitions in place. The MBR's disk id is the first 8
+hex digits of a sha256 of the partitions.
 """
 
 from __future__ import annotations
 
 from mk.engine.actions import Artifact
+from mk.rules.images.fat import fat_image
 from mk.rules.images.format import Built, Format, FormatContext
 from mk.rules.images.stage1 import stage1
 from mk.rules.providers import Boot
 
 ROOT_DEVICE = "/dev/vda2"  # partition 2 of the first virtio disk, as the guest names it
-FAT_EPOCH = 315532800  # 1980-01-01, the earliest time a FAT directory entry holds
 SYSLINUX_MBR = "/usr/lib/SYSLINUX/mbr.bin"  # boot code that chain-loads the active partition
 
 
@@ -38,19 +35,10 @@ def boot_partition(fc: FormatContext) -> Artifact:
     out = fc.out("raw-bios.boot.fat")
     config = write_syslinux_config("/tmp/syslinux.cfg",
                                    f"{fc.parts.cmdline_text} mk.root={ROOT_DEVICE} mk.rootfstype=squashfs")
-    # Room for both files, a tenth more for FAT tables and clusters, and 2 MiB for syslinux; whole
-    # MiB, so that the partitions after it stay aligned.
-    fc.command("BiosBootPartition", (kernel, initrd), (out,), f"""
-kernel={kernel.path} initrd={initrd.path} out={out.path}
-{config}volume_id=$(cat "$kernel" "$initrd" /tmp/syslinux.cfg | sha256sum | cut -c1-8)
-mib=$(( (($(stat -c %s "$kernel") + $(stat -c %s "$initrd")) / 1024 * 11 / 10 + 2048 + 1023) / 1024 ))
-mkfs.fat -C --invariant -i "$volume_id" -F 16 -n BOOT "$out" $((mib * 1024)) > /dev/null
-export SOURCE_DATE_EPOCH={max(fc.epoch, FAT_EPOCH)}
-mcopy -i "$out" "$kernel" ::/vmlinuz
-mcopy -i "$out" "$initrd" ::/initrd.img
-mcopy -i "$out" /tmp/syslinux.cfg ::/syslinux.cfg
-syslinux --install "$out"
-""")
+    # syslinux writes its boot sector and ldlinux.sys and ldlinux.c32 (about 180 KiB) through mtools.
+    fat_image(fc, "BiosBootPartition", out, (kernel, initrd),
+              {"vmlinuz": kernel.path, "initrd.img": initrd.path, "syslinux.cfg": "/tmp/syslinux.cfg"},
+              before=config, after='syslinux --install "$out"\n', spare_mib=1)
     return out
 
 
