@@ -64,10 +64,12 @@ def test_hello_boots_and_prints_its_line(cache: Path) -> None:
 
 
 # Every format of an image, each checked to be reproducible.
-IMAGE_FORMATS = ("tar", "oci", "squashfs", "erofs", "ext4", "kernel+squashfs", "uki", "raw-efi")
+IMAGE_FORMATS = ("tar", "oci", "squashfs", "erofs", "ext4", "kernel+squashfs", "uki", "raw-efi", "raw-bios",
+                 "iso-bios", "iso-efi", "qcow2", "vhd")
 
 # Every format the sshd example boots from, and what its root filesystem is once booted.
-BOOTABLE = {"kernel+initrd": "rootfs", "kernel+squashfs": "overlay", "uki": "rootfs", "raw-efi": "overlay"}
+BOOTABLE = {"kernel+initrd": "rootfs", "kernel+squashfs": "overlay", "uki": "rootfs", "raw-efi": "overlay",
+            "raw-bios": "overlay", "iso-bios": "rootfs", "iso-efi": "rootfs", "qcow2": "overlay", "vhd": "overlay"}
 
 # The formats whose root dm-verity checks (the sshd example sets verity = True).
 VERITY = {"raw-efi"}

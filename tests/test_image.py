@@ -430,6 +430,7 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80" in command
     append = command[command.index("-append") + 1]
     assert append.startswith("console=ttyS0 mk.authorized_key=")
+    assert "-fw_cfg" not in command
     import base64
 
     assert base64.urlsafe_b64decode(append.split("=", 2)[2]).decode() == "ssh-ed25519 AAAA key@host"
@@ -483,6 +484,28 @@ echo written-by-the-guest > "$vars"
     assert used.name == "vars.fd" and used.parent != tmp_path
     assert not used.parent.exists()  # removed once QEMU is gone
     assert files["firmware_vars"].read_text() == "pristine\n"
+
+
+def test_qemu_command_line_of_a_disk_the_firmware_boots(tmp_path: Path) -> None:
+    require(vm.QEMU)
+    options = vm.VmOptions(ssh_key="ssh-ed25519 AAAA key@host")
+    command = vm.command(Boot("bios", "disk", {}, "qcow2"), {"disk": tmp_path / "disk.qcow2"}, options, "tcg")
+    assert command[command.index("-drive") + 1] == f"file={tmp_path}/disk.qcow2,if=virtio,format=qcow2"
+    assert "-snapshot" in command and "-kernel" not in command and "-append" not in command
+    # The command line is on the disk: the key goes through QEMU's firmware configuration instead.
+    name, value = command[command.index("-fw_cfg") + 1].split(",")
+    assert name == "name=opt/mk/authorized_key"
+    import base64
+
+    assert base64.urlsafe_b64decode(value.removeprefix("string=")).decode() == "ssh-ed25519 AAAA key@host"
+
+
+def test_qemu_command_line_of_a_cdrom(tmp_path: Path) -> None:
+    require(vm.QEMU)
+    command = vm.command(Boot("bios", "cdrom", {}), {"cdrom": tmp_path / "image.iso"}, vm.VmOptions(), "tcg")
+    assert command[command.index("-cdrom") + 1] == f"{tmp_path}/image.iso"
+    assert command[command.index("-boot") + 1] == "d"
+    assert "-drive" not in command and "-fw_cfg" not in command and "-snapshot" not in command
 
 
 def test_run_arguments_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -102,6 +102,8 @@ def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: st
     if "disk" in files:
         # -snapshot: the guest's writes go to a temporary file, never into mk-out.
         args += ["-snapshot", "-drive", f"file={files['disk']},if=virtio,format={boot.disk_format}"]
+    if "cdrom" in files:
+        args += ["-cdrom", str(files["cdrom"]), "-boot", "d"]
     # base64url keeps the key one word (on the kernel command line, or in a fw_cfg string); the
     # image's onboot step decodes it.
     key = base64.urlsafe_b64encode(options.ssh_key.encode()).decode() if options.ssh_key else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mk.rules.images import efi_disk, filesystems, uki
+from mk.rules.images import bios, convert, efi_disk, filesystems, iso, uki
 from mk.rules.images.format import Format
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
@@ -12,4 +12,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("raw-efi", "A GPT disk `raw-efi.img` that UEFI firmware boots: an EFI system partition "
            "(`raw-efi.esp`) holding a UKI with the stage-1 initrd as `EFI/BOOT/BOOTX64.EFI`, then the squashfs "
            "root, and with `verity` its hash tree (`root.verity`, root hash in `root.roothash`).", efi_disk.raw_efi),
+    *bios.FORMATS,
+    *iso.FORMATS,
+    *convert.FORMATS,
 )}
