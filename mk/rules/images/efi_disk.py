@@ -1,12 +1,10 @@
 """raw-efi: a GPT disk that UEFI firmware boots by itself.
 
-Partition 1 is the EFI system partition: FAT, made by mkfs.fat with a volume id from the UKI's
-sha256 and no label (the label's directory entry would carry the time of day), and filled by
-mtools, which date the files SOURCE_DATE_EPOCH (FAT's calendar starts in 1980: an earlier epoch
-becomes 1980-01-01). It holds the UKI as EFI/BOOT/BOOTX64.EFI, the path firmware tries on a disk
-it has no boot entry for. The UKI boots the stage-1 initrd, which mounts partition 2, the
-squashfs root; with `verity`, partition 3 holds the root's dm-verity hash tree and the UKI's
-command line its root hash, so the kernel refuses any block of the root that differs.
+Partition 1 is the EFI system partition, a FAT image (see `fat`) holding the UKI as
+EFI/BOOT/BOOTX64.EFI, the path firmware tries on a disk it has no boot entry for. The UKI boots
+the stage-1 initrd, which mounts partition 2, the squashfs root; with `verity`, partition 3
+holds the root's dm-verity hash tree and the UKI's command line its root hash, so the kernel
+refuses any block of the root that differs.
 
 sfdisk writes the GPT from a script. Each partition's GUID derives from what it holds and the
 disk's from those; the partition types are those of the Discoverable Partitions Specification.
@@ -16,13 +14,13 @@ Partitions start on MiB boundaries, where dd places them.
 from __future__ import annotations
 
 from mk.engine.actions import Action, ActionIO, Artifact
+from mk.rules.images.fat import fat_image
 from mk.rules.images.firmware import uefi_built
 from mk.rules.images.format import UUID_OF, Built, FormatContext
 from mk.rules.images.stage1 import stage1, verity_stage1
 from mk.rules.images.uki import assemble_uki
 from mk.rules.images.verity import verity
 
-FAT_EPOCH = 315532800  # 1980-01-01 00:00 UTC, the first time a FAT directory entry can hold
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"  # an x86-64 root
 VERITY_TYPE = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"  # the dm-verity hash tree of an x86-64 root
@@ -60,13 +58,7 @@ def write_cmdline(io: ActionIO) -> None:
 def esp(fc: FormatContext, uki: Artifact) -> Artifact:
     """A FAT EFI system partition holding `uki` as EFI/BOOT/BOOTX64.EFI."""
     out = fc.out("raw-efi.esp")
-    fc.command("Esp", (uki,), (out,), f"""uki={uki.path} esp={out.path}
-# Room for the UKI, FAT's tables and a quarter to spare, in whole MiB.
-mib=$(( ($(stat -c %s "$uki") + 1048575) / 1048576 * 5 / 4 + 2 ))
-mkfs.fat -C --invariant -i "$(sha256sum "$uki" | cut -c1-8)" "$esp" $(( mib * 1024 )) > /dev/null
-mmd -i "$esp" ::/EFI ::/EFI/BOOT
-mcopy -i "$esp" "$uki" ::/EFI/BOOT/BOOTX64.EFI
-""", env={"SOURCE_DATE_EPOCH": str(max(fc.epoch, FAT_EPOCH)), "TZ": "UTC", "MTOOLS_SKIP_CHECK": "1"})
+    fat_image(fc, "Esp", out, (uki,), {"EFI/BOOT/BOOTX64.EFI": uki.path})
     return out
 
 
