@@ -11,8 +11,13 @@ targets and times, for each tool:
 - one-leaf: a rebuild after one leaf source file gets new bytes, median of --leaf-runs runs
             (each run writes bytes never seen before, so no cache can answer it).
 
+Then it measures mk's resident build server (mk.server) on the same workspace and cache: an
+untimed first build starts the server and loads the graph, then the same no-op and one-leaf
+builds, each a fresh `mk` client process (MK_SERVER=1); and the peak RSS of mk's server and of
+Bazel's. Targets (issue 16): no-op <= 0.2x Bazel's, one-leaf <= 0.5x Bazel's, peak RSS < 200 MB.
+
 It also times a no-op `mk build //...` of a 100-target workspace from a cold process, whose
-target is 150 ms.
+target is 150 ms, and the same through the server, client start-up included (target 50 ms).
 
 Graph shape, per package of 100 targets: 8 chains of depth 10, each starting from its own leaf
 source file; a `join` target that fans in the 8 chain ends; 19 fan-out targets that each read
@@ -48,6 +53,10 @@ CHAINS = 8
 DEPTH = 10
 FANOUT = PACKAGE_SIZE - CHAINS * DEPTH - 1  # 19
 NOOP_TARGET_SECONDS = 0.150
+SERVER_NOOP_TARGET_SECONDS = 0.050
+SERVER_NOOP_RATIO = 0.2  # of Bazel's warm-server no-op, 10,000 targets
+SERVER_LEAF_RATIO = 0.5  # of Bazel's one-leaf rebuild, 10,000 targets
+RSS_TARGET_MB = 200
 DEFAULT_TIMEOUT = 3600.0
 # Every mk command runs in a sandbox whose root is a toolchain; these workspaces use the host's
 # /usr, as Bazel here runs with the host's tools too.
@@ -161,9 +170,9 @@ def timed(cmd: Sequence[str], cwd: Path, env: dict[str, str], timeout: float) ->
     return seconds, output
 
 
-def mk_env(cache_dir: Path) -> dict[str, str]:
-    """The environment of an mk process using `cache_dir`."""
-    env = {**os.environ, "MK_CACHE_DIR": str(cache_dir)}
+def mk_env(cache_dir: Path, server: bool = False) -> dict[str, str]:
+    """The environment of an mk process using `cache_dir`, through the build server or not."""
+    env = {**os.environ, "MK_CACHE_DIR": str(cache_dir), "MK_SERVER": "1" if server else "0"}
     # An installed mk has its bytecode compiled; with this set, every module edited since
     # its .pyc was written is recompiled on every run, which is not what users see.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -185,19 +194,48 @@ def precompile(mk_exe: str) -> None:
 
 
 class Mk:
-    def __init__(self, exe: str, cache_dir: Path, timeout: float, args: Sequence[str] = ()) -> None:
+    def __init__(self, exe: str, cache_dir: Path, timeout: float, args: Sequence[str] = (), server: bool = False
+                 ) -> None:
         self.exe = exe
         self.cache_dir = cache_dir
         self.timeout = timeout
         self.args = list(args)  # before the targets, e.g. ["-j", "2"]
+        self.server = server
 
     def build(self, ws: Path, targets: Sequence[str] = ("//...",)) -> Run:
-        seconds, output = timed([self.exe, "build", *self.args, *targets], ws,
-                                mk_env(self.cache_dir), self.timeout)
+        return self.command(ws, "build", *self.args, *targets)
+
+    def command(self, ws: Path, *words: str) -> Run:
+        """`mk WORDS...` (a subcommand that ends with the summary line: build, image) in `ws`."""
+        seconds, output = timed([self.exe, *words], ws, mk_env(self.cache_dir, self.server), self.timeout)
         m = _MK_SUMMARY.search(output)
         if m is None:
             raise BenchError(f"no summary line in mk's output:\n{output[-2000:]}")
         return Run(seconds, int(m.group(3)))
+
+    def server_pid(self, ws: Path) -> int:
+        run = Path(self.cache_dir) / "run"
+        (pid_file,) = run.glob("*/server.pid")  # one workspace per cache here
+        return int(pid_file.read_text())
+
+    def blind(self) -> bool:
+        """Whether the server said in its log that it could not watch the workspace (no inotify
+        instance left for this user, say): its figures are then those of a server that checks
+        every file on every build."""
+        return any("cannot watch" in log.read_text(errors="replace")
+                   for log in (Path(self.cache_dir) / "run").glob("*/server.log"))
+
+    def shutdown(self, ws: Path) -> None:
+        subprocess.run([self.exe, "shutdown"], cwd=ws, env=mk_env(self.cache_dir, True), capture_output=True,
+                       timeout=120, check=False)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident set of process `pid` so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmHWM for process {pid}")
 
 
 class Bazel:
@@ -264,13 +302,15 @@ def _touch_leaf(leaf: Path) -> None:
 
 def measure(
     name: str, ws: Workspace, build: Callable[[Path], Run], runs: int, leaf_runs: int,
-    log: Callable[[str], None],
+    log: Callable[[str], None], cold: bool = True,
 ) -> Phases:
+    """Times the phases; without `cold`, the workspace is built already (the build server's rows)."""
     phases = Phases()
     try:
-        phases.cold = build(ws.root)
-        log(f"  {name} cold: {phases.cold.seconds:.2f} s, {phases.cold.executed} executed")
-        build(ws.root)  # warm-up: settles stat caches and the like, untimed
+        if cold:
+            phases.cold = build(ws.root)
+            log(f"  {name} cold: {phases.cold.seconds:.2f} s, {phases.cold.executed} executed")
+        build(ws.root)  # warm-up: settles stat caches and the like (and starts a server), untimed
         phases.noop = [build(ws.root) for _ in range(runs)]
         log(f"  {name} no-op: " + ", ".join(f"{r.seconds * 1000:.0f}" for r in phases.noop) + " ms")
         for _ in range(leaf_runs):
@@ -329,20 +369,60 @@ def _ratio(a: Run | None, b: Run | None) -> str:
     return f"{a.seconds / b.seconds:.2f}x"
 
 
-def table(results: list[tuple[int, Phases, Phases | None]]) -> str:
+@dataclass(frozen=True)
+class SizeResult:
+    size: int
+    mk: Phases
+    server: Phases | None  # mk through its build server
+    bazel: Phases | None
+    rss_mb: tuple[float | None, float | None] = (None, None)  # peak RSS of mk's server, of Bazel's
+
+
+def table(results: list[SizeResult]) -> str:
     header = ("N", "phase", "mk wall", "mk exec", "bazel wall", "bazel exec", "mk/bazel")
     rows: list[tuple[str, ...]] = [header]
-    for size, mk, bazel in results:
-        for label, pick in (
-            ("cold", lambda p: p.cold),
-            ("no-op (median)", lambda p: median(p.noop)),
-            ("one-leaf (median)", lambda p: median(p.leaf)),
+    for result in results:
+        size, bazel = result.size, result.bazel
+        for label, mk, pick in (
+            ("cold", result.mk, lambda p: p.cold),
+            ("no-op (median)", result.mk, lambda p: median(p.noop)),
+            ("one-leaf (median)", result.mk, lambda p: median(p.leaf)),
+            ("server no-op (median)", result.server, lambda p: median(p.noop)),
+            ("server one-leaf (median)", result.server, lambda p: median(p.leaf)),
         ):
+            if mk is None:
+                continue
             m: Run | None = pick(mk)
             b: Run | None = pick(bazel) if bazel is not None else None
             rows.append((str(size), label, fmt_time(m), _fmt_exec(m), fmt_time(b),
                          _fmt_exec(b), _ratio(m, b)))
+        server_rss, bazel_rss = result.rss_mb
+        if server_rss is not None:
+            rows.append((str(size), "server peak RSS", f"{server_rss:.0f} MB", "",
+                         "-" if bazel_rss is None else f"{bazel_rss:.0f} MB", "",
+                         "-" if bazel_rss is None else f"{server_rss / bazel_rss:.2f}x"))
     return format_rows(rows, left=1)
+
+
+def server_verdicts(results: list[SizeResult]) -> list[str]:
+    """The build server's figures against issue 16's targets, one line each."""
+    lines = []
+    for result in results:
+        if result.server is None:
+            continue
+        verdicts: tuple[tuple[str, Callable[[Phases], Run | None], float], ...] = (
+            ("no-op", lambda p: median(p.noop), SERVER_NOOP_RATIO),
+            ("one-leaf", lambda p: median(p.leaf), SERVER_LEAF_RATIO))
+        for phase, pick, limit in verdicts:
+            m, b = pick(result.server), pick(result.bazel) if result.bazel is not None else None
+            if m is not None and b is not None and b.seconds:
+                ratio = m.seconds / b.seconds
+                lines.append(f"mk server {phase}, {result.size} targets: {ratio:.2f}x Bazel (target <= {limit}x: "
+                             f"{'ok' if ratio <= limit else 'OVER TARGET'})")
+        if result.rss_mb[0] is not None:
+            lines.append(f"mk server peak RSS, {result.size} targets: {result.rss_mb[0]:.0f} MB (target < "
+                         f"{RSS_TARGET_MB} MB: {'ok' if result.rss_mb[0] < RSS_TARGET_MB else 'OVER TARGET'})")
+    return lines
 
 
 def format_rows(rows: Sequence[Sequence[str]], left: int) -> str:
@@ -423,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="mk-bench-"))
     log(f"workspaces in {tmp}; mk = {args.mk}; bazel = {bazel_exe or '-'}")
-    results: list[tuple[int, Phases, Phases | None]] = []
+    results: list[SizeResult] = []
     warnings: list[str] = []
     started = time.perf_counter()
     try:
@@ -435,6 +515,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings += check("mk", size, mk_ws, mk_phases)
             if mk_phases.error:
                 warnings.append(f"mk N={size}: {mk_phases.error}")
+            server = Mk(args.mk, tmp / f"mk-cache-{size}", args.timeout, server=True)
+            server_phases = measure("mk server", mk_ws, server.build, args.runs, args.leaf_runs, log, cold=False)
+            warnings += check("mk server", size, mk_ws, server_phases)
+            server_rss: float | None = None
+            try:
+                server_rss = peak_rss_mb(server.server_pid(mk_ws.root))
+            except (BenchError, OSError, ValueError) as e:
+                warnings.append(f"mk server N={size}: no peak RSS: {e}")
+            finally:
+                server.shutdown(mk_ws.root)
+            if server.blind():
+                warnings.append(f"mk server N={size}: it could not watch the workspace (see its log): these are "
+                                "the figures of a server without inotify")
+            if server_phases.error:
+                warnings.append(f"mk server N={size}: {server_phases.error}")
+            bazel_rss: float | None = None
             bazel_phases: Phases | None = None
             if bazel_exe is not None:
                 bz_ws = generate(tmp / f"bazel-{size}", size, bazel=True)
@@ -452,9 +548,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     warnings += check("bazel", size, bz_ws, bazel_phases)
                     if bazel_phases.error:
                         warnings.append(f"bazel N={size}: {bazel_phases.error}")
+                    try:
+                        bazel_rss = peak_rss_mb(bazel.server_pid(bz_ws.root))
+                    except (BenchError, OSError, ValueError) as e:
+                        warnings.append(f"bazel N={size}: no peak RSS: {e}")
                 finally:
                     bazel.shutdown(bz_ws.root)
-            results.append((size, mk_phases, bazel_phases))
+            results.append(SizeResult(size, mk_phases, server_phases, bazel_phases, (server_rss, bazel_rss)))
 
         # The interactive case: a small workspace, nothing to do, a fresh process.
         log("N=100 no-op target check")
@@ -467,6 +567,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             small_noop = [small_mk.build(small.root) for _ in range(max(args.runs, 5))]
         except BenchError as e:
             warnings.append(f"mk N=100 no-op: {e}")
+        small_server = Mk(args.mk, tmp / "mk-cache-small", args.timeout, server=True)
+        server_noop: list[Run] = []
+        try:
+            small_server.build(small.root)  # starts the server
+            small_server.build(small.root)
+            server_noop = [small_server.build(small.root) for _ in range(max(args.runs, 5))]
+        except BenchError as e:
+            warnings.append(f"mk server N=100 no-op: {e}")
+        finally:
+            small_server.shutdown(small.root)
+        if small_server.blind():
+            warnings.append("mk server N=100: it could not watch the workspace (see its log)")
     finally:
         if args.keep:
             log(f"kept {tmp}")
@@ -476,8 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"mk engine benchmark: {os.cpu_count()} CPUs, genrule graphs of {CHAINS} chains x "
           f"{DEPTH} + fan-in + {FANOUT} fan-out per {PACKAGE_SIZE}-target package, "
           f"no-op median of {args.runs} (after 1 warm-up), one-leaf median of {args.leaf_runs}")
-    print("mk: fresh process per build, fresh MK_CACHE_DIR for cold; "
-          "bazel: warm server, --spawn_strategy=local, empty output base for cold")
+    print("mk: fresh process per build, fresh MK_CACHE_DIR for cold; mk server: a fresh client per build, "
+          "a warm server (after one untimed build); bazel: warm server, --spawn_strategy=local, empty output base "
+          "for cold")
     print()
     print(table(results))
     print()
@@ -489,6 +602,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"< {NOOP_TARGET_SECONDS * 1000:.0f} ms: {verdict})")
         if median_small.executed != 0:
             warnings.append(f"mk N=100: no-op executed {median_small.executed}, expected 0")
+    median_server = median(server_noop)
+    if median_server is not None:
+        verdict = "ok" if median_server.seconds <= SERVER_NOOP_TARGET_SECONDS else "OVER TARGET"
+        print(f"mk server no-op, 100 targets, client start-up included: median {median_server.seconds * 1000:.0f} "
+              f"ms (min {min(r.seconds for r in server_noop) * 1000:.0f} ms; target "
+              f"<= {SERVER_NOOP_TARGET_SECONDS * 1000:.0f} ms: {verdict})")
+        if median_server.executed != 0:
+            warnings.append(f"mk server N=100: no-op executed {median_server.executed}, expected 0")
+    for line in server_verdicts(results):
+        print(line)
     print(f"total bench time: {time.perf_counter() - started:.0f} s; 1-minute load average "
           f"{load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end (other work on the "
           "machine skews every figure)")

@@ -20,9 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from debs import export_debs, mk_exe, run
+from debs import examples_copy, export_debs, mk_exe, run
 
-REPO = Path(__file__).resolve().parent.parent
 TARGET = "//examples:sshd"
 
 
@@ -42,12 +41,7 @@ def main() -> int:
 
 
 def bench(work: Path, runs: int) -> int:
-    ws, cache = work / "ws", work / "cache"
-    ws.mkdir()
-    shutil.copy(REPO / "mk.toml", ws / "mk.toml")
-    shutil.copytree(REPO / "examples", ws / "examples", ignore=shutil.ignore_patterns("mk-out"))
-    env = {k: v for k, v in os.environ.items() if k not in ("MK_CACHE_DIR", "PYTHONDONTWRITEBYTECODE")}
-    env["MK_CACHE_DIR"] = str(cache)
+    ws, cache, env = examples_copy(work)
     print("filling the content store (network)...", file=sys.stderr)
     run([mk_exe(), "image", TARGET], ws, env)
 

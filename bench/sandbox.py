@@ -34,6 +34,8 @@ sandbox overhead per action. Run from anywhere (the Debian mirror must be reacha
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import os
 import re
 import resource
@@ -43,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +72,7 @@ TOOLCHAIN_NAME = "toolchain"
 TOOLCHAIN_LABEL = f"//{TOOLCHAIN_PACKAGE}:{TOOLCHAIN_NAME}"
 CHECK_RATIO = 0.6  # mk sandboxed cold / Bazel linux-sandbox cold, at most
 CHECK_OVERHEAD_MS = 5.0  # per action, less than
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 _RULE = re.compile(r'^deb_packages\(\n    name = "toolchain",\n.*?^\)\n', re.MULTILINE | re.DOTALL)
 
 
@@ -129,8 +132,30 @@ class Setup:
     runs: list[Cold] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def orphans_adopted() -> Iterator[None]:
+    """Within it, this process is the subreaper of its descendants, so that `children_cpu` counts
+    sandboxed commands: bwrap --unshare-pid exits without waiting for the sandbox's init, which
+    holds the command's CPU time, and that init, orphaned, then comes here instead of to the
+    host's init. Only within: a daemon started outside (Bazel's server) stays out of the count."""
+    _set_subreaper(1)
+    try:
+        yield
+    finally:
+        _set_subreaper(0)
+
+
+def _set_subreaper(on: int) -> None:
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, on, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
 def children_cpu() -> float:
-    """CPU seconds of this process's waited-for children (and theirs), so far."""
+    """CPU seconds of this process's waited-for children (and theirs), so far, after reaping the
+    orphans it adopted that have ended (see `orphans_adopted`)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] != 0:
+            pass
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -154,9 +179,10 @@ def mk_setup(name: str, mk_exe: str, tmp: Path, size: int, jobs: int, timeout: f
             # cp -a keeps the tree's hard links and read-only folders as mk wrote them.
             subprocess.run(["cp", "-a", str(seed_cache), str(cache)], check=True)
         try:
-            before = children_cpu()
-            result = Mk(mk_exe, cache, timeout, ["-j", str(jobs)]).build(ws.root)
-            return Cold(result, children_cpu() - before)
+            with orphans_adopted():
+                before = children_cpu()
+                result = Mk(mk_exe, cache, timeout, ["-j", str(jobs)]).build(ws.root)
+                return Cold(result, children_cpu() - before)
         finally:
             rmtree(ws.root)
             rmtree(cache)

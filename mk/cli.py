@@ -19,6 +19,7 @@ from mk.cache.fsutil import CacheFileError
 from mk.cache.local import LocalCache
 from mk.cache.units import human_size
 from mk.engine.errors import MkError
+from mk.engine.platforms import requested
 from mk.engine.registry import load
 from mk.engine.session import Session, cache_for
 from mk.engine.workspace import Workspace, find_workspace
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from mk.cache.tree_diff import Change
     from mk.engine.build import BuildResult
     from mk.engine.registry import Runner
+    from mk.engine.remote_config import ExecutorConfig
     from mk.engine.rule_api import Provider
     from mk.engine.scheduler import ScheduleResult
     from mk.engine.tree_view import BuiltTree
@@ -43,8 +45,13 @@ REGISTRY = shipped_registry()
 def main() -> None:
     # SIGTERM is handled like Ctrl-C: stop running actions and clean up.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    run_command()
+
+
+def run_command() -> None:
+    """One command, from sys.argv; the build server runs each of its clients' commands with it."""
     try:
-        cli(standalone_mode=False, obj=REGISTRY)
+        cli(standalone_mode=False, obj=REGISTRY, prog_name="mk")
     except (KeyboardInterrupt, click.exceptions.Abort):
         _die("mk: interrupted; nothing partial was kept", EXIT_INTERRUPTED)
     except click.ClickException as e:
@@ -93,6 +100,9 @@ class BuildRequest:
     groups: tuple[str, ...] = ()
     profile: Path | None = None
     sandbox_debug: bool = False
+    remote_jobs: int | None = None
+    remote_fallback: bool = False
+    platform: tuple[str, ...] = ()
 
 
 _JOBS = click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
@@ -110,6 +120,12 @@ _BUILD_OPTIONS = (
                  help="Write a Chrome trace-event JSON of the build to FILE (opens in Perfetto)."),
     click.option("--sandbox-debug", is_flag=True,
                  help="Print each command's bubblewrap command line, and keep its sandbox in the cache."),
+    click.option("--remote-jobs", type=click.IntRange(min=1),
+                 help="Actions kept in flight on the remote executor, besides the -j run here (default 64)."),
+    click.option("--platform", multiple=True, metavar="OS/ARCH",
+                 help="The target platform, e.g. linux/arm64 (default: the host's); repeat it to build for several."),
+    click.option("--remote-fallback", is_flag=True,
+                 help="Run actions here when the remote executor cannot be reached or refuses them."),
 )
 
 
@@ -146,9 +162,11 @@ def _build_and_report(request: BuildRequest, quiet: bool = False) -> tuple[Sessi
         try:
             session = Session(REGISTRY)  # inside: a bad mk.toml still ends with the summary line
             remote = _remote(session.workspace, upload=False if request.no_remote_upload else None)
+            executor = _executor(session.workspace, request.remote_jobs, request.remote_fallback)
             options = BuildOptions(jobs=request.jobs, keep_going=request.keep_going, events=events, remote=remote,
                                    output_groups=request.groups, profiler=profiler, isolated_loading=True,
-                                   sandbox_debug=request.sandbox_debug)
+                                   sandbox_debug=request.sandbox_debug, executor=executor,
+                                   platforms=requested(request.platform, session.workspace.settings.platform))
             try:
                 result = session.build(request.targets, options)
             finally:
@@ -156,7 +174,8 @@ def _build_and_report(request: BuildRequest, quiet: bool = False) -> tuple[Sessi
                     profiler.write(request.profile)
             if request.check and not result.schedule.failures:
                 reference = result
-                forced = BuildOptions(jobs=request.jobs, force=True, events=events, output_groups=request.groups)
+                forced = BuildOptions(jobs=request.jobs, force=True, events=events, output_groups=request.groups,
+                                      platforms=options.platforms)
                 result = session.build(request.targets, forced)
                 differs = _report_check(session.cache, reference.schedule, result.schedule)
         except (MkError, CacheFileError) as e:
@@ -188,6 +207,10 @@ def image(target: str, formats: tuple[str, ...], **options: Any) -> None:
     _build_and_report(BuildRequest((target,), groups=formats, **options))
 
 
+_ONE_PLATFORM = click.option("--platform", "target_platform", metavar="OS/ARCH",
+                             help="The platform to build the target for, e.g. linux/arm64 (default: the host's).")
+
+
 class _WithRunnerOptions(click.Command):
     """A command that also takes the options of every registered runner (QEMU's --publish,
     --ssh-key, ...), loaded only when the command is used."""
@@ -210,8 +233,9 @@ def _runner(result: BuildResult) -> tuple[Runner, Provider] | None:
 
 @cli.command(cls=_WithRunnerOptions)
 @click.argument("target")
+@_ONE_PLATFORM
 @click.pass_context
-def run(ctx: click.Context, /, target: str, **runner_options: object) -> None:
+def run(ctx: click.Context, /, target: str, target_platform: str | None, **runner_options: object) -> None:
     """Build TARGET and start it (an image boots in QEMU, with the serial console on this terminal).
 
     mk says which accelerator QEMU runs with (KVM or TCG emulation) and why. Stop it with Ctrl-A X
@@ -221,7 +245,8 @@ def run(ctx: click.Context, /, target: str, **runner_options: object) -> None:
         runner.check()  # fail before building when, say, QEMU is missing
     # A runner's --format (an image's) is an output group to build as well.
     group = runner_options.get("format")
-    session, result = _build_and_report(BuildRequest((target,), groups=(str(group),) if group else ()))
+    session, result = _build_and_report(BuildRequest((target,), groups=(str(group),) if group else (),
+                                                     platform=(target_platform,) if target_platform else ()))
     found = _runner(result)
     if found is None:
         raise MkError(f"{target} cannot be run: it provides nothing a runner starts (an image target can)")
@@ -237,6 +262,15 @@ def _remote(workspace: Workspace, upload: bool | None) -> RemoteConfig | None:
     from mk.engine.remote_config import resolve
 
     return resolve(workspace.settings, os.environ, upload)
+
+
+def _executor(workspace: Workspace, jobs: int | None, fallback: bool) -> ExecutorConfig | None:
+    """The remote executor settings; nothing about gRPC is imported when none is set."""
+    if not (os.environ.get("MK_REMOTE_EXECUTOR", workspace.settings.remote_executor or "")).strip():
+        return None
+    from mk.engine.remote_config import resolve_executor
+
+    return resolve_executor(workspace.settings, os.environ, jobs, fallback)
 
 
 def _report_check(cache: LocalCache, reference: ScheduleResult, rebuilt: ScheduleResult) -> bool:
@@ -364,13 +398,37 @@ def explain(target: str) -> None:
         click.echo(line)
 
 
+@cli.command()
+@click.argument("target")
+def log(target: str) -> None:
+    """Print what each action of TARGET printed when it last ran (a failed run too), as the last
+    build of TARGET in this workspace found it: run then, or taken from a cache."""
+    from mk.cache.cas import CorruptBlobError, MissingBlobError
+    from mk.engine.build_logs import BuildLogs
+
+    session = Session(REGISTRY)
+    label = str(session.one_target(session.loader(), target, "mk log"))
+    runs = BuildLogs(session.cache.root, session.workspace.root).of(label)
+    if not runs:
+        raise MkError(f"mk log: no build of {label} is recorded in this workspace; build it first (mk build {label})")
+    with _blob_store(session) as cas:
+        for run in runs:
+            click.echo(f"==> {run.mnemonic} {run.label} ({run.status}): {run.output}")
+            try:
+                text = cas.read_bytes(run.log).decode("utf-8", "replace")
+            except (MissingBlobError, CorruptBlobError):
+                text = "(this log is no longer in the cache: `mk cache gc` removed it)\n"
+            click.echo(text, nl=bool(text) and not text.endswith("\n"))
+
+
 _TREE_TARGETS = "a layer, rootfs, deb_packages, kernel or image"
 
 
 @cli.command("ls")
 @click.argument("target")
 @click.argument("paths", nargs=-1)
-def ls(target: str, paths: tuple[str, ...]) -> None:
+@_ONE_PLATFORM
+def ls(target: str, paths: tuple[str, ...], target_platform: str | None) -> None:
     """List the tree TARGET provides, like `tar tvf`: mode, owner uid/gid, size (or a device's
     major,minor), the start of the content digest, and the path.
 
@@ -378,7 +436,7 @@ def ls(target: str, paths: tuple[str, ...]) -> None:
     built first if needed. PATHS (e.g. /etc) list only those paths and what is under them."""
     from mk.engine import tree_view
 
-    session, (built,) = _built_trees((target,), "mk ls")
+    session, (built,) = _built_trees((target,), "mk ls", target_platform)
     with _blob_store(session) as cas:
         tree = built.read(cas, "mk ls")
     click.echo("".join(f"{line}\n" for line in tree_view.listing(built, tree, paths)), nl=False)
@@ -386,7 +444,8 @@ def ls(target: str, paths: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.argument("targets", nargs=-1, required=True)
-def diff(targets: tuple[str, ...]) -> None:
+@_ONE_PLATFORM
+def diff(targets: tuple[str, ...], target_platform: str | None) -> None:
     """Compare the trees of two targets (A B), or of one target between its last two builds (A).
 
     Lines say what was added (+), removed (-) and changed (~: content, mode, owner, link target,
@@ -399,7 +458,7 @@ def diff(targets: tuple[str, ...]) -> None:
 
     if len(targets) > 2:
         raise click.UsageError("mk diff takes two targets, or one to compare with its previous build")
-    session, built = _built_trees(targets, "mk diff")
+    session, built = _built_trees(targets, "mk diff", target_platform)
     if len(built) == 1:
         now = dataclasses.replace(built[0], when="this build")
         built = [tree_view.previous(TreeHistory(session.cache.root, session.workspace.root), now), now]
@@ -414,14 +473,16 @@ def diff(targets: tuple[str, ...]) -> None:
     click.echo(f"mk diff: {tree_diff.summary(changes, old_tree, new_tree)}")
 
 
-def _built_trees(targets: tuple[str, ...], command: str) -> tuple[Session, list[BuiltTree]]:
-    """Build TARGETS (one target each) and say which tree each stands for; the build's report
-    goes to stderr."""
+def _built_trees(targets: tuple[str, ...], command: str,
+                 target_platform: str | None = None) -> tuple[Session, list[BuiltTree]]:
+    """Build TARGETS (one target each, for `target_platform` if given) and say which tree each stands
+    for; the build's report goes to stderr."""
     from mk.engine.session import exactly_one
     from mk.engine.tree_view import BuiltTree
     from mk.rules.trees import provided_tree
 
-    session, result = _build_and_report(BuildRequest(targets), quiet=True)
+    request = BuildRequest(targets, platform=(target_platform,) if target_platform else ())
+    session, result = _build_and_report(request, quiet=True)
     # The providers of the requested targets, in the order the targets were named; one target
     # named twice (`mk diff A A`) is there once.
     found = list(result.providers.items())
@@ -480,6 +541,32 @@ def _diffoscope_changed(session: Session, cas: ContentStore, changes: list[Chang
 
 
 @cli.command()
+@click.option("--remote", "url", envvar="MK_REMOTE_EXECUTOR", required=True, metavar="URL",
+              help="The BuildGrid server: grpc://host:port, or grpcs://host:port for TLS (or MK_REMOTE_EXECUTOR).")
+@click.option("--instance", envvar="MK_REMOTE_INSTANCE", default="", help="The instance name (or MK_REMOTE_INSTANCE).")
+@click.option("--capacity", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Leases (actions) run at once.")
+def worker(url: str, instance: str, capacity: int) -> None:
+    """Run actions for a BuildGrid server (its Bots API) in mk's sandbox, until Ctrl-C.
+
+    Inputs and toolchains are kept in the local cache (MK_CACHE_DIR), so a warm worker downloads
+    nothing twice. MK_REMOTE_EXECUTOR_TOKEN and MK_REMOTE_EXECUTOR_CA are used as `mk build` uses
+    them. A machine where mk's sandbox (bubblewrap) cannot run refuses to start."""
+    from mk.cache.reapi.endpoint import Endpoint, EndpointError
+    from mk.engine.worker import Worker, WorkerError
+
+    try:
+        endpoint = Endpoint.parse(url, instance, os.environ.get("MK_REMOTE_EXECUTOR_TOKEN") or None,
+                                  os.environ.get("MK_REMOTE_EXECUTOR_CA") or None)
+    except EndpointError as e:
+        raise click.BadParameter(str(e), param_hint="--remote") from None
+    try:
+        Worker(endpoint, cache_for(_optional_workspace()), capacity).serve()
+    except WorkerError as e:
+        raise MkError(f"mk worker: {e}") from None
+
+
+@cli.command()
 def clean() -> None:
     """Remove the workspace's outputs (mk-out/). The cache is left alone."""
     workspace = _workspace()
@@ -491,6 +578,19 @@ def clean() -> None:
 
 def _workspace() -> Workspace:
     return find_workspace(Path.cwd(), REGISTRY.all_settings())
+
+
+@cli.command()
+def shutdown() -> None:
+    """Stop the workspace's resident build server (it also stops by itself after server_idle_seconds)."""
+    from mk.engine import resident
+
+    workspace = _workspace()
+    folder = resident.run_dir(cache_for(workspace).root, workspace.root)
+    if resident.stop(folder):
+        click.echo(f"mk shutdown: stopped the build server of {workspace.root}")
+    else:
+        click.echo(f"mk shutdown: no build server runs for {workspace.root}")
 
 
 @cli.group()

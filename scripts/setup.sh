@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(python3 python3-venv python3-pip bash coreutils git tar gzip xz-utils zstd cpio bubblewrap skopeo umoci nginx gnupg gpgv debian-archive-keyring dpkg qemu-system-x86 openssh-client mmdebstrap graphviz e2fsprogs squashfs-tools erofs-utils dosfstools mtools fdisk xorriso qemu-utils ovmf binutils cryptsetup-bin)
+SYSTEM_PACKAGES=(python3 python3-venv python3-pip bash coreutils git tar gzip xz-utils zstd cpio bubblewrap skopeo umoci nginx gnupg gpgv debian-archive-keyring dpkg qemu-system-x86 qemu-system-arm openssh-client mmdebstrap graphviz e2fsprogs squashfs-tools erofs-utils dosfstools mtools fdisk xorriso qemu-utils ovmf binutils cryptsetup-bin postgresql
+    dpkg-dev gcc make)  # dpkg-source, and a compiler: the offline tests of deb_source and package run on the host's tools
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -34,3 +35,5 @@ if [[ ! -x .venv/bin/python ]]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat -e '.[dev]'
+# BuildGrid, the REAPI server the remote-execution tests run against, in its own venv.
+scripts/setup-buildgrid.sh

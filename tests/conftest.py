@@ -7,6 +7,8 @@ user would, with `MK_CACHE_DIR` pointing at a fresh directory under the test's t
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import json
 import os
 import re
@@ -14,6 +16,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +40,10 @@ def _find_mk() -> str:
 
 
 MK = _find_mk()
+# Every `mk` a test starts runs the command in its own process, as in CI, unless the test is about
+# the resident build server (tests/test_server.py), which sets MK_SERVER=1 itself.
+NO_SERVER = {"MK_SERVER": "0"}
+os.environ.update(NO_SERVER)
 SUBPROCESS_TIMEOUT = 60
 # The longest one step against the Debian mirror may take (an `mk lock`, or an image build with an
 # empty cache, which downloads every package). Marked tests add up their steps' limits and set
@@ -44,7 +52,8 @@ MIRROR_SECONDS = 300
 
 _SUMMARY = re.compile(
     r"^mk: (?P<targets>\d+) targets, (?P<actions>\d+) actions: (?P<executed>\d+) executed, "
-    r"(?P<cached>\d+) cached \((?P<local>\d+) local, (?P<remote>\d+) remote\) in (?P<seconds>\d+\.\d+) s$"
+    r"(?P<cached>\d+) cached \((?P<local>\d+) local, (?P<remote>\d+) remote\) in (?P<seconds>\d+\.\d+) s"
+    r"(?:, for (?P<platforms>\S+(?: and \S+)*))?$"
 )
 
 
@@ -64,6 +73,7 @@ class Summary(NamedTuple):
     local: int
     remote: int
     seconds: float
+    platforms: tuple[str, ...] = ()  # named when not the host's platform alone
 
 
 def require(tool: str, also_in: str | None = None) -> str:
@@ -87,6 +97,7 @@ def parse_summary(stdout: str) -> Summary:
     summary = Summary(
         int(g["targets"]), int(g["actions"]), int(g["executed"]), int(g["cached"]),
         int(g["local"]), int(g["remote"]), float(g["seconds"]),
+        tuple(g["platforms"].split(" and ")) if g["platforms"] else (),
     )
     assert summary.cached == summary.local + summary.remote, lines[-1]
     assert summary.executed + summary.cached <= summary.actions, lines[-1]
@@ -146,10 +157,35 @@ def fake_diffoscope(folder: Path) -> dict[str, str]:
     return {"PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
 
 
+def run_from_tar(archive: Path, member: str, scratch: Path) -> str:
+    """What the program `member` of the tar `archive` prints, run on this machine from `scratch`."""
+    with tarfile.open(archive) as tar:
+        binary = tar.extractfile(member)
+        assert binary is not None, f"{member} is not a file in {archive}"
+        program = scratch / member.replace("/", "_")
+        program.write_bytes(binary.read())
+    program.chmod(0o755)
+    return subprocess.run([program], capture_output=True, text=True, check=True).stdout
+
+
+@contextlib.contextmanager
+def serving_folder(folder: Path, handler: type[http.server.SimpleHTTPRequestHandler]) -> Iterator[str]:
+    """`folder` over loopback HTTP with `handler` (a SimpleHTTPRequestHandler): its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def mk_env(cache_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The host environment minus every MK_* setting, plus our private cache."""
+    """The host environment minus every MK_* setting, plus our private cache (and no build server)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MK_")}
     env["MK_CACHE_DIR"] = str(cache_dir)
+    env.update(NO_SERVER)
     env.update(extra or {})
     return env
 
@@ -257,6 +293,7 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
         if key.startswith("MK_"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("MK_CACHE_DIR", str(path))
+    monkeypatch.setenv("MK_SERVER", NO_SERVER["MK_SERVER"])
     yield path
 
 

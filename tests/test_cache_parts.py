@@ -14,6 +14,8 @@ from conftest import Workspace, WorkspaceFactory, assert_cache_is_sound, execute
 from debrepo import Deb, Member, Repo
 
 from mk.cache.action_cache import ActionCache, ActionResult
+from mk.cache.cas import ContentStore
+from mk.cache.reapi.digests import DigestIndex
 from mk.cache.units import human_size
 
 BUILD = """
@@ -21,7 +23,7 @@ deb_packages(name = "base", packages = ["app"], suites = ["bookworm"], keyring =
 """
 
 DROPPED = ("toolchains", "sandbox-debug")
-KEPT = ("tmp", "lock", "vm", "tree-history")
+KEPT = ("tmp", "lock", "vm", "tree-history", "run")
 KEPT_FILES = ("graphs/key",)
 
 
@@ -51,6 +53,8 @@ def every_kind_of_entry(workspace: WorkspaceFactory, repo: Repo) -> Workspace:
     key = next(iter(local.all_keys()))
     remembered = ActionResult.decode(local.path(key).read_bytes())
     ActionCache(cache / "remote-ac", "0123456789abcdef").put("f" * 64, remembered)
+    # The SHA-256 of a blob, as remote execution remembers it.
+    DigestIndex(cache).sha256(remembered.outputs[0].digest, ContentStore(cache))
     # What `mk run` remembers of this machine, a toolchain written out (hard links and all) and a
     # sandbox kept by --sandbox-debug, as those write them.
     (cache / "vm").mkdir()
@@ -79,7 +83,7 @@ def test_stats_lists_every_part_with_its_size_on_disk(workspace: WorkspaceFactor
         assert what.endswith(f"[{rule}]"), (name, what)
     assert parts["mystery/"] == (human_size(du(ws.cache_dir / "mystery")), 1, "not written by mk: left alone [kept]")
     assert parts["total"][:2] == (human_size(du(ws.cache_dir)), len(entries_under(ws.cache_dir)))
-    assert parts["toolchains/"][1] == 2 and parts["debian-indices/"][1] >= 1 and parts["deb-sha256/"][1] == 1
+    assert parts["toolchains/"][1] == 2 and parts["debian-indices/"][1] >= 1 and parts["by-sha256/"][1] == 1
 
 
 def test_what_a_build_or_a_lock_reads_again_is_marked_used(workspace: WorkspaceFactory, repo: Repo) -> None:

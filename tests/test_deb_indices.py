@@ -47,7 +47,7 @@ def test_an_index_larger_than_the_release_says_is_reported_as_a_mirror_mid_updat
     assert result.code == 2
     assert (f"os/BUILD:2:1: error: deb_packages //os:base: suite bookworm: {repo.url}/{INDEX}: got {served} bytes, "
             f"{served - len(listed)} more than the {len(listed)} expected: a different file from the one listed; "
-            "the mirror may be part-way through an update (its Packages files no longer match its Release file): "
+            "the mirror may be part-way through an update (its indices no longer match its Release file): "
             "run `mk lock` again in a few minutes\n") in result.err
     assert "truncated" not in result.err
 

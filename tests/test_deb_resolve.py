@@ -77,9 +77,10 @@ def test_unsatisfiable_names_the_package_and_the_missing_dependency() -> None:
         resolve(index, ["a"])
     assert str(error.value) == (
         "error: cannot install a 2.0: it depends on 'b (>= 3) | c', which no package in the suites provides "
-        "(add it to 'excludes' if the image does not need it)"
+        "for architecture amd64 (add it to 'excludes' if the image does not need it)"
     )
-    with pytest.raises(MkError, match=r"package 'helo' is not in the indices \(did you mean 'hello'\?\)"):
+    with pytest.raises(MkError,
+                       match=r"package 'helo' is not in the indices for architecture amd64 \(did you mean 'hello'\?\)"):
         resolve([pkg("hello")], ["helo"])
     with pytest.raises(MkError) as error:
         resolve([pkg("hello"), pkg("hello", "1.0+deb12u1", suite="bookworm-security"),

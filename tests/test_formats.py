@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from conftest import MIRROR_SECONDS, MK, mk_env, require, run_within
 
+from mk.rules.images.stage1 import VERITY_STATUS
+
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.mirror
 ROOT_FILESYSTEMS = ("squashfs", "erofs", "ext4")
@@ -145,6 +147,9 @@ def test_raw_efi_stage1_opens_the_verity_root_with_dmsetup(built: Path, tmp_path
             "lib/x86_64-linux-gnu/libc.so.6", "lib/x86_64-linux-gnu/libdevmapper.so.1.02.1"} <= files
     assert any(f.endswith("/dm-verity.ko") for f in files)
     assert "usr/sbin/sshd" not in files
+    # The root's last boot step says the device's status on the console, where a boot test reads it.
+    onboot = check("unsquashfs", "-cat", str(built / "root.squashfs"), "etc/mk/onboot")
+    assert onboot.endswith(f"{VERITY_STATUS}\n") and "dmsetup status mk-root" in VERITY_STATUS
 
 
 def test_raw_efi_partitions_and_guids_derive_from_their_content(built: Path, tmp_path: Path) -> None:
@@ -214,6 +219,7 @@ def test_raw_efi_without_verity_has_no_hash_tree_and_no_dmsetup(tmp_path: Path) 
     assert not (built / "root.verity").exists() and not (built / "root.roothash").exists()
     files = initrd_files(built / "BOOTX64.EFI", tmp_path / "sections")
     assert "init" in files and "usr/sbin/dmsetup" not in files
+    assert "dmsetup" not in check("unsquashfs", "-cat", str(built / "root.squashfs"), "etc/mk/onboot")
 
 
 def partitions(disk: Path) -> list[dict[str, Any]]:

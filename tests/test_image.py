@@ -110,16 +110,24 @@ APPLETS = b"\0".join(b"[ [[ ash awk cat chmod echo hostname httpd insmod ip ls m
                       b"tr udhcpc".split()) + b"\0"
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
-    repo = Repo(tmp_path_factory.mktemp("kernel") / "repo")
-    repo.add("bookworm", kernel_deb(),
-             Deb("busybox-static", members=[Member("./bin/", kind="dir"),
-                                            Member("./bin/busybox", b"\x7fELF busybox\0" + APPLETS, mode=0o755)]))
+def busybox_deb() -> Deb:
+    return Deb("busybox-static", members=[Member("./bin/", kind="dir"),
+                                          Member("./bin/busybox", b"\x7fELF busybox\0" + APPLETS, mode=0o755)])
+
+
+def bookworm(root: Path, *debs: Deb) -> Repo:
+    """A signed repository whose bookworm suite holds `debs` (bookworm-updates and -security are empty)."""
+    repo = Repo(root)
+    repo.add("bookworm", *debs)
     repo.add("bookworm-updates")
     repo.add("bookworm-security")
     repo.publish()
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
+    return bookworm(tmp_path_factory.mktemp("kernel") / "repo", kernel_deb(), busybox_deb())
 
 
 def image_workspace(workspace: WorkspaceFactory, repo: Repo, modules: str = '["virtio_pci", "virtio_net"]',
@@ -137,10 +145,21 @@ def mk(root: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([MK, *args], cwd=root, env=mk_env(cache), capture_output=True, text=True, check=False)
 
 
+def initrd_archives(initrd: Path) -> list[bytes]:
+    """The cpio archives of a segmented initrd, each decompressed on its own, in order."""
+    archives, rest = [], initrd.read_bytes()
+    while rest:
+        segment = zstandard.ZstdDecompressor().decompressobj()
+        archives.append(segment.decompress(rest))
+        rest = segment.unused_data
+    return archives
+
+
 def unpack_initrd(initrd: Path, into: Path) -> None:
+    """Unpacks the archives one over the other, as the kernel does."""
     into.mkdir()
-    data = zstandard.ZstdDecompressor().stream_reader(initrd.open("rb")).read()
-    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=data, cwd=into, check=True)
+    for archive in initrd_archives(initrd):
+        subprocess.run(["cpio", "-idmu", "--quiet", "--no-absolute-filenames"], input=archive, cwd=into, check=True)
 
 
 def test_modinfo_depends_reads_the_elf_section() -> None:
@@ -265,7 +284,8 @@ def test_lock_of_an_image_says_what_it_is_in_good_english(workspace: WorkspaceFa
     result = subprocess.run([MK, "lock", "//img:box"], cwd=root, env=mk_env(root.parent / "cache"),
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2
-    assert "error: //img:box is an image; `mk lock` works on deb_packages targets" in result.stderr, result.stderr
+    assert "error: //img:box is an image; `mk lock` works on deb_packages and deb_source targets" in result.stderr, \
+        result.stderr
 
 
 def oci_reference_and_config(archive: Path) -> tuple[str, dict[str, object]]:
@@ -427,6 +447,8 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     files = {role: tmp_path / role for role in ("kernel", "initrd", "cmdline")}
     command = vm.command(Boot("direct", "kernel", {}), files, options, "tcg")
     assert command[1:7] == ["-accel", "tcg", "-m", "1G", "-smp", "2"]
+    assert command[command.index("-cpu") + 1] == "qemu64,+rdrand"  # the guest's entropy at once
+    assert "-cpu" not in vm.command(Boot("direct", "kernel", {}), files, options, "kvm")
     assert "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80" in command
     append = command[command.index("-append") + 1]
     assert append.startswith("console=ttyS0 mk.authorized_key=")
@@ -484,6 +506,33 @@ echo written-by-the-guest > "$vars"
     assert used.name == "vars.fd" and used.parent != tmp_path
     assert not used.parent.exists()  # removed once QEMU is gone
     assert files["firmware_vars"].read_text() == "pristine\n"
+
+
+def test_a_tcg_guest_boots_from_the_initrd_decompressed_by_the_host(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir, seen = tmp_path / "bin", tmp_path / "seen"
+    bin_dir.mkdir()
+    # A QEMU that keeps a copy of the initrd it is given.
+    qemu = bin_dir / vm.QEMU
+    qemu.write_text(f"""#!/bin/sh
+while [ $# -gt 0 ]; do
+    [ "$1" = -initrd ] && cp "$2" {seen}
+    shift
+done
+""")
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    files = {role: tmp_path / role for role in ("kernel", "initrd", "cmdline")}
+    files["kernel"].write_bytes(b"kernel")
+    files["cmdline"].write_text("console=ttyS0\n")
+    segments = [b"070701first archive", b"070701second archive"]
+    files["initrd"].write_bytes(b"".join(zstandard.ZstdCompressor().compress(s) for s in segments))
+    for accel, expected in (("tcg", b"".join(segments)), ("kvm", files["initrd"].read_bytes())):
+        machine = vm.VirtualMachine(Boot("direct", "kernel", {}), files, vm.VmOptions(accel=accel),
+                                    tmp_path / "state", foreground=False)
+        assert machine.wait() == 0
+        assert seen.read_bytes() == expected
+        assert machine.scratch is None or not machine.scratch.exists()  # the copy is gone with QEMU
 
 
 def test_qemu_command_line_of_a_disk_the_firmware_boots(tmp_path: Path) -> None:

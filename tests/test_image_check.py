@@ -63,6 +63,19 @@ def test_applets_are_read_from_the_busybox_binary() -> None:
     assert busybox_applets(b"\x7fELF busybox without a table") is None
 
 
+def test_a_static_libc_s_sorted_upper_case_names_are_not_taken_for_applets() -> None:
+    # A static glibc holds its sorted list of variables dropped for setuid programs; a busybox
+    # with too few applets to tell its table apart is then not judged at all.
+    unsecure = sorted(["GCONV_PATH", "GETCONF_DIR", "HOSTALIASES", "LD_AUDIT", "LD_DEBUG", "LD_DEBUG_OUTPUT",
+                       "LD_DYNAMIC_WEAK", "LD_HWCAP_MASK", "LD_LIBRARY_PATH", "LD_ORIGIN_PATH", "LD_PRELOAD",
+                       "LD_PROFILE", "LD_SHOW_AUXV", "LOCALDOMAIN", "LOCPATH", "MALLOC_TRACE", "NIS_PATH", "NLSPATH",
+                       "RESOLV_HOST_CONF", "RES_OPTIONS", "TMPDIR", "TZDIR"])
+    few = b"ash\0cat\0init\0poweroff\0sh\0"
+    binary = b"\x7fELF\0" + few + b"\0" + b"\0".join(n.encode() for n in unsecure) + b"\0\0"
+    assert busybox_applets(binary) is None
+    assert busybox_applets(binary + BUSYBOX) == frozenset(APPLETS)
+
+
 @pytest.mark.parametrize(("command", "expected"), [
     ("/usr/sbin/nginx -g 'daemon off;'", "/usr/sbin/nginx"),
     ('"/usr/sbin/nginx" -c /etc/nginx.conf', "/usr/sbin/nginx"),

@@ -85,7 +85,7 @@ def test_editing_init_changes_the_keys_of_the_image_actions_only(
     # its parameters: the text of /init. Writing archives and files reaches neither.
     assert changed == ["Copy //pkg:vm", "ImageRoot //pkg:vm", "Manifest //pkg:vm", "Sbom //pkg:vm"]
     assert {name for name in before if name.endswith("//pkg:vm")} - set(changed) == {
-        "Initrd //pkg:vm", "WriteFile //pkg:vm"}
+        "Initrd //pkg:vm", "InitrdSegment //pkg:vm", "WriteFile //pkg:vm"}
 
 
 def test_editing_the_engine_core_changes_every_in_process_key(workspace: WorkspaceFactory, tmp_path: Path) -> None:

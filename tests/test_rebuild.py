@@ -384,8 +384,9 @@ def test_genrule_environment_is_scrubbed(workspace: WorkspaceFactory, cache_dir:
     ws.build("//pkg:env", env=host)
     env = dict(line.split("=", 1) for line in ws.read("mk-out/pkg/env.txt").splitlines())
     bash_own = {"PWD", "SHLVL", "_", "OLDPWD"}
-    assert set(env) - bash_own == {"PATH", "LC_ALL", "TZ", "HOME", "TMPDIR", "SOURCE_DATE_EPOCH"}, env
+    assert set(env) - bash_own == {"PATH", "LC_ALL", "TZ", "HOME", "TMPDIR", "SOURCE_DATE_EPOCH", "MK_JOBS"}, env
     assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    assert env["MK_JOBS"] == "1"  # a genrule takes one slot of -j
     assert env["LC_ALL"] == "C.UTF-8"
     assert env["TZ"] == "UTC"
     assert env["SOURCE_DATE_EPOCH"] == "0"

@@ -10,8 +10,9 @@ from mk.rules.families import registry
 
 
 def test_the_shipped_families_register_every_rule_once() -> None:
-    assert sorted(registry().rules) == ["cpio", "deb_packages", "filegroup", "genrule", "image", "kernel", "layer",
-                                        "oci_image", "rootfs", "tar", "write_file"]
+    assert sorted(registry().rules) == ["cpio", "deb_packages", "deb_source", "filegroup", "genrule", "http_archive",
+                                        "image", "kernel", "kernel_build", "layer", "oci_image", "oci_index", "package",
+                                        "rootfs", "service", "tar", "write_file"]
 
 
 def test_two_families_may_not_register_one_setting() -> None:
@@ -44,9 +45,15 @@ def test_two_families_may_not_register_one_rule() -> None:
 def test_a_download_source_is_resolved_by_the_family_that_offers_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from mk.engine.workspace import Settings
 
-    monkeypatch.delenv("MK_DEBIAN_MIRROR", raising=False)
-    monkeypatch.delenv("MK_DEBIAN_SECURITY_MIRROR", raising=False)
-    lookup = registry().source_url(Settings(extra={"debian_mirror": "http://mirror.invalid/debian"}))
-    assert lookup("debian:main") == "http://mirror.invalid/debian"
+    for name in ("MK_DEBIAN_MIRROR", "MK_DEBIAN_SECURITY_MIRROR", "MK_DEBIAN_SNAPSHOT", "MK_DEBIAN_EXTRA_MIRRORS"):
+        monkeypatch.delenv(name, raising=False)
+    lookup = registry().source_urls(Settings(extra={
+        "debian_mirror": "http://mirror.invalid/debian", "debian_snapshot": "http://snapshot.invalid/",
+        "debian_extra_mirrors": ["http://extra.invalid/debian", "file:///srv/repo"]}))
+    assert lookup("debian:debian") == ("http://mirror.invalid/debian",)
+    assert lookup("debian:debian-security") == ("http://mirror.invalid/debian-security",)
+    assert lookup("debian:snapshot/debian-security") == ("http://snapshot.invalid/archive/debian-security",)
+    assert lookup("debian:extra/debian-security") == ("http://extra.invalid/debian-security", "file:///srv/repo")
+    assert registry().source_urls(Settings())("debian:snapshot/debian") == ()
     with pytest.raises(RegistryError, match=r"^no rule family resolves the download source 'npm'$"):
         lookup("npm:main")

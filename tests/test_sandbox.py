@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from cachedisk import cache_stats
 from conftest import MK, Workspace, WorkspaceFactory, mk_env, parse_summary, read_events
 from debrepo import Deb, Member, Repo
 
-TOOLS = ("bash", "cat", "cp", "cut", "head", "id", "ls", "sha256sum", "touch")
+TOOLS = ("bash", "cat", "chmod", "cp", "cut", "head", "id", "ls", "mkdir", "sha256sum", "touch")
 LOCALE = Path("/usr/lib/locale/C.utf8")  # what LC_ALL=C.UTF-8 loads, from libc-bin
 
 BUILD = """
@@ -307,10 +308,39 @@ def test_the_toolchain_is_written_out_once_read_only_and_dropped_by_gc(ws: Works
     ws.build("//pkg:digest")
     assert bash.stat().st_ino == inode  # reused, not written again
     size, files, what = cache_stats(ws)["toolchains/"]
-    assert size != "0 B" and files > 0 and what == "toolchains written out for sandboxes [dropped by gc]"
+    assert size != "0 B" and files > 0
+    assert what == "toolchains and input trees written out for sandboxes [dropped by gc]"
     assert ws.mk("cache", "gc", "--max-size", "1G").code == 0
     assert not any((ws.cache_dir / "toolchains").iterdir())
     ws.write("pkg/in.txt", "again\n")
     ws.build("//pkg:digest")  # written out again when needed
     assert bash.is_file() and ws.read("mk-out/pkg/digest.txt").startswith(
         subprocess.run(["sha256sum"], input=b"again\n", capture_output=True, check=True).stdout.decode()[:16])
+
+
+def test_a_package_builds_on_its_toolchain_with_its_deps_merged_over_it(workspace: WorkspaceFactory,
+                                                                          repo: Repo) -> None:
+    ws = toolchain_workspace(workspace, repo, files={
+        "pkg/BUILD": """
+layer(name = "src", files = {"/greeting.txt": "greeting.txt"})
+layer(name = "dep", files = {"/usr/share/dep/data.txt": "data.txt"})
+package(
+    name = "built",
+    src = ":src",
+    deps = [":dep"],
+    build = "cat /usr/share/dep/data.txt greeting.txt > joined.txt",
+    install = "mkdir -p $DESTDIR/usr/share && cp joined.txt $DESTDIR/usr/share/",
+)
+tar(name = "built_tar", src = ":built")
+""",
+        "pkg/greeting.txt": "hello\n",
+        "pkg/data.txt": "from a dependency\n",
+    })
+    result = ws.build("//pkg:built_tar")
+    assert "not hermetic" not in result.err
+    with tarfile.open(ws.root / "mk-out/pkg/built_tar.tar") as archive:
+        joined = archive.extractfile("usr/share/joined.txt")
+        assert joined is not None and joined.read() == b"from a dependency\nhello\n"
+    # The merged root is a tree of its own: the toolchain's own tree does not hold the dependency.
+    listing = ws.mk("ls", "//tc:tools", "/usr/share")
+    assert "/usr/share/dep" not in listing.out

@@ -179,6 +179,10 @@ class RecentResults:
         except (OSError, ValueError, msgpack.UnpackException):
             loaded = None
         self._encoded: dict[str, bytes] = loaded if isinstance(loaded, dict) else {}
+        # Set by the build server: the results it found complete, or made, itself; trusted without
+        # a look at the action cache while it runs (a blob lost meanwhile fails the attempt, and
+        # the retry uses no remembered result at all).
+        self.verified: dict[str, ActionResult] | None = None
 
     def get(self, key: str) -> tuple[ActionResult, int] | None:
         """The remembered result and the size its action-cache entry had."""

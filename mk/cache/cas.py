@@ -1,17 +1,28 @@
-"""The content store: blobs named by the blake3 of their uncompressed bytes, stored zstd-compressed.
+"""The content store: blobs named by the blake3 of their uncompressed bytes.
 
-Layout: `<root>/cas/<first two hex digits>/<digest>`. Every write goes through a temp file and
-a rename, so a crash leaves either the whole blob or nothing. Every read is verified; a blob
-whose bytes no longer match its name is deleted and reported as `CorruptBlobError`, so callers
-rebuild it instead of using it.
+Layout: `<root>/cas/<first two hex digits>/<digest>`. A blob is stored zstd-compressed (one frame,
+with zstd's content checksum), or as it is when it is large or does not compress, so that writers
+and placement can copy it in the kernel (`copy_file_range`) and outputs can be linked in rather
+than copied. The two are told apart by the zstd magic number; a blob kept as it is whose own
+bytes begin with a zstd magic number (a compressed archive) is stored after `_RAW_HEADER`, an
+empty zstd skippable frame. Every write goes through a temp file and a rename (or a link of a
+finished file), so a crash leaves either the whole blob or nothing.
+
+`stream` verifies the blake3 of everything it reads. `write_to`, for archive writers and
+placement, hashes a blob kept as it is (before a kernel copy), but does not decompress and hash a
+compressed one again: zstd checks its content checksum while decompressing (blobs stored before
+they carried one are hashed), and the length must be the tree entry's. A blob that fails is
+deleted and reported as `CorruptBlobError`, so callers rebuild it instead of using it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -29,6 +40,13 @@ from mk.cache.parts import BLOBS
 _ZSTD_LEVEL = 3
 _CHUNK = 1 << 20
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_RAW_HEADER = b"\x50\x2a\x4d\x18\x00\x00\x00\x00"  # skippable frame 0, no content
+# Blobs this large are stored as they are: copying them in the kernel beats what compression saves.
+RAW_FROM = 1 << 20
+# A blob that compression shrinks by less than this share is stored as it is.
+_WORTH_COMPRESSING = 0.9
+_ONE_SHOT = 1 << 20  # compressed blobs up to this size are decompressed in one call
 
 
 def _zstd() -> ModuleType:
@@ -38,10 +56,70 @@ def _zstd() -> ModuleType:
     return zstandard
 
 
+_per_thread = threading.local()
+
+
+def _decompressor() -> Any:
+    """This thread's zstd decompressor: making one per blob costs more than decompressing a small blob."""
+    found = getattr(_per_thread, "decompressor", None)
+    if found is None:
+        found = _per_thread.decompressor = _zstd().ZstdDecompressor()
+    return found
+
+
+def _compressor() -> Any:
+    # The content checksum lets a reader that trusts the blob's name skip hashing it again.
+    return _zstd().ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)
+
+
 def _streaming_compressor() -> Any:
     # Stored bytes need not be reproducible (a blob is named by its uncompressed digest), so
     # large blobs may use every core.
-    return _zstd().ZstdCompressor(level=_ZSTD_LEVEL, threads=-1)
+    return _zstd().ZstdCompressor(level=_ZSTD_LEVEL, threads=-1, write_checksum=True)
+
+
+def _kept_raw(size: int, compressed_size: int | None = None) -> bool:
+    """Whether a blob of `size` bytes (`compressed_size` once compressed, if known) is stored as it is."""
+    if size >= RAW_FROM:
+        return True
+    return compressed_size is not None and compressed_size > size * _WORTH_COMPRESSING
+
+
+def _raw_header(head: bytes) -> bytes:
+    """What goes before a blob kept as it is whose first four bytes are `head`: `_RAW_HEADER` when
+    they would read back as a compressed blob or as that header, else nothing."""
+    return _RAW_HEADER if head in (ZSTD_MAGIC, _RAW_HEADER[:4]) else b""
+
+
+def _raw_start(head: bytes) -> int | None:
+    """Where the bytes of a blob kept as it is begin in a stored file beginning with `head` (at
+    least its first 8 bytes); None for a compressed blob."""
+    if head[:4] == ZSTD_MAGIC:
+        return None
+    return len(_RAW_HEADER) if head[:8] == _RAW_HEADER else 0
+
+
+def _copy_range(source: int, target: int, count: int, start: int = 0) -> None:
+    """`count` bytes of `source` from `start` to `target` at its file offset, in the kernel where it can.
+
+    The source's offset is given, not taken from the descriptor: a buffered reader's seek may
+    leave the descriptor elsewhere."""
+    offset, count = start, start + count
+    try:
+        while offset < count:
+            done = os.copy_file_range(source, target, count - offset, offset)
+            if done == 0:
+                raise EOFError(f"the source ended at byte {offset}, not {count}")
+            offset += done
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+            raise
+    while offset < count:  # across filesystems, or where copy_file_range is missing
+        done = os.sendfile(target, source, offset, count - offset)
+        if done == 0:
+            raise EOFError(f"the source ended at byte {offset}, not {count}")
+        offset += done
 
 
 class CorruptBlobError(Exception):
@@ -74,7 +152,7 @@ def digest_bytes(data: bytes) -> str:
 
 
 def digest_file(path: str | Path) -> str:
-    hasher = blake3.blake3()
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)  # large outputs hash on every core
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             hasher.update(chunk)
@@ -115,17 +193,63 @@ class ContentStore:
     def put_bytes(self, data: bytes) -> str:
         digest = digest_bytes(data)
         if not self.has(digest):
+            size = len(data)
+            packed = None if _kept_raw(size) else _compressor().compress(data)
             with atomic_writer(self.path(digest)) as out:
-                out.write(_zstd().ZstdCompressor(level=_ZSTD_LEVEL).compress(data))
+                if packed is None or _kept_raw(size, len(packed)):
+                    out.write(_raw_header(data[:4]))
+                    out.write(data)
+                else:
+                    out.write(packed)
         return digest
 
-    def put_file(self, source: Path) -> str:
-        """Store a file's bytes, streaming: memory use does not grow with the file."""
+    def put_file(self, source: Path, owned: bool = False) -> str:
+        """Store a file's bytes, streaming: memory use does not grow with the file.
+
+        With `owned` (an action's finished output in its scratch folder, which nothing writes to
+        again), a blob stored as it is becomes a hard link to the file rather than a copy.
+        """
         digest = digest_file(source)
-        if not self.has(digest):
-            with open(source, "rb") as src, atomic_writer(self.path(digest)) as out:
+        if self.has(digest):
+            return digest
+        with open(source, "rb") as src:
+            size = os.fstat(src.fileno()).st_size
+            header = _raw_header(src.read(4))
+            src.seek(0)
+            if _kept_raw(size):
+                if not (owned and not header and self._link_in(source, digest)):
+                    with atomic_writer(self.path(digest)) as out:
+                        out.write(header)
+                        out.flush()
+                        _copy_range(src.fileno(), out.fileno(), size)
+                return digest
+            with atomic_writer(self.path(digest)) as out:
                 _streaming_compressor().copy_stream(src, out)
+                out.flush()
+                if _kept_raw(size, os.fstat(out.fileno()).st_size):
+                    out.seek(0)
+                    out.truncate()
+                    out.write(header)
+                    out.flush()
+                    _copy_range(src.fileno(), out.fileno(), size)
         return digest
+
+    def _link_in(self, source: Path, digest: str) -> bool:
+        """Hard-link a finished file in as the blob `digest`; False where links cannot be made."""
+        final = self.path(digest)
+        temp = final.parent / f".tmp-link-{os.getpid()}-{threading.get_ident()}-{digest[:16]}"
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            os.link(source, temp)
+            os.chmod(temp, 0o644)
+            os.replace(temp, final)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            return False
+        return True
 
     def put_stream(self, source: BinaryIO) -> tuple[str, int]:
         """Store bytes read from a stream; returns (digest, size). Memory use stays flat."""
@@ -137,12 +261,24 @@ class ContentStore:
         size = 0
         try:
             with os.fdopen(fd, "wb") as tmp:
-                writer = _streaming_compressor().stream_writer(tmp, closefd=False)
-                while chunk := source.read(_CHUNK):
-                    hasher.update(chunk)
-                    size += len(chunk)
-                    writer.write(chunk)
-                writer.flush(_zstd().FLUSH_FRAME)
+                first = source.read(RAW_FROM)
+                hasher.update(first)
+                size = len(first)
+                if _kept_raw(size):
+                    tmp.write(_raw_header(first[:4]))
+                    tmp.write(first)
+                    while chunk := source.read(_CHUNK):
+                        hasher.update(chunk)
+                        size += len(chunk)
+                        tmp.write(chunk)
+                else:
+                    writer = _streaming_compressor().stream_writer(tmp, closefd=False)
+                    writer.write(first)
+                    while chunk := source.read(_CHUNK):
+                        hasher.update(chunk)
+                        size += len(chunk)
+                        writer.write(chunk)
+                    writer.flush(_zstd().FLUSH_FRAME)
             digest = hasher.hexdigest()
             final = self.path(digest)
             if final.is_file():
@@ -159,6 +295,8 @@ class ContentStore:
 
     def put_compressed(self, digest: str, compressed: bytes) -> None:
         """Store a blob received already compressed (from a remote); verified before it lands."""
+        if not compressed.startswith(ZSTD_MAGIC):  # else it would read back as a blob kept as it is
+            raise CorruptBlobError(digest, self.path(digest), "not zstd")
         data = _zstd().ZstdDecompressor().decompress(compressed, max_output_size=1 << 34)
         if digest_bytes(data) != digest:
             raise CorruptBlobError(digest, self.path(digest))
@@ -183,12 +321,17 @@ class ContentStore:
         try:
             with atomic_writer(self.path(digest)) as out:
                 checker = zstandard.ZstdDecompressor().stream_writer(_Hasher(), closefd=False)
+                head = b""
                 for chunk in chunks:
+                    if len(head) < 4:
+                        head += chunk[: 4 - len(head)]
+                        if not ZSTD_MAGIC.startswith(head):  # else it would read back as a raw blob
+                            raise CorruptBlobError(digest, self.path(digest), "not zstd")
                     size += len(chunk)
                     out.write(chunk)
                     checker.write(chunk)
                 checker.flush()
-                if hasher.hexdigest() != digest:
+                if hasher.hexdigest() != digest or head != ZSTD_MAGIC:
                     raise CorruptBlobError(digest, self.path(digest))
         except zstandard.ZstdError:
             raise CorruptBlobError(digest, self.path(digest)) from None
@@ -224,7 +367,9 @@ class ContentStore:
         count, ahead = 0, b""
         try:
             with f:
-                reader = zstandard.ZstdDecompressor().stream_reader(f)
+                start = _raw_start(f.read(8))
+                f.seek(start or 0)
+                reader = f if start is not None else zstandard.ZstdDecompressor().stream_reader(f)
                 while chunk := reader.read(_CHUNK):
                     if ahead:
                         yield ahead
@@ -255,6 +400,137 @@ class ContentStore:
     def copy_to(self, digest: str, out: BinaryIO, size: int | None = None) -> None:
         for chunk in self.stream(digest, size):
             out.write(chunk)
+
+    def write_to(self, digest: str, size: int | None, out: BinaryIO, plain_file: bool = False) -> None:
+        """Write the blob to `out`, checked as the module's doc says; `size` is what its tree entry
+        says it holds (without it, a compressed blob is hashed too). `plain_file` says `out` is a
+        file whose descriptor the bytes may go to directly, bypassing its buffer, so that a blob
+        kept as it is is copied in the kernel.
+
+        Like `stream`, it may raise CorruptBlobError after writing some bytes: callers publish
+        nothing before it returns. Archive writers call this for every file of a tree, so it
+        works on bare descriptors, with one decompressor per thread.
+        """
+        try:
+            fd = os.open(self._where(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            self.copy_to(digest, out, size)  # from the remote, or MissingBlobError
+            return
+        try:
+            self._write_from(digest, fd, size, out, plain_file)
+        finally:
+            os.close(fd)
+
+    def _write_from(self, digest: str, fd: int, size: int | None, out: BinaryIO, plain_file: bool) -> None:
+        stored = os.fstat(fd).st_size
+        head = os.pread(fd, 18, 0)  # the magic number and the largest zstd frame header
+        start = _raw_start(head)
+        if start is not None:
+            self._write_raw(digest, fd, start, stored - start, size, out, plain_file)
+            return
+        zstandard = _zstd()
+        try:
+            checked = zstandard.get_frame_parameters(head).has_checksum
+        except zstandard.ZstdError:
+            checked = False
+        if not checked or size is None:  # stored before blobs carried zstd's checksum: hash it
+            self.copy_to(digest, out, size)
+            return
+        try:
+            if stored <= _ONE_SHOT:
+                data = _decompressor().decompress(os.pread(fd, stored, 0), max_output_size=size + 1)
+                if len(data) == size:
+                    out.write(data)
+                    return
+                # More frames than one, or the wrong length: `stream` tells which, and says why.
+                self.copy_to(digest, out, size)
+                return
+            count = 0
+            with open(fd, "rb", closefd=False) as f:
+                reader = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+                while chunk := reader.read(_CHUNK):
+                    count += len(chunk)
+                    if count > size:
+                        raise self._size_mismatch(digest, count, size)
+                    out.write(chunk)
+            if count != size:
+                raise self._size_mismatch(digest, count, size)
+        except zstandard.ZstdError:
+            raise self._corrupt(digest) from None
+
+    def link_to(self, digest: str, target: Path) -> bool:
+        """Hard-link the blob, verified, at `target` for a reader that never writes to it (mk's own
+        action functions); False when it is not stored as it is here (then copy it)."""
+        try:
+            fd = os.open(self._where(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            if _raw_start(os.pread(fd, 8, 0)) != 0:  # compressed, or after a header: no use to a reader
+                return False
+            self._check_raw(digest, fd, 0)
+        finally:
+            os.close(fd)
+        try:
+            os.link(self._where(digest), target)
+        except OSError:
+            return False
+        return True
+
+    def _check_raw(self, digest: str, fd: int, start: int) -> None:
+        """Hash a blob kept as it is, which begins at `start` of the open stored file `fd`."""
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        # Read in chunks, not mapped: a mapping's pages count towards the process's resident set.
+        buffer = bytearray(_CHUNK)
+        offset = start
+        while count := os.preadv(fd, [buffer], offset):
+            hasher.update(memoryview(buffer)[:count])
+            offset += count
+        if hasher.hexdigest() != digest:
+            raise self._corrupt(digest)
+
+    def _write_raw(self, digest: str, fd: int, start: int, stored: int, size: int | None, out: BinaryIO,
+                   plain_file: bool) -> None:
+        """Write a blob kept as it is, `stored` bytes from `start` of the open stored file `fd`,
+        hashing it on the way."""
+        if size is not None and stored != size:
+            raise self._size_mismatch(digest, stored, size)
+        if plain_file and stored > _ONE_SHOT:  # (a small one costs fewer system calls read and written)
+            self._check_raw(digest, fd, start)  # then the bytes need not pass through here
+            out.flush()
+            _copy_range(fd, out.fileno(), stored, start)
+            return
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        offset = start
+        while chunk := os.pread(fd, _CHUNK, offset):
+            hasher.update(chunk)
+            out.write(chunk)
+            offset += len(chunk)
+        if hasher.hexdigest() != digest:
+            raise self._corrupt(digest)
+
+    def _size_mismatch(self, digest: str, count: int, size: int) -> CorruptBlobError:
+        if count > size:
+            return self._corrupt(digest, f"it holds more than the {size} bytes its tree entry says")
+        return self._corrupt(digest, f"it holds {count} bytes, its tree entry says {size}")
+
+    @contextlib.contextmanager
+    def compressed(self, digest: str) -> Iterator[tuple[BinaryIO, int]]:
+        """The blob as zstd (what a remote cache takes) and its uncompressed size, verified first:
+        the stored file itself, or for a blob stored as it is, a compressed copy in a temp file."""
+        size = sum(len(chunk) for chunk in self.stream(digest))
+        with open(self._where(digest), "rb") as f:
+            start = _raw_start(f.read(8))
+            f.seek(start or 0)
+            if start is None:
+                yield f, size
+                return
+            import tempfile
+
+            with tempfile.TemporaryFile(dir=self.root) as packed:
+                _streaming_compressor().copy_stream(f, packed)
+                packed.seek(0)
+                yield packed, size
 
     def verify(self, digest: str) -> bool:
         try:

@@ -282,6 +282,7 @@ def _reason(error: BaseException) -> str:
 # ---- plain downloads (Debian archives): the same client, without the cache's layout ------------
 
 _DOWNLOAD_CONNECT, _DOWNLOAD_READ = 10.0, 60.0
+_DOWNLOAD_REDIRECTS = 5
 _downloads: urllib3.PoolManager | None = None
 _downloads_lock = threading.Lock()
 
@@ -296,10 +297,15 @@ def get_chunks(url: str, shown: str) -> Iterator[bytes]:
             _downloads = urllib3.PoolManager(maxsize=8, headers={"User-Agent": "mk"})
         pool = _downloads
     try:
-        response = pool.request("GET", url, preload_content=False, retries=False,
+        # Redirects are followed (a snapshot archive sends an inexact time to the snapshot it has;
+        # mirrors move to https): the caller checks every byte, wherever it came from. Nothing
+        # else is retried here; the caller decides.
+        response = pool.request("GET", url, preload_content=False,
+                                retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0,
+                                                      redirect=_DOWNLOAD_REDIRECTS, raise_on_redirect=True),
                                 timeout=urllib3.Timeout(connect=_DOWNLOAD_CONNECT, read=_DOWNLOAD_READ))
     except _ERRORS as e:
-        raise TransportError(f"{shown}: {type(e).__name__}: {e}") from None
+        raise TransportError(f"{shown}: {_reason(e)}") from None
     try:
         if response.status != 200:
             reason = "404 Not Found" if response.status == 404 else f"HTTP {response.status}"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
+import itertools
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,8 +64,14 @@ class LocalCache:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def scratch_dir(self, name: str) -> Iterator[Path]:
-        """A private temp directory under the cache (same filesystem, so renames are atomic)."""
+    def scratch_dir(self, name: str, remove_later: bool = False) -> Iterator[Path]:
+        """A private temp directory under the cache (same filesystem, so renames are atomic).
+
+        With `remove_later` (an action's, one of many), it is renamed out of the way at the end and
+        removed by a background thread, which the process waits for when it exits: removing
+        folders waits on the filesystem's journal, which a busy disk makes slow, and the next
+        action need not wait for it. A process killed first leaves it to `sweep_stale_scratch`.
+        """
         base = self.root / SCRATCH.name
         base.mkdir(exist_ok=True)
         path = base / f"{os.getpid()}-{name}"
@@ -70,7 +80,10 @@ class LocalCache:
         try:
             yield path
         finally:
-            remove_tree(path)
+            if remove_later:
+                _REMOVER.remove(path, base / f"{os.getpid()}-done-{next(_DONE)}")
+            else:
+                remove_tree(path)
 
     def sweep_stale_scratch(self) -> None:
         """Remove scratch left by processes that died (SIGKILL) before cleaning up."""
@@ -92,6 +105,41 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class _Remover:
+    """Removes folders on a thread of its own; the process waits for it at exit."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def remove(self, path: Path, aside: Path) -> None:
+        try:
+            os.rename(path, aside)  # so the name is free at once for the next user
+        except OSError:
+            remove_tree(path)
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="mk-scratch-remover", daemon=True)
+                self._thread.start()
+                atexit.register(self._drain)
+        self._queue.put(aside)
+
+    def _run(self) -> None:
+        while (path := self._queue.get()) is not None:
+            remove_tree(path)
+
+    def _drain(self) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join()
+
+
+_REMOVER = _Remover()
+_DONE = itertools.count()
 
 
 def remove_tree(path: Path) -> None:

@@ -41,9 +41,12 @@ class CachePart:
 BLOBS = CachePart("cas", "blobs: outputs, logs and downloads, compressed", Policy.EVICTABLE)
 RESULTS = CachePart("ac", "action results", Policy.EVICTABLE)
 REMOTE_RESULTS = CachePart("remote-ac", "results verified from remote caches", Policy.EVICTABLE)
+FIXED_OUTPUTS = CachePart("by-sha256", "the blob of each download pinned by sha256 (packages, source files, tarballs)",
+                          Policy.EVICTABLE)
 STAT_CACHES = CachePart("stat", "stat caches of source files, one per workspace", Policy.EVICTABLE)
-TOOLCHAINS = CachePart("toolchains", "toolchains written out for sandboxes", Policy.DROPPED)
+REAPI_DIGESTS = CachePart("reapi-digests", "SHA-256 digests of blobs, for remote execution", Policy.EVICTABLE)
+TOOLCHAINS = CachePart("toolchains", "toolchains and input trees written out for sandboxes", Policy.DROPPED)
 SCRATCH = CachePart("tmp", "scratch space of running builds (what dead ones left is removed)", Policy.KEPT)
 LOCK = CachePart("lock", "the cache's lock", Policy.KEPT, is_file=True)
 
-CACHE_PARTS = (BLOBS, RESULTS, REMOTE_RESULTS, STAT_CACHES, TOOLCHAINS, SCRATCH, LOCK)
+CACHE_PARTS = (BLOBS, RESULTS, REMOTE_RESULTS, FIXED_OUTPUTS, STAT_CACHES, REAPI_DIGESTS, TOOLCHAINS, SCRATCH, LOCK)

@@ -14,6 +14,9 @@ What the build sees:
   blob it stored (tree contents) are uploaded in the background, then its signed result, never
   before its blobs are all there. Each blob is verified first: a corrupt local blob is removed
   (the next build makes it again) and neither it nor any result that needs it is uploaded.
+- `find_fixed(sha256)`, `publish_fixed(sha256, digest)`: the blob of a download pinned by sha256
+  (a Debian package), under a key made from the sha256 alone and signed like a result, so that
+  it is found whatever mk's code (and so the action keys) has become (see `fixed_outputs`).
 
 Failure policy: the remote can make a build slower but never wrong or failed. A result that is
 unsigned, wrongly signed, signed by an untrusted key or malformed is ignored (one warning per
@@ -40,7 +43,7 @@ from typing import TYPE_CHECKING, Literal, TextIO
 
 import blake3
 
-from mk.cache.action_cache import MAX_RESULT_BYTES, ActionCache, ActionResult
+from mk.cache.action_cache import MAX_RESULT_BYTES, ActionCache, ActionResult, OutputFile
 from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.cache.local import LocalCache
 from mk.cache.parts import REMOTE_RESULTS
@@ -54,6 +57,20 @@ if TYPE_CHECKING:
 
 # Blobs smaller than this are PUT without asking first (a HEAD costs as much as the upload).
 _HEAD_FIRST_BYTES = 256 << 10
+
+
+_FIXED_OUTPUT_CONTEXT = b"mk-fixed-output-sha256\0"
+
+
+def fixed_output_key(sha256: str) -> str:
+    """Where the remote cache keeps the blob of a download pinned by `sha256`: a key made from the
+    sha256 alone, so no change to mk (which changes action keys) loses it."""
+    return blake3.blake3(_FIXED_OUTPUT_CONTEXT + sha256.encode()).hexdigest()
+
+
+def _fixed_output_name(sha256: str) -> str:
+    """The one output its index entry names; an entry naming anything else is not one."""
+    return f"sha256/{sha256}"
 
 
 @dataclass(frozen=True)
@@ -254,6 +271,14 @@ class RemoteCache:
 
     def lookup(self, key: str) -> ActionResult | None:
         """The remote's result for `key` if a trusted key signed it for this key; else None."""
+        result = self._signed(key, counted=True)
+        if result is not None:
+            self.mirror.put(key, result)
+        return result
+
+    def _signed(self, key: str, counted: bool) -> ActionResult | None:
+        """The entry under `key` if a trusted key signed it for this key; `counted` in the hits
+        and misses of action results (an index entry of a pinned download is not one)."""
         if not self.reading:
             return None
         from mk.cache.http import TransportError
@@ -265,7 +290,7 @@ class RemoteCache:
             return None
         if envelope is None:
             with self._lock:
-                self.stats.misses += 1
+                self.stats.misses += counted
             return None
         try:
             result = verify(envelope, key, self._trust())
@@ -276,9 +301,28 @@ class RemoteCache:
                                     f"(first: {key[:16]}…: {e}); those actions run locally")
             return None
         with self._lock:
-            self.stats.hits += 1
-        self.mirror.put(key, result)
+            self.stats.hits += counted
         return result
+
+    # ---- downloads pinned by sha256 (see fixed_outputs) --------------------------------------
+
+    def find_fixed(self, sha256: str) -> str | None:
+        """The digest of the blob a trusted key published for this sha256, once that blob is in
+        the local store; None when the remote has none (or cannot be read)."""
+        result = self._signed(fixed_output_key(sha256), counted=False)
+        if result is None or [o.path for o in result.outputs] != [_fixed_output_name(sha256)]:
+            return None
+        digest = result.outputs[0].digest
+        return digest if self.fetch(digest) else None
+
+    def publish_fixed(self, sha256: str, digest: str) -> None:
+        """Upload a pinned download's blob (in the local store) and its signed index entry, in the
+        background, as `upload` does an action's."""
+        if not self.uploading:
+            return
+        empty_log = self._store.put_bytes(b"")
+        self.upload(fixed_output_key(sha256),
+                    ActionResult((OutputFile(_fixed_output_name(sha256), digest, False),), 0, empty_log))
 
     # ---- blobs ------------------------------------------------------------------------------
 
@@ -362,8 +406,7 @@ class RemoteCache:
             if (os.stat(path).st_size >= _HEAD_FIRST_BYTES and digest not in self._bad_remote_blobs
                     and client.head("cas", digest)):
                 return True
-            blob_size = sum(len(chunk) for chunk in self._store.stream(digest))  # verified, or raises
-            with open(path, "rb") as body:
+            with self._store.compressed(digest) as (body, blob_size):  # verified, or raises
                 size = os.fstat(body.fileno()).st_size
                 client.put("cas", digest, body, size, blob_size)
         except TransportError as e:

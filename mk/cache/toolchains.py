@@ -1,17 +1,19 @@
-"""Toolchains on disk: a tree manifest written out once per digest, for sandboxes to bind.
+"""Trees on disk: a tree manifest written out once per digest, for sandboxes to bind.
 
-`toolchains/<digest>/` holds the tree's files (decompressed from the content store; files of
-equal content are hard links to one inode), folders and symlinks, read-only. Device nodes and
-fifos are left out: the sandbox brings its own /dev. Setuid and setgid bits are dropped, as no
-sandbox could use them. A folder appears under its final name only once complete (it is built
-in the cache's scratch space and renamed), so a crash or Ctrl-C leaves nothing that the next
-build does not sweep away.
+A toolchain is bound as a sandbox's root; any other tree a command takes as input (a source
+tree, say) is bound read-only at its path in the execroot. `toolchains/<digest>-<layout>/`
+holds the tree's files (decompressed from the content store; files of equal content are hard
+links to one inode), folders and symlinks, read-only. Device nodes and fifos are left out: the
+sandbox brings its own /dev. Setuid and setgid bits are dropped, as no sandbox could use them.
+A folder appears under its final name only once complete (it is built in the cache's scratch
+space and renamed), so a crash or Ctrl-C leaves nothing that the next build does not sweep away.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from mk.cache.cas import ContentStore
@@ -23,6 +25,7 @@ from mk.cache.tree import Kind, Tree, TreeError
 # that the whole tree can be bound as the root with one mount.
 MOUNT_POINTS = ("dev", "proc", "tmp", "mk/execroot")
 _LAYOUT = 2  # in each folder's name: a copy written by an older mk (without mount points) is not used
+_PLAIN = "tree"  # the layout of a tree bound as an input: no mount points added to it
 
 
 class Toolchains:
@@ -34,24 +37,39 @@ class Toolchains:
         self._locks: dict[str, threading.Lock] = {}
 
     def root_for(self, digest: str) -> Path:
-        """The folder holding the tree whose manifest has `digest`, written out if need be."""
-        final = self.root / f"{digest}-{_LAYOUT}"
+        """The folder holding the toolchain whose manifest has `digest` (with the sandbox's mount
+        points), written out if need be."""
+        return self._folder(digest, str(_LAYOUT), MOUNT_POINTS, lambda: self._decoded(digest))
+
+    def root_for_named(self, name: str, tree: Callable[[], Tree]) -> Path:
+        """The folder holding a toolchain known by `name` (a remote worker's: its Directory
+        digest), written out from `tree()` if need be."""
+        return self._folder(name, str(_LAYOUT), MOUNT_POINTS, tree)
+
+    def tree_for(self, digest: str) -> Path:
+        """The folder holding the tree whose manifest has `digest`, as it is, written out if need be."""
+        return self._folder(digest, _PLAIN, (), lambda: self._decoded(digest))
+
+    def _decoded(self, digest: str) -> Tree:
+        return Tree.decode(self.cas.read_bytes(digest))
+
+    def _folder(self, name: str, layout: str, mount_points: tuple[str, ...], tree: Callable[[], Tree]) -> Path:
+        final = self.root / f"{name}-{layout}"
         if final.is_dir():
             return final
         with self._lock:
-            lock = self._locks.setdefault(digest, threading.Lock())
-        with lock:  # two actions of one build needing the same toolchain write it once
+            lock = self._locks.setdefault(final.name, threading.Lock())
+        with lock:  # two actions of one build needing the same tree write it once
             if not final.is_dir():
-                self._materialise(digest, final)
+                self._materialise(name, tree(), final, mount_points)
         return final
 
-    def _materialise(self, digest: str, final: Path) -> None:
-        tree = Tree.decode(self.cas.read_bytes(digest))
+    def _materialise(self, name: str, tree: Tree, final: Path, mount_points: tuple[str, ...]) -> None:
         self.cas.prefetch(e.digest for e in tree.files())  # from a remote cache, in parallel
-        with self.cache.scratch_dir(f"toolchain-{digest[:20]}") as scratch:
+        with self.cache.scratch_dir(f"tree-{name[:20]}") as scratch:
             partial = scratch / "root"
             partial.mkdir()
-            _write(tree, partial, self.cas)
+            _write(tree, partial, self.cas, mount_points)
             self.root.mkdir(exist_ok=True)
             try:
                 os.rename(partial, final)
@@ -60,7 +78,7 @@ class Toolchains:
                     raise
 
 
-def _write(tree: Tree, root: Path, cas: ContentStore) -> None:
+def _write(tree: Tree, root: Path, cas: ContentStore, mount_points: tuple[str, ...]) -> None:
     written: dict[tuple[str, int], Path] = {}
     folders: list[tuple[Path, int]] = []
     links: list[tuple[Path, Path]] = []  # after every file: a link may sort before its file
@@ -84,7 +102,7 @@ def _write(tree: Tree, root: Path, cas: ContentStore) -> None:
             links.append((root / entry.target, path))
     for target, path in links:
         os.link(target, path)
-    for mount_point in MOUNT_POINTS:  # where the sandbox mounts its own; whatever the tree had there is hidden
+    for mount_point in mount_points:  # where the sandbox mounts its own; whatever the tree had there is hidden
         folder = root / mount_point
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             raise TreeError(f"'{mount_point}' in the toolchain is not a folder; the sandbox mounts its own there")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mk.cache.cas import ContentStore
+from mk.cache.fixed_outputs import FixedOutputs
 from mk.engine.errors import Location
 from mk.engine.keys import StaticMaterial, static_material
 from mk.engine.labels import Label
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from mk.cache.tree import Tree
 
 Params = Mapping[str, object]
+# `Action.jobs` of a command that keeps as many cores busy as the build's -j gives it (make -j).
+ALL_JOBS = 0
 
 
 @dataclass(frozen=True, order=True)
@@ -33,18 +36,43 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class ActionWarning:
+    """Something an in-process action found wrong without failing, and where it is, if known."""
+
+    message: str
+    location: Location | None = None
+
+    def shown(self, action: Action) -> str:
+        where = self.location or action.where
+        return f"{where}: warning: {action.describe()}: {self.message}" if where else \
+            f"mk: warning: {action.describe()}: {self.message}"
+
+
+@dataclass(frozen=True)
 class ActionIO:
     """What an in-process action sees: its input files (already materialised), its output paths,
-    a scratch folder, the content store (for actions that produce or read trees), and `source_url`,
-    which gives the base URL of a named download source (the "debian" archive, say). That is
-    looked up at run time on purpose: where a file is downloaded from never enters a key."""
+    a scratch folder, the content store (for actions that produce or read trees), `fixed_outputs`
+    (downloads pinned by sha256, found in the local store or the remote cache), and `source_urls`,
+    which gives the base URLs of a named download source (the "debian" archive, say), in the
+    order to try them. Those are looked up at run time on purpose: where a file is downloaded
+    from never enters a key.
+
+    `warn` reports something wrong that does not stop the action; the build prints it after the
+    action has run (like a compiler's warning, not again while its result is cached) and keeps it
+    in the action's log."""
 
     inputs: Mapping[str, Path]
     outputs: Mapping[str, Path]
     params: Params
     cas: ContentStore
     scratch: Path
-    source_url: Callable[[str], str]
+    fixed_outputs: FixedOutputs
+    source_urls: Callable[[str], tuple[str, ...]]
+    warnings: list[ActionWarning] = field(default_factory=list)
+
+    def warn(self, message: str, location: Location | None = None) -> None:
+        """`location`: where the problem is, if not in the action's own BUILD line (a line of an input)."""
+        self.warnings.append(ActionWarning(message, location))
 
     def output(self, index: int = 0) -> Path:
         """The path of the action's `index`-th declared output."""
@@ -93,8 +121,16 @@ class Action:
     command: tuple[str, ...] | None = None
     function: Callable[[ActionIO], None] | None = field(default=None, compare=False)
     toolchain: Artifact | None = None  # a command's root filesystem: a tree artifact among `inputs`
+    local: bool = False  # never sent to a remote executor (where it runs is not part of its key)
+    # How many of the build's -j slots a command keeps busy: 1, or ALL_JOBS (a parallel make). The
+    # scheduler reserves them and the command reads how many it got in $MK_JOBS. Not in the key:
+    # the outputs must not depend on it, so a result made with -j 2 serves a build with -j 16.
+    jobs: int = 1
     # Where its owner is declared, for its errors; set by analysis, never part of the key.
     where: Location | None = field(default=None, compare=False)
+    # The target platform its owner was configured for ("linux/arm64"), if it was: set by analysis for
+    # `mk explain`, never part of the key (what the platform changes reaches the key by itself).
+    platform: str | None = field(default=None, compare=False)
 
     @property
     def runs_on_host_tools(self) -> bool:
@@ -103,6 +139,11 @@ class Action:
 
     def describe(self) -> str:
         return f"{self.mnemonic} {self.owner}"
+
+    def slots(self, build_jobs: int) -> int:
+        """The -j slots this action takes in a build run with `-j build_jobs`."""
+        width = max(1, build_jobs)
+        return width if self.jobs == ALL_JOBS else max(1, min(self.jobs, width))
 
     def __reduce__(self) -> tuple[Callable[[dict[str, object]], Action], tuple[dict[str, object]]]:
         # In the analysis cache the function is kept by name, so loading a cached graph imports

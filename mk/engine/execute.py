@@ -1,10 +1,12 @@
 """Runs one action in a private scratch directory and stores its outputs in the content store.
 
 Inputs are materialised at their workspace-relative paths; a command runs in the sandbox (see
-`sandbox`), which shows it those and its toolchain, and nothing else. Outputs are checked,
-stored, and only then described by an action result, so an interrupted action leaves no trace
-but its scratch directory, which is removed on the way out (or by the next build if this process
-was killed).
+`sandbox`), which shows it those and its toolchain, and nothing else. A command sees a tree input
+as the folder it describes, and makes a tree output by filling a folder at its path, which is
+read into a tree (see `mk.cache.tree_capture`). Outputs are checked, stored, and only then
+described by an action result, so an interrupted action leaves no trace but its scratch
+directory, which is removed on the way out (or by the next build if this process was killed).
+What a command printed is its log, kept in the content store whether it succeeded or failed.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mk.cache.action_cache import ActionResult, OutputFile
 from mk.cache.cas import ContentStore, digest_file
+from mk.cache.fixed_outputs import FixedOutputs
 from mk.cache.fsutil import CacheFileError
 from mk.cache.local import LocalCache, remove_tree
 from mk.cache.stat_cache import FileDigest
@@ -31,9 +35,17 @@ from mk.engine.cache_parts import SANDBOX_DEBUG
 from mk.engine.errors import MkError
 from mk.engine.reaper import Reaper
 
+if TYPE_CHECKING:
+    from mk.cache.remote import RemoteCache
+
 FIXED_PATH = "/usr/local/bin:/usr/bin:/bin"
 HOST_TOOLCHAIN = "the host's /usr (toolchain = \"host\")"
 _STDERR_TAIL = 4000
+
+
+def _indented(script: str) -> str:
+    """A multi-line script under the `command:` line of a failure, its later lines indented to match."""
+    return script.strip("\n").replace("\n", "\n" + " " * len("  command: "))
 
 
 def copyfile(source: Path, target: Path) -> None:
@@ -43,7 +55,43 @@ def copyfile(source: Path, target: Path) -> None:
 
 
 class ActionFailed(MkError):
-    pass
+    """`log`: the digest of what the failed command printed, kept in the content store ("" if none)."""
+
+    def __init__(self, message: str, log: str = "") -> None:
+        super().__init__(message)
+        self.log = log
+
+
+def command_environment(action: Action, jobs: int) -> dict[str, str]:
+    """The whole environment of a command: fixed, plus what its action declares. `jobs`: the -j
+    slots it got, in $MK_JOBS (never in a key: outputs must not depend on it)."""
+    declared_env = action.params.get("env", {})
+    assert isinstance(declared_env, Mapping)
+    return {
+        "PATH": FIXED_PATH,
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "MK_JOBS": str(jobs),
+        **{str(k): str(v) for k, v in declared_env.items()},
+    }
+
+
+def run_sandboxed(command: Sequence[str], env: Mapping[str, str], layout: sandbox.Layout, stdout_path: Path,
+                  stderr_path: Path, processes: RunningProcesses) -> int:
+    """Run `command` in the sandbox `layout` describes (its tmp is made here); its exit code, or
+    minus the signal that killed it. Raises ValueError (a NUL byte) or OSError (cannot start)."""
+    layout.tmp.mkdir()
+    argv = [sandbox.bubblewrap(), *sandbox.arguments(layout), "--", *command]
+    with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+        proc = subprocess.Popen(argv, cwd=layout.execroot, env=dict(env), stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=stderr, umask=0o022, start_new_session=True)
+        processes.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            processes.remove(proc)
 
 
 class RunningProcesses:
@@ -78,19 +126,23 @@ class RunningProcesses:
 
 class Executor:
     def __init__(
-        self, cache: LocalCache, cas: ContentStore, workspace_root: Path, source_url: Callable[[str], str],
-        sandbox_debug: bool = False,
+        self, cache: LocalCache, cas: ContentStore, workspace_root: Path,
+        source_urls: Callable[[str], tuple[str, ...]], remote: RemoteCache | None = None, sandbox_debug: bool = False,
+        jobs: int = 1,
     ) -> None:
         self.cache = cache
         self.cas = cas  # the local store, reading what it lacks from this build's remote cache (if any)
         self.root = workspace_root
-        self.source_url = source_url
+        self.source_urls = source_urls
+        self.fixed_outputs = FixedOutputs(cas, remote)
         self.processes = RunningProcesses()
         self.toolchains = Toolchains(cache, cas)
         self.sandbox_debug = sandbox_debug  # keep each command's sandbox and show how it was made
+        self.jobs = jobs  # the build's -j: a command is told in $MK_JOBS how many slots of it are its own
+        self.warnings: list[str] = []  # what in-process actions warned of, as shown, in the order they ran
 
     def run(self, action: Action, key: str, inputs: Mapping[str, FileDigest]) -> ActionResult:
-        with self.cache.scratch_dir(key[:20]) as scratch:
+        with self.cache.scratch_dir(key[:20], remove_later=True) as scratch:
             try:
                 return self._run_in(action, inputs, scratch)
             finally:
@@ -101,41 +153,54 @@ class Executor:
         execroot = scratch / "execroot"
         execroot.mkdir()
         staged = tuple(a for a in action.inputs if a != action.toolchain)  # the toolchain is the root
-        self.cas.prefetch(inputs[a.path].digest for a in staged if not a.is_source)
+        # A command sees each tree input as a folder, bound from its written-out copy.
+        folders = tuple(a for a in staged if a.is_tree) if action.command is not None else ()
+        self.cas.prefetch(inputs[a.path].digest for a in staged if not a.is_source and a not in folders)
         for artifact in staged:
-            self._materialise(artifact.path, artifact.is_source, inputs[artifact.path], execroot)
+            if artifact in folders:
+                (execroot / artifact.path).mkdir(parents=True)
+            else:
+                self._materialise(artifact.path, artifact.is_source, inputs[artifact.path], execroot,
+                                  action.command is None)
         for artifact in action.outputs:
             (execroot / artifact.path).parent.mkdir(parents=True, exist_ok=True)
         if action.command is not None:
             toolchain = action.toolchain
-            root = None if toolchain is None else self._toolchain_root(action, inputs[toolchain.path].digest)
+            root = None if toolchain is None else self._written_out(action, inputs[toolchain.path].digest, True)
+            trees = tuple((a.path, self._written_out(action, inputs[a.path].digest, False)) for a in folders)
             layout = sandbox.Layout(root, execroot, scratch / "tmp", tuple(a.path for a in staged),
-                                    tuple(os.path.dirname(a.path) for a in action.outputs))
+                                    tuple(os.path.dirname(a.path) for a in action.outputs), trees)
             log = self._run_command(action, layout, scratch)
         else:
             log = self._run_function(action, execroot, scratch)
         outputs = tuple(self._collect(action, a, execroot) for a in action.outputs)
         return ActionResult(outputs, 0, self.cas.put_bytes(log))
 
-    def _materialise(self, path: str, is_source: bool, want: FileDigest, execroot: Path) -> None:
+    def _materialise(self, path: str, is_source: bool, want: FileDigest, execroot: Path, only_read: bool) -> None:
+        """`only_read`: mk's own function reads the file and never writes it, so a blob stored as
+        it is may be linked in rather than copied (a command could write through the link)."""
         target = execroot / path
         target.parent.mkdir(parents=True, exist_ok=True)
+        if only_read and not is_source and not want.executable and self.cas.link_to(want.digest, target):
+            return
         if is_source:
             copyfile(self.root / path, target)
             if digest_file(target) != want.digest:
                 raise MkError(f"source file '{path}' changed while the build was running; run mk again")
         else:
             with open(target, "wb") as out:
-                self.cas.copy_to(want.digest, out)
+                self.cas.write_to(want.digest, None, out, plain_file=True)
         os.chmod(target, 0o555 if want.executable else 0o444)
 
-    def _toolchain_root(self, action: Action, digest: str) -> Path:
+    def _written_out(self, action: Action, digest: str, toolchain: bool) -> Path:
+        """The folder of a toolchain (with the sandbox's mount points) or of a tree input."""
         from mk.cache.tree import TreeError  # only when a command runs
 
         try:
-            return self.toolchains.root_for(digest)
+            return self.toolchains.root_for(digest) if toolchain else self.toolchains.tree_for(digest)
         except TreeError as e:
-            raise ActionFailed(f"{action.describe()}: its toolchain is not a tree: {e}") from None
+            what = "its toolchain" if toolchain else "a tree it takes"
+            raise ActionFailed(f"{action.describe()}: {what} is not a tree: {e}") from None
         except OSError as e:
             if isinstance(e, CacheFileError):  # it already says what and where
                 raise
@@ -144,62 +209,38 @@ class Executor:
 
     def _run_command(self, action: Action, layout: sandbox.Layout, scratch: Path) -> bytes:
         assert action.command is not None
-        layout.tmp.mkdir()
-        declared_env = action.params.get("env", {})
-        assert isinstance(declared_env, Mapping)
-        env = {
-            "PATH": FIXED_PATH,
-            "LC_ALL": "C.UTF-8",
-            "TZ": "UTC",
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
-            **{str(k): str(v) for k, v in declared_env.items()},
-        }
-        argv = [sandbox.bubblewrap(), *sandbox.arguments(layout), "--", *action.command]
         if self.sandbox_debug:
             import shlex
 
+            argv = [sandbox.bubblewrap(), *sandbox.arguments(layout), "--", *action.command]
             print(f"mk: sandbox of {action.describe()}: {shlex.join(argv)}", file=sys.stderr)
         stdout_path, stderr_path = scratch / "stdout", scratch / "stderr"
-        with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=layout.execroot,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=stdout,
-                    stderr=stderr,
-                    umask=0o022,
-                    start_new_session=True,
-                )
-            except ValueError as e:  # a NUL byte in the command or the environment
-                raise ActionFailed(f"{action.describe()} cannot run: its command holds a NUL byte ({e})") from None
-            except OSError as e:
-                size = sum(len(a) for a in action.command)
-                raise ActionFailed(f"{action.describe()} cannot run its command ({size} bytes): "
-                                   f"{e.strerror or e}") from None
-            self.processes.add(proc)
-            try:
-                code = proc.wait()
-            finally:
-                self.processes.remove(proc)
+        try:
+            env = command_environment(action, action.slots(self.jobs))
+            code = run_sandboxed(action.command, env, layout, stdout_path, stderr_path, self.processes)
+        except ValueError as e:  # a NUL byte in the command or the environment
+            raise ActionFailed(f"{action.describe()} cannot run: its command holds a NUL byte ({e})") from None
+        except OSError as e:
+            size = sum(len(a) for a in action.command)
+            raise ActionFailed(f"{action.describe()} cannot run its command ({size} bytes): "
+                               f"{e.strerror or e}") from None
         out, err = stdout_path.read_bytes(), stderr_path.read_bytes()
         if self.processes.cancelled.is_set():
             raise ActionFailed(f"{action.describe()} was interrupted")
         if code != 0:
+            log = self.cas.put_bytes(out + err)  # for `mk log`: a failed build's output is kept too
             how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
             text = err.decode("utf-8", "replace")[-_STDERR_TAIL:]
             toolchain = HOST_TOOLCHAIN if action.toolchain is None else f"the toolchain {action.toolchain.path}"
             if text.startswith("bwrap: execvp"):  # the sandbox was made, but holds no such program
                 raise ActionFailed(f"{action.describe()} cannot run {action.command[0]}: {toolchain} does not "
-                                   f"hold it ({text.strip()})")
+                                   f"hold it ({text.strip()})", log)
             if text.startswith("bwrap: "):  # bubblewrap itself failed, before the command started
-                raise ActionFailed(f"{action.describe()}: mk could not set up its sandbox: {text.strip()}")
+                raise ActionFailed(f"{action.describe()}: mk could not set up its sandbox: {text.strip()}", log)
             raise ActionFailed(
-                f"{action.describe()} failed ({how})\n  command: {action.command[-1]}\n"
+                f"{action.describe()} failed ({how})\n  command: {_indented(action.command[-1])}\n"
                 + "".join(f"  | {line}\n" for line in text.splitlines())
-                + sandbox.failure_hint(text, toolchain)
+                + sandbox.failure_hint(text, toolchain, action.platform), log
             )
         return out + err
 
@@ -223,13 +264,17 @@ class Executor:
             params=action.params,
             cas=self.cas,
             scratch=work,
-            source_url=self.source_url,
+            fixed_outputs=self.fixed_outputs,
+            source_urls=self.source_urls,
         )
         try:
             action.function(io)
         except (OSError, ValueError) as e:
-            raise ActionFailed(f"{action.describe()} failed: {e}") from e
-        return b""
+            message = f"{action.describe()} failed: {e}"
+            raise ActionFailed(message, self.cas.put_bytes(f"{message}\n".encode())) from e
+        shown = [warning.shown(action) for warning in io.warnings]
+        self.warnings += shown  # (one list.extend: atomic, as actions run on several threads)
+        return "".join(f"{line}\n" for line in shown).encode()
 
     def _collect(self, action: Action, artifact: Artifact, execroot: Path) -> OutputFile:
         path = artifact.path
@@ -238,13 +283,33 @@ class Executor:
             st = os.lstat(file)
         except FileNotFoundError:
             raise ActionFailed(f"{action.describe()} did not create its declared output '{path}'") from None
+        if artifact.is_tree and action.command is not None:
+            return self._capture(action, artifact, file)
         if not stat.S_ISREG(st.st_mode):
             raise ActionFailed(f"{action.describe()}: output '{path}' is not a regular file")
-        digest = self.cas.put_file(file)
+        digest = self.cas.put_file(file, owned=True)  # scratch: nothing writes to it again
         output = OutputFile(path, digest, bool(st.st_mode & stat.S_IXUSR), artifact.is_tree)
         if artifact.is_tree:
             self._check_tree(action, output)
         return output
+
+    def _capture(self, action: Action, artifact: Artifact, folder: Path) -> OutputFile:
+        """A command's tree output: the folder it filled, read into a tree."""
+        from mk.cache.tree import TreeError  # only when a command made a tree
+        from mk.cache.tree_capture import capture
+
+        if not folder.is_dir() or folder.is_symlink():
+            raise ActionFailed(f"{action.describe()}: tree output '{artifact.path}' is not a folder; a command "
+                               "makes a tree by filling a folder at its path")
+        try:
+            tree = capture(folder, self.cas)
+        except TreeError as e:
+            raise ActionFailed(f"{action.describe()}: tree output '{artifact.path}': {e}") from None
+        except OSError as e:  # a file the command left unreadable, say
+            where = os.path.relpath(e.filename, folder) if e.filename else "?"
+            raise ActionFailed(f"{action.describe()}: tree output '{artifact.path}': cannot read '{where}': "
+                               f"{e.strerror or e}") from None
+        return OutputFile(artifact.path, self.cas.put_bytes(tree.encode()), False, True)
 
     def _check_tree(self, action: Action, output: OutputFile) -> None:
         """A tree output must be a readable manifest whose every file is in the store: its result

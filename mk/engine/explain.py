@@ -20,13 +20,18 @@ from mk.cache.local import workspace_name
 from mk.engine.actions import Action
 from mk.engine.cache_parts import EXPLAIN
 from mk.engine.keys import KeyMaterial
+from mk.engine.platforms import Platform, host_platform, output_prefix
 
 _FORMAT = 2
 Material = dict[str, object]
 
 
 def identity(action: Action) -> str:
+    """Without the platform's output folder: the same action built for another platform is the same
+    entry, so explain can say that the platform is what changed."""
     first = action.outputs[0].path if action.outputs else ""
+    if action.platform is not None:
+        first = first.removeprefix(output_prefix(Platform.parse(action.platform)))
     return f"{action.owner}|{action.mnemonic}|{first}"
 
 
@@ -58,7 +63,8 @@ class ExplainLog:
     def record(self, seen_now: Iterable[tuple[Action, KeyMaterial]], executed: Iterable[Action]) -> None:
         """Remember this build: the material of every action it considered, and which ran."""
         seen, _ = self._load()
-        current = {identity(a): m.record() for a, m in seen_now}
+        current = {identity(a): {**m.record(), "target_platform": a.platform or str(host_platform())}
+                   for a, m in seen_now}
         last = []
         for action in executed:
             ident = identity(action)
@@ -88,6 +94,8 @@ def reasons(entry: Entry) -> list[str]:
     if before is None:
         return ["first build"]
     found: list[str] = []
+    if "target_platform" in before and before["target_platform"] != now.get("target_platform"):
+        found.append(f"target platform changed ({before['target_platform']} -> {now.get('target_platform')})")
     if before.get("schema") != now.get("schema"):
         found.append(f"key schema changed ({before.get('schema')} -> {now.get('schema')})")
     if before.get("implementation") != now.get("implementation"):

@@ -15,6 +15,7 @@ from mk.engine.errors import Location, MkError
 from mk.engine.graph_cache import GraphCache
 from mk.engine.labels import Label
 from mk.engine.placed import Placement
+from mk.engine.platforms import Platform, graph_key_parts, host_platform
 from mk.engine.registry import Registry
 from mk.engine.workspace import Workspace
 
@@ -42,11 +43,17 @@ class Graph:
     # `mk run` and `mk watch --run`, so a no-op build does not import the modules that define them.
     requested_providers: bytes
     host_tool_commands: int  # commands on the host's tools: the build keys them by its package database
+    platforms: tuple[str, ...] = ()  # the target platforms it was analysed for, unless the host's alone
+
+
+def graph_key(patterns: Sequence[str], groups: Sequence[str], platforms: tuple[Platform, ...]) -> list[str]:
+    """What names an analysed graph in the analysis cache: what was asked, for which platforms."""
+    return [*patterns, *(f"group:{g}" for g in groups), *graph_key_parts(platforms or (host_platform(),))]
 
 
 def analyse_here(
     workspace: Workspace, registry: Registry, graph_cache: GraphCache, patterns: Sequence[str],
-    groups: Sequence[str] = (), seconds: float | None = None,
+    groups: Sequence[str] = (), seconds: float | None = None, platforms: tuple[Platform, ...] = (),
 ) -> Graph:
     """Load and analyse in this process, and save the graph. Only the actions that the requested
     files need are kept (an image's `tar` format is not built unless its output group is asked for)."""
@@ -58,18 +65,23 @@ def analyse_here(
     for pattern in patterns:
         labels.update(dict.fromkeys(loader.expand(pattern)))
     analyzer = Analyzer(loader, workspace.settings.source_date_epoch, dict.fromkeys(labels, tuple(groups)))
-    requested = [analyzer.analyze(label) for label in labels]
+    requested = {requested_name(label, p): analyzer.analyze(label, p)
+                 for p in platforms or (host_platform(),) for label in labels}
     targets = analyzer.closure()
-    actions = tuple(a for t in targets for a in t.actions)
     producers: dict[str, Action] = {}
-    for action in actions:
+    unique: list[Action] = []
+    for action in (a for t in targets for a in t.actions):
+        if action.outputs and producers.get(action.outputs[0].path) == action:
+            continue  # a shared action that a target configured for another platform declared too
+        unique.append(action)
         for out in action.outputs:
             if out.path in producers:
                 raise MkError(
                     f"'{out.path}' is an output of both {producers[out.path].owner} and {action.owner}"
                 )
             producers[out.path] = action
-    files = {str(t.target.label): _files(t, groups) for t in requested}
+    actions = tuple(unique)
+    files = {name: _files(t, groups) for name, t in requested.items()}
     requested_files = tuple(dict.fromkeys(f for fs in files.values() for f in fs))
     placement = Placement.of((label, tuple(dict.fromkeys(f.path for f in fs if not f.is_source)))
                              for label, fs in files.items())
@@ -78,10 +90,17 @@ def analyse_here(
     for action in actions:  # computed now, so the cached graph carries them
         _ = action.static.digest, action.sorted_inputs
     graph = Graph(len(targets), requested_files, placement, actions, _source_files(targets, actions, requested_files),
-                  pickle.dumps({str(t.target.label): t.providers for t in requested}),
-                  sum(a.runs_on_host_tools for a in actions))
+                  pickle.dumps({name: t.providers for name, t in requested.items()}),
+                  sum(a.runs_on_host_tools for a in actions),
+                  () if not platforms or platforms == (host_platform(),) else tuple(map(str, platforms)))
     graph_cache.save(graph, loader.observed)
     return graph
+
+
+def requested_name(label: Label, platform: Platform) -> str:
+    """How a requested target is named in mk-out's record and among the providers: by its label, and
+    its platform too when that is not the host's (both may be built, and placed, side by side)."""
+    return str(label) if platform == host_platform() else f"{label} ({platform})"
 
 
 def _files(configured: ConfiguredTarget, groups: Sequence[str]) -> list[Artifact]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mk.engine.errors import MkError
+from mk.engine.platforms import Platform
 
 if TYPE_CHECKING:
     from mk.engine.graph import Graph
@@ -39,6 +40,7 @@ class Request:
     cache_root: Path
     patterns: tuple[str, ...]
     groups: tuple[str, ...]
+    platforms: tuple[Platform, ...]
     answer: Path  # where the child writes its answer
     memory_mib: int
     seconds: int
@@ -46,11 +48,11 @@ class Request:
 
 def analyse_in_child(
     workspace: Workspace, registry: Registry, graph_cache: GraphCache, patterns: Sequence[str],
-    groups: Sequence[str], scratch: Path,
+    groups: Sequence[str], scratch: Path, platforms: tuple[Platform, ...] = (),
 ) -> Graph:
     settings = workspace.settings
     answer = scratch / "analysis"
-    request = Request(workspace, registry, graph_cache.cache_root, tuple(patterns), tuple(groups), answer,
+    request = Request(workspace, registry, graph_cache.cache_root, tuple(patterns), tuple(groups), platforms, answer,
                       settings.load_memory_mib, settings.load_seconds)
     proc = subprocess.run([sys.executable, "-m", "mk.engine.isolated"], input=pickle.dumps(request),
                           stderr=subprocess.PIPE, check=False)
@@ -98,14 +100,15 @@ def _main() -> None:
     # ends the process, which the parent reports.
     cpu = request.seconds + _CPU_GRACE
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))  # SIGXCPU first, SIGKILL 5 s later
-    from mk.engine.graph import analyse_here
+    from mk.engine.graph import analyse_here, graph_key
     from mk.engine.graph_cache import GraphCache
 
     graph_cache = GraphCache(request.cache_root, request.workspace.root,
-                             [*request.patterns, *(f"group:{g}" for g in request.groups)])
+                             graph_key(request.patterns, request.groups, request.platforms))
     try:
         answer: tuple[str, object] = ("graph", analyse_here(request.workspace, request.registry, graph_cache,
-                                                            request.patterns, request.groups, request.seconds))
+                                                            request.patterns, request.groups, request.seconds,
+                                                            request.platforms))
     except MkError as e:
         answer = ("error", (e.message, e.location))
     except MemoryError:

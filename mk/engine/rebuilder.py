@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from mk.engine.keys import KeyMaterial
 
 if TYPE_CHECKING:
     from mk.cache.remote import RemoteCache
+    from mk.engine.remote_exec import RemoteExecutor
 
 # How the key, and `mk explain`, name the host's tools (the digest of its package database).
 HOST_TOOLS = "the host's tools (toolchain = \"host\")"
@@ -48,6 +50,7 @@ class Rebuilder:
         force: bool = False,
         remote: RemoteCache | None = None,
         upload_host_results: bool = False,
+        remote_executor: RemoteExecutor | None = None,
     ) -> None:
         self.cache = cache
         self.executor = executor
@@ -58,6 +61,17 @@ class Rebuilder:
         # Results of commands run on the host's tools hold whatever those tools made on this
         # machine: shared only when the workspace asks for it.
         self.upload_host_results = upload_host_results
+        self.remote_executor = None if force else remote_executor
+
+    def runs_remotely(self, action: Action) -> bool:
+        """Whether `action` goes to the remote executor (the scheduler keeps more of those in flight)."""
+        return self.remote_executor is not None and self.remote_executor.accepts(action)
+
+    def stop(self) -> None:
+        """Ctrl-C: stop every command running here, and every action under way remotely."""
+        self.executor.processes.kill_all()
+        if self.remote_executor is not None:
+            self.remote_executor.cancel_all()
 
     def material(self, action: Action, inputs: Mapping[str, FileDigest]) -> KeyMaterial:
         files = tuple((path, f"{inputs[path].digest}:{int(inputs[path].executable)}") for path in action.sorted_inputs)
@@ -74,6 +88,9 @@ class Rebuilder:
             return None
         started = time.perf_counter()
         key = material.key
+        verified = self.recent.verified if self.recent is not None else None
+        if verified is not None and (result := verified.get(key)) is not None:
+            return Outcome(action, material, result, "cached", "local", time.perf_counter() - started)
         remembered = self._remembered(key)
         result = remembered or self.cache.ac.get(key)
         if result is not None:
@@ -85,9 +102,14 @@ class Rebuilder:
             complete = all(self.cache.cas.has(o.digest) for o in result.outputs) if remembered \
                 else result.complete(self.executor.cas)
             if complete and _names_its_outputs(result, action):
+                if verified is not None:
+                    verified[key] = result
                 return Outcome(action, material, result, "cached", "local", time.perf_counter() - started)
         if self.remote is not None and (result := self.remote.remembered(key)) is not None \
                 and _names_its_outputs(result, action):
+            return Outcome(action, material, result, "cached", "remote", time.perf_counter() - started)
+        if self.remote_executor is not None and (result := self.remote_executor.remembered(key, action)) \
+                is not None and _names_its_outputs(result, action):
             return Outcome(action, material, result, "cached", "remote", time.perf_counter() - started)
         return None
 
@@ -111,14 +133,40 @@ class Rebuilder:
             return Outcome(action, material, result, "cached", "remote", time.perf_counter() - started)
         if on_start is not None:
             on_start()
-        result = self.executor.run(action, key, inputs)
+        fallback: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if self.runs_remotely(action):
+            assert self.remote_executor is not None
+            remote = self._run_remotely(self.remote_executor, action, material, inputs, started)
+            if remote is not None:
+                return remote
+            fallback = self.remote_executor.fallback_slots  # at most -j of them run here at once
+        with fallback:
+            result = self.executor.run(action, key, inputs)
         if not self.force:
             self.cache.ac.put(key, result)
+            if self.recent is not None and self.recent.verified is not None:
+                self.recent.verified[key] = result
         shared = self.upload_host_results or not action.runs_on_host_tools
         if self.remote is not None and self.remote.uploading and shared:
             # Blobs first (tree contents too), then the signed result.
             self.remote.upload(key, result, result.blobs(self.cache.cas))
         return Outcome(action, material, result, "executed", "local", time.perf_counter() - started)
+
+    def _run_remotely(self, executor: RemoteExecutor, action: Action, material: KeyMaterial,
+                      inputs: Mapping[str, FileDigest], started: float) -> Outcome | None:
+        """The action run by the remote executor; None when it cannot be used and the build falls
+        back to running it here (--remote-fallback)."""
+        from mk.engine.remote_exec import RemoteExecutionFailed
+
+        try:
+            result, cached = executor.run(action, material.key, inputs, self.executor.cas)
+        except RemoteExecutionFailed as e:
+            if not executor.config.fallback:
+                raise
+            executor.give_up(str(e))
+            return None
+        status: Literal["executed", "cached"] = "cached" if cached else "executed"
+        return Outcome(action, material, result, status, "remote", time.perf_counter() - started)
 
 
 def _names_its_outputs(result: ActionResult, action: Action) -> bool:

@@ -49,7 +49,7 @@ class Runner:
     start: Callable[[Provider, Path, Path, Mapping[str, object], bool], Running]
 
 
-SourceResolver = Callable[[Settings], Callable[[str], str]]
+SourceResolver = Callable[[Settings], Callable[[str], tuple[str, ...]]]
 
 
 def load(reference: str) -> Any:
@@ -64,8 +64,8 @@ class Family:
     """One rule family's contributions. Settings and cache parts (the folders it writes under the
     cache, for `mk cache stats|gc`) are data; everything else is a `module:name` reference:
     `rules` name `Rule`s, `sources` resolvers of download sources by name (given the settings, a
-    function from an archive name to its base URL, looked up when an action runs so a URL never
-    enters a key), `commands` click commands by command name, `runners` `Runner`s."""
+    function from a name within the source to its base URLs, in the order to try them, looked up
+    when an action runs so a URL never enters a key), `commands` click commands by command name, `runners` `Runner`s."""
 
     name: str
     rules: tuple[str, ...] = ()
@@ -119,11 +119,11 @@ class Registry:
     def commands(self) -> dict[str, str]:
         return {name: ref for f in self.families for name, ref in f.commands.items()}
 
-    def source_url(self, settings: Settings) -> Callable[[str], str]:
-        """A resolver of `source:archive` names ("debian:security", say), built on first use."""
+    def source_urls(self, settings: Settings) -> Callable[[str], tuple[str, ...]]:
+        """A resolver of `source:name` names ("debian:debian-security", say), built on first use."""
 
         @functools.cache
-        def lookup(name: str) -> str:
+        def lookup(name: str) -> tuple[str, ...]:
             source, _, archive = name.partition(":")
             for family in self.families:
                 if source in family.sources:

@@ -1,4 +1,4 @@
-"""Which remote cache a build uses, and how: the workspace settings, overridden by the environment.
+"""Which remote cache and remote executor a build uses, and how: the workspace settings, overridden by the environment.
 
 | Variable | Setting | Meaning |
 |---|---|---|
@@ -16,9 +16,11 @@ Credentials come only from the environment (or the URL), never from mk.toml, whi
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from mk.cache.reapi.endpoint import Endpoint, EndpointError
 from mk.cache.remote import RemoteConfig
 from mk.cache.signing import SigningKeyError, load_secret_key, parse_public_keys
 from mk.engine.errors import MkError
@@ -95,3 +97,37 @@ def _split_credentials(raw: str) -> tuple[str, tuple[str, str] | None]:
         user, _, password = userinfo.partition(":")
         basic_auth = (unquote(user), unquote(password))
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), basic_auth
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """A remote executor (see engine.remote_exec): where, and how a build uses it."""
+
+    endpoint: Endpoint
+    timeout: float = 60.0  # seconds for each call but Execute (which lasts as long as its action)
+    jobs: int = 64  # remote actions in flight, on top of -j local ones
+    fallback: bool = False  # run here what the executor cannot (unreachable, refusing)
+
+
+def resolve_executor(settings: Settings, env: Mapping[str, str], jobs: int | None = None,
+                     fallback: bool = False) -> ExecutorConfig | None:
+    """The remote executor, or None when none is configured.
+
+    | Variable | Setting | Meaning |
+    |---|---|---|
+    | MK_REMOTE_EXECUTOR | remote_executor | grpc://host:port or grpcs://host:port (TLS); empty: none |
+    | MK_REMOTE_INSTANCE | remote_instance | the REAPI instance name (default empty) |
+    | MK_REMOTE_EXECUTOR_TOKEN | - | bearer token sent with every call |
+    | MK_REMOTE_EXECUTOR_CA | - | PEM file of the TLS roots to trust (default: the system's) |
+    """
+    url = env.get("MK_REMOTE_EXECUTOR", settings.remote_executor or "").strip()
+    if not url:
+        return None
+    instance = env.get("MK_REMOTE_INSTANCE", settings.remote_instance or "")
+    try:
+        endpoint = Endpoint.parse(url, instance, env.get("MK_REMOTE_EXECUTOR_TOKEN") or None,
+                                  env.get("MK_REMOTE_EXECUTOR_CA") or None)
+    except EndpointError as e:
+        where = "MK_REMOTE_EXECUTOR" if "MK_REMOTE_EXECUTOR" in env else "remote_executor in mk.toml"
+        raise MkError(f"{where}: {e}") from None
+    return ExecutorConfig(endpoint, jobs=jobs if jobs is not None else 64, fallback=fallback)

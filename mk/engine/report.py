@@ -25,13 +25,15 @@ class Summary:
     cached_local: int
     cached_remote: int
     seconds: float
+    platforms: tuple[str, ...] = ()  # the target platforms, when not the host's alone
 
     def line(self) -> str:
         cached = self.cached_local + self.cached_remote
+        built_for = f", for {' and '.join(self.platforms)}" if self.platforms else ""
         return (
             f"mk: {self.targets} targets, {self.actions} actions: {self.executed} executed, "
             f"{cached} cached ({self.cached_local} local, {self.cached_remote} remote) "
-            f"in {self.seconds:.2f} s"
+            f"in {self.seconds:.2f} s{built_for}"
         )
 
 
@@ -43,13 +45,14 @@ class Reporter:
     """
 
     def __init__(
-        self, total_actions: int, events: TextIO | None, stream: TextIO = sys.stderr, profiler: Profiler | None = None,
+        self, total_actions: int, events: TextIO | None, stream: TextIO | None = None, profiler: Profiler | None = None,
         live: bool | None = None, transfer: Callable[[], str] | None = None,
     ) -> None:
         self.total = total_actions
         self.profiler = profiler
         self.events = events
-        self.stream = stream
+        # sys.stderr as it is now: the build server sets it to its client's for each command.
+        self.stream = stream = sys.stderr if stream is None else stream
         self.done = 0
         self._lock = threading.Lock()
         self._live_wanted = stream.isatty() if live is None else live

@@ -17,6 +17,7 @@ from typing import TypeVar
 from mk.engine.actions import Action, Artifact
 from mk.engine.attrs import STRING, AttrType
 from mk.engine.labels import Label
+from mk.engine.platforms import Platform, host_platform, output_prefix
 
 P = TypeVar("P", bound="Provider")
 
@@ -72,6 +73,13 @@ class Attr:
     # Label attributes: what each target named must provide. (`builtins.type`: `type` is a field here.)
     providers: tuple[builtins.type[Provider], ...] = ()
     setting: str | None = None  # unset in a BUILD file, it takes this workspace setting's value, if set
+    # The targets it names are configured for the exec platform (the host's), whatever the target
+    # platform: a toolchain runs the actions, so it is never built for the image's architecture.
+    for_exec: bool = False
+    # The name of a string-list attribute of platforms ("linux/arm64"): the targets this attribute
+    # names are analysed once for each of them, in that order (Bazel's split transition); each
+    # `Dep.platform` says for which. A multi-platform OCI index names its image this way.
+    per_platform: str | None = None
 
 
 NAME_ATTR = Attr("name", STRING, "The target's name, unique within its package.", mandatory=True)
@@ -86,6 +94,7 @@ class Dep:
     label: Label | None  # the target, or None for a source file
     files: tuple[Artifact, ...]
     providers: Providers | None = None  # None for a source file or one output file of a target
+    platform: Platform | None = None  # the target platform the target was configured for, if it was
 
     def get(self, kind: type[P]) -> P:
         """The provider an attribute required (analysis has checked that it is there)."""
@@ -109,6 +118,7 @@ class RuleContext:
         source_date_epoch: int,
         read_source: Callable[[str], str | None],
         output_groups: tuple[str, ...] = (),
+        platform: Platform | None = None,
     ) -> None:
         self.label = label
         self.attrs = attrs
@@ -120,6 +130,13 @@ class RuleContext:
         # it is built only as another target's dependency.
         self.output_groups = output_groups
         self.actions: list[Action] = []
+        self._platform = platform
+
+    @property
+    def platform(self) -> Platform:
+        """The target platform, for a rule declared with `uses_platform` (its outputs then sit apart)."""
+        assert self._platform is not None, f"{self.label}: a rule reading the platform sets uses_platform"
+        return self._platform
 
     def string(self, name: str) -> str:
         value = self.attrs[name]
@@ -149,10 +166,15 @@ class RuleContext:
         path = f"{self.label.package}/{name}" if self.label.package else name
         return self._read_source(path)
 
-    def output(self, name: str, tree: bool = False) -> Artifact:
-        """The artifact for an output file of this target's package (`tree`: a tree manifest)."""
+    def output(self, name: str, tree: bool = False, shared: bool = False) -> Artifact:
+        """The artifact for an output file of this target's package (`tree`: a tree manifest).
+
+        `shared`: what the action writes there is the same whatever the target platform (a Debian
+        package of `Architecture: all`), so the path is too: each platform declares the very same
+        action, which the graph keeps once and the cache holds once."""
         prefix = f"{self.label.package}/" if self.label.package else ""
-        return Artifact(prefix + name, is_source=False, is_tree=tree)
+        configured = "" if shared else output_prefix(self._platform or host_platform())
+        return Artifact(configured + prefix + name, is_source=False, is_tree=tree)
 
     def add_action(self, action: Action) -> None:
         self.actions.append(action)
@@ -164,6 +186,8 @@ class Rule:
     doc: str
     attrs: tuple[Attr, ...]
     analyze: Callable[[RuleContext], Sequence[Provider]] = field(compare=False)
+    # Its analysis reads `RuleContext.platform`: its targets are configured for each target platform.
+    uses_platform: bool = False
 
     def all_attrs(self) -> tuple[Attr, ...]:
         return (NAME_ATTR, *self.attrs)

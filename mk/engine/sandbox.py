@@ -4,8 +4,9 @@ What a command sees, and nothing more:
 - the toolchain: its tree, written out once (see `mk.cache.toolchains`), bound read-only as the
   root. With `toolchain = "host"` the root is an empty read-only tmpfs holding the host's `/usr`
   and its merged-/usr links instead, and never the host's `/etc`;
-- `/mk/execroot`, its working directory: the declared inputs at their workspace-relative paths.
-  Only the folders of declared outputs are writable there, and the inputs in them are not;
+- `/mk/execroot`, its working directory: the declared inputs at their workspace-relative paths,
+  a tree input as the folder it describes (written out once, like a toolchain). Only the folders
+  of declared outputs are writable there, and the inputs in them are not;
 - a private, writable `/tmp` (also `$HOME`); a minimal `/dev` (null, zero, full, random,
   urandom, the fd links and a tmpfs `/dev/shm`), and `/proc`;
 - no network, and user, pid, ipc and uts namespaces of its own: it runs as uid and gid 1000 on
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mk.engine.errors import MkError
+from mk.engine.platforms import host_platform
 
 EXECROOT = "/mk/execroot"
 UID = GID = 1000
@@ -52,6 +54,7 @@ class Layout:
     tmp: Path
     inputs: tuple[str, ...]  # workspace-relative paths under execroot
     output_dirs: tuple[str, ...]  # the folders (under execroot) of the declared outputs
+    trees: tuple[tuple[str, Path], ...] = ()  # tree inputs: (path under execroot, written-out folder)
 
 
 def arguments(layout: Layout) -> list[str]:
@@ -77,6 +80,8 @@ def arguments(layout: Layout) -> list[str]:
     for path in layout.inputs:  # inputs inside a writable folder stay read-only
         if _inside_any(path, writable):
             args += ["--ro-bind", str(layout.execroot / path), f"{EXECROOT}/{path}"]
+    for path, written_out in layout.trees:
+        args += ["--ro-bind", str(written_out), f"{EXECROOT}/{path}"]
     args += ["--chdir", EXECROOT]
     if layout.toolchain is None:
         args += ["--remount-ro", "/"]  # the empty root holding the host's /usr and the mount points
@@ -134,10 +139,18 @@ def bubblewrap() -> str:
 _NOT_FOUND = re.compile(r"(?:^|: )([\w.+-]+): (?:command not found|No such file or directory)$", re.M)
 
 
-def failure_hint(stderr: str, toolchain: str) -> str:
-    """A line on what the sandbox hides, for a failed command; `toolchain` names its root."""
+_FOREIGN_BINARY = re.compile(r"Exec format error|cannot execute binary file")
+
+
+def failure_hint(stderr: str, toolchain: str, target_platform: str | None = None) -> str:
+    """A line on what the sandbox hides, for a failed command; `toolchain` names its root, and
+    `target_platform` the platform its target was configured for, if it was."""
     missing = _NOT_FOUND.search(stderr)
     hint = ""
+    if target_platform is not None and target_platform != str(host_platform()) and _FOREIGN_BINARY.search(stderr):
+        return (f"  hint: the command ran a program built for {target_platform}, the target platform; commands run "
+                f"on the exec platform, {host_platform()}, and mk does not emulate another: a tool a command runs "
+                "must come from its toolchain (built for the host), not from a target built for the image\n")
     if missing and "/" not in missing.group(1):
         hint = f"'{missing.group(1)}' is not in {toolchain}; "
     elif "Read-only file system" in stderr or "Permission denied" in stderr:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from mk.engine.actions import Action
 from mk.engine.errors import Location
 from mk.engine.labels import Label
+from mk.engine.platforms import Platform
 from mk.engine.rule_api import Providers, Rule
 
 
@@ -30,6 +31,8 @@ class ConfiguredTarget:
     actions: tuple[Action, ...]
     deps: tuple[Label, ...]
     read: tuple[str, ...] = ()  # workspace files its analysis read (a lockfile), by path
+    # The target platform it was configured for; None when nothing of it depends on one (see analysis).
+    platform: Platform | None = None
 
     def source_files(self) -> list[str]:
         """The workspace files this target uses itself (not through another target): its actions'

@@ -22,7 +22,9 @@ from watchdog.observers import Observer
 from mk.cache.stat_cache import RACY_NS
 from mk.engine.build import BuildOptions, BuildResult, analyse
 from mk.engine.errors import MkError
+from mk.engine.graph import graph_key
 from mk.engine.graph_cache import GraphCache
+from mk.engine.platforms import requested
 from mk.engine.session import Session
 
 DEBOUNCE_SECONDS = 0.1
@@ -50,12 +52,14 @@ def _existing_ancestor(folder: str) -> str:
 def watch_set(session: Session, patterns: Sequence[str]) -> WatchSet | None:
     """What the last build of `patterns` depended on, or None when it never got through analysis."""
     workspace = session.workspace
-    graph_cache = GraphCache(session.cache.root, workspace.root, list(patterns))
+    platforms = requested((), workspace.settings.platform)
+    graph_cache = GraphCache(session.cache.root, workspace.root, graph_key(patterns, (), platforms))
     observed = graph_cache.observed()
     if observed is None:
         return None
     try:
-        graph = analyse(workspace, session.registry, graph_cache, patterns)  # the cached graph: nothing changed since
+        # the cached graph: nothing changed since
+        graph = analyse(workspace, session.registry, graph_cache, patterns, platforms=platforms)
     except MkError:
         return None
     root = str(workspace.root)
@@ -120,7 +124,9 @@ class Watcher:
         started = time.perf_counter()
         started_ns = time.time_ns() - RACY_NS  # a file system's clock may lag a little behind
         try:
-            result = self.session.build(tuple(self.patterns), BuildOptions(jobs=self.jobs, isolated_loading=True))
+            platforms = requested((), self.workspace.settings.platform)
+            result = self.session.build(tuple(self.patterns), BuildOptions(jobs=self.jobs, isolated_loading=True,
+                                                                           platforms=platforms))
         except MkError as e:
             print(str(e), file=sys.stderr, flush=True)
             self.say("mk watch: build failed; waiting for the next change")

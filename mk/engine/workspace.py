@@ -42,6 +42,10 @@ class Settings:
     toolchain: str | None = None  # a label, or HOST_TOOLCHAIN
     host_package_database: str = "/var/lib/dpkg/status"
     remote_upload_host_results: bool = False
+    remote_executor: str | None = None  # grpc://host:port of a REAPI server (see engine.remote_exec)
+    remote_instance: str = ""
+    platform: str | None = None  # the target platform when the command line names none (see platforms)
+    server_idle_seconds: int = 3 * 3600  # as Bazel's --max_idle_secs
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def get(self, key: str) -> object:
@@ -63,6 +67,8 @@ ENGINE_SETTINGS = (
             "past it, the build stops with an error.", default=4096),
     Setting("load_seconds", "int", "Seconds that evaluating BUILD files may take; past them, the build stops "
             "with an error.", default=300),
+    Setting("platform", "string", "The target platform a build is for when the command line names none "
+            "(`--platform`): `linux/amd64` or `linux/arm64`; default: the host's."),
     Setting("toolchain", "string", "The tree target (such as a `deb_packages` set) that every command runs "
             "on, as the root of its sandbox: `\"//toolchains:default\"`. Or `\"host\"`: commands see the host's "
             "/usr instead (not hermetic; see `host_package_database`). A rule's `toolchain` attribute overrides it."),
@@ -70,6 +76,18 @@ ENGINE_SETTINGS = (
             "host's tools in every key (the dpkg database).", default="/var/lib/dpkg/status"),
     Setting("remote_upload_host_results", "bool", "Upload the results of commands run on the host's tools to "
             "the remote cache (they are kept local by default).", default=False),
+    Setting("remote_executor", "string", "A Remote Execution API (REAPI v2) server that runs command actions: "
+            "`grpc://host:port`, or `grpcs://host:port` for TLS (see docs/remote-execution.md).",
+            env="MK_REMOTE_EXECUTOR"),
+    Setting("remote_instance", "string", "The remote executor's instance name.", env="MK_REMOTE_INSTANCE",
+            default=""),
+    Setting("server_idle_seconds", "int", "Seconds the workspace's resident build server waits for a command "
+            "before it exits (`mk shutdown` stops it at once).", env="MK_SERVER_IDLE_SECONDS", default=3 * 3600),
+    Setting(None, "bool", "`0` runs every command in the `mk` process itself, as `--no-server` does and as CI "
+            "(`CI=true`) does by default; `1` uses the build server even in CI.", env="MK_SERVER"),
+    Setting(None, "string", "Bearer token for the remote executor.", env="MK_REMOTE_EXECUTOR_TOKEN"),
+    Setting(None, "string", "PEM file of the TLS roots the remote executor's certificate must chain to "
+            "(default: the system's).", env="MK_REMOTE_EXECUTOR_CA"),
     Setting(None, "string", "Path of the secret key that signs uploaded results (needed to upload).",
             env="MK_SIGNING_KEY"),
     Setting(None, "string", "Bearer token for the remote cache.", env="MK_REMOTE_TOKEN"),
@@ -162,5 +180,9 @@ def _read_settings(path: Path, table: Sequence[Setting]) -> Settings:
         toolchain=_toolchain(raw.get("toolchain")),
         host_package_database=raw.get("host_package_database", "/var/lib/dpkg/status"),
         remote_upload_host_results=raw.get("remote_upload_host_results", False),
+        remote_executor=raw.get("remote_executor"),
+        remote_instance=raw.get("remote_instance", ""),
+        platform=raw.get("platform"),
+        server_idle_seconds=raw.get("server_idle_seconds", 3 * 3600),
         extra={k: v for k, v in raw.items() if k not in _ENGINE_KEYS},
     )

@@ -15,10 +15,10 @@ from mk.rules.formats.compression import SUFFIXES, compressed
 from mk.rules.formats.cpio import write_cpio
 from mk.rules.formats.oci import ImageConfig, write_oci_archive
 from mk.rules.formats.tar import write_tar
-from mk.rules.providers import TreeInfo
+from mk.rules.providers import OciImageInfo, TreeInfo
 from mk.rules.trees import tree_inputs
 
-Writer = Callable[[Tree, ContentStore, BinaryIO, int], None]
+Writer = Callable[[Tree, ContentStore, BinaryIO, int, bool], None]
 _OCI_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # the distribution spec's tag grammar
 _WRITERS: dict[str, Writer] = {"tar": write_tar, "cpio": write_cpio}
 
@@ -26,8 +26,9 @@ _WRITERS: dict[str, Writer] = {"tar": write_tar, "cpio": write_cpio}
 def write_archive(io: ActionIO) -> None:
     tree = io.read_tree(io.string("src"))
     writer = _WRITERS[io.string("format")]
-    with open(io.output(), "wb") as out, compressed(out, io.string("compression")) as w:
-        writer(tree, io.cas, w, io.integer("mtime"))
+    kind = io.string("compression")
+    with open(io.output(), "wb") as out, compressed(out, kind) as w:
+        writer(tree, io.cas, w, io.integer("mtime"), kind == "none")
 
 
 def archive_action(ctx: RuleContext, mnemonic: str, src: Artifact, out: Artifact, fmt: str, compression: str) -> Action:
@@ -98,21 +99,28 @@ def oci_params(layers: tuple[Artifact, ...], flatten: bool, entrypoint: list[str
             "mtime": mtime}
 
 
+def checked_tag(tag: str) -> str:
+    if not _OCI_TAG.fullmatch(tag):
+        raise ValueError(f"tag '{tag}' is not an OCI tag (letters, digits, '_', '.' and '-', at most 128, "
+                         "not starting with '.' or '-')")
+    return tag
+
+
 def analyze_oci(ctx: RuleContext) -> list[Provider]:
     layers = tree_inputs(ctx, "layers")
     env = ctx.attrs["env"]
     assert isinstance(env, dict)
-    tag = ctx.string("tag")
-    if not _OCI_TAG.fullmatch(tag):
-        raise ValueError(f"tag '{tag}' is not an OCI tag (letters, digits, '_', '.' and '-', at most 128, "
-                         "not starting with '.' or '-')")
+    tag = checked_tag(ctx.string("tag"))
     out = ctx.output(f"{ctx.label.name}.oci.tar")
+    architecture = ctx.string("architecture") or ctx.platform.arch
     params = oci_params(layers, bool(ctx.attrs["flatten"]), ctx.strings("entrypoint"), ctx.strings("cmd"),
                         [f"{k}={v}" for k, v in sorted(env.items())], ctx.string("workdir"), ctx.string("user"),
-                        f"{ctx.label.name}:{tag}", ctx.source_date_epoch, ctx.string("architecture"))
+                        f"{ctx.label.name}:{tag}", ctx.source_date_epoch, architecture)
     ctx.add_action(Action(owner=ctx.label, mnemonic="OciImage", inputs=layers, outputs=(out,), params=params,
                           function=write_oci))
-    return [DefaultInfo(files=(out,))]
+    image = OciImageInfo(layers, tuple(ctx.strings("entrypoint")), tuple(ctx.strings("cmd")),
+                         tuple(f"{k}={v}" for k, v in sorted(env.items())), ctx.string("workdir"), ctx.string("user"))
+    return [DefaultInfo(files=(out,)), image]
 
 
 OCI_RULE = Rule(
@@ -122,13 +130,15 @@ OCI_RULE = Rule(
         "`umoci` read. One gzip'd layer per entry of `layers`, or a single merged layer with `flatten`. "
         "`created` is SOURCE_DATE_EPOCH, so the image digest depends only on the inputs. The image is named "
         "`NAME:TAG` in index.json (`org.opencontainers.image.ref.name`): `podman load -i NAME.oci.tar` names it "
-        "`localhost/NAME:TAG`, and `skopeo copy oci-archive:NAME.oci.tar:NAME:TAG ...` selects it."
+        "`localhost/NAME:TAG`, and `skopeo copy oci-archive:NAME.oci.tar:NAME:TAG ...` selects it. A `service` "
+        "runs it in an image (its `image` attribute)."
     ),
     attrs=(
         Attr("layers", attrs.LABEL_LIST, "`layer`, `rootfs` or `deb_packages` targets, lowest first.",
              mandatory=True, providers=(TreeInfo,)),
         Attr("flatten", attrs.BOOL, "Merge all layers into one.", default=False),
-        Attr("architecture", attrs.STRING, "OCI architecture name.", default="amd64"),
+        Attr("architecture", attrs.STRING, "OCI architecture name; default: the target platform's (amd64, arm64).",
+             default=""),
         Attr("entrypoint", attrs.STRING_LIST, "The image's entrypoint.", default=[]),
         Attr("cmd", attrs.STRING_LIST, "The image's default arguments.", default=[]),
         Attr("env", attrs.STRING_DICT, "Environment variables (written sorted).", default={}),
@@ -138,4 +148,5 @@ OCI_RULE = Rule(
              default="latest"),
     ),
     analyze=analyze_oci,
+    uses_platform=True,
 )

@@ -4,5 +4,4 @@ with each). Plain data, so that `mk cache stats` imports no rule."""
 from mk.cache.parts import CachePart, Policy
 
 DEBIAN_INDICES = CachePart("debian-indices", "Debian package indices read by `mk lock`, by sha256", Policy.EVICTABLE)
-DEB_SHA256 = CachePart("deb-sha256", "the blob of each downloaded Debian package, by its sha256", Policy.EVICTABLE)
 VM = CachePart("vm", "what `mk run` learnt of this machine (whether KVM works)", Policy.KEPT)

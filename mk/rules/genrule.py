@@ -36,6 +36,7 @@ def analyze(ctx: RuleContext) -> list[Provider]:
             params={"env": {"SOURCE_DATE_EPOCH": str(ctx.source_date_epoch)}},
             command=(BASH, "-e", "-o", "pipefail", "-c", cmd),
             toolchain=root,
+            local=bool(ctx.attrs["local"]),
         )
     )
     return [DefaultInfo(files=outs)]
@@ -54,7 +55,7 @@ def _expand(
 
     def replace(m: re.Match[str]) -> str:
         if m.group(1):
-            files = _location(ctx, m.group(2).strip())
+            files = location(ctx, m.group(2).strip())
             return paths(files) if m.group(1) == "locations" else single(files, m.group(0), "file")
         var = m.group(3) or m.group(4)
         if var == "$":
@@ -74,19 +75,19 @@ def _expand(
     return _VARIABLE.sub(replace, cmd)
 
 
-def _location(ctx: RuleContext, text: str) -> tuple[Artifact, ...]:
+def location(ctx: RuleContext, text: str, rule: str = "genrule") -> tuple[Artifact, ...]:
+    """The files of the label `text` names, which must be listed in `srcs` or `tools`; errors
+    name the target as of `rule`."""
     try:
         wanted = Label.parse(text, ctx.label.package)
     except LabelError as e:
-        raise MkError(f"genrule {ctx.label}: $(location {text}): {e}") from None
+        raise MkError(f"{rule} {ctx.label}: $(location {text}): {e}") from None
     for dep in (*ctx.deps.get("srcs", ()), *ctx.deps.get("tools", ())):
         if dep.label == wanted or (
             dep.label is None and dep.files[0].path == f"{wanted.package}/{wanted.name}".lstrip("/")
         ):
             return dep.files
-    raise MkError(
-        f"genrule {ctx.label}: $(location {text}) names a label that is not in 'srcs' or 'tools'"
-    )
+    raise MkError(f"{rule} {ctx.label}: $(location {text}) names a label that is not in 'srcs' or 'tools'")
 
 
 RULE = Rule(
@@ -98,7 +99,7 @@ RULE = Rule(
         "(read-only), and only the folders of `outs` and a private `/tmp` are writable. It has no "
         "network, runs as uid/gid 1000 on host `mk`, with the environment "
         "`PATH=/usr/local/bin:/usr/bin:/bin`, `LC_ALL=C.UTF-8`, `TZ=UTC`, `SOURCE_DATE_EPOCH`, "
-        "`HOME=/tmp`, `TMPDIR=/tmp` and umask 022. In `cmd`, `$(SRCS)` and `$(OUTS)` expand to the "
+        "`HOME=/tmp`, `TMPDIR=/tmp`, `MK_JOBS=1` and umask 022. In `cmd`, `$(SRCS)` and `$(OUTS)` expand to the "
         "space-separated paths, `$<` to the single source, `$@` to the single output, `$(@D)` to "
         "its directory, `$(location L)` and `$(locations L)` to the path(s) of a label listed in "
         "`srcs` or `tools`, and `$$` to `$`."
@@ -108,6 +109,8 @@ RULE = Rule(
         Attr("outs", attrs.OUTPUT_LIST, "Files the command must create, relative to the package.", mandatory=True),
         Attr("cmd", attrs.STRING, "The bash command (run with `-e -o pipefail`).", mandatory=True),
         Attr("tools", attrs.LABEL_LIST, "Programs the command runs; available like `srcs`.", default=[]),
+        Attr("local", attrs.BOOL, "Always run the command on this machine, never on a remote executor "
+             "(where it runs is not part of its key: the result is shared all the same).", default=False),
         toolchain.ATTR,
     ),
     analyze=analyze,

@@ -1,17 +1,20 @@
 """image: a bootable image, in the spirit of LinuxKit: a kernel, a root filesystem made of package
 sets and layers, `onboot` commands and supervised `services`, booted from an initramfs.
 
-Default outputs, under `mk-out/<pkg>/<name>/`: `kernel`, `initrd.img` (zstd cpio), `cmdline`,
-`sbom.spdx.json` and `manifest.json`. The `tar` and `oci` output groups (`mk image --format
-tar|oci`) add `rootfs.tar` and `image.oci.tar`. The manifest gives the sha256 and size of every
-other file the build places there, the formats asked for included.
+Default outputs, under `mk-out/<pkg>/<name>/`: `kernel`, `initrd.img` (zstd cpio segments,
+concatenated: see images/initrd.py), `cmdline`, `sbom.spdx.json` and `manifest.json`. The `tar`
+and `oci` output groups (`mk image --format tar|oci`) add `rootfs.tar` and `image.oci.tar`. The
+manifest gives the sha256 and size of every other file the build places there, the formats asked
+for included.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 
 from mk.cache.tree import Entry, Kind, Tree, TreeError, dest_path, merge
 from mk.engine import attrs
@@ -20,15 +23,26 @@ from mk.engine.errors import MkError
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules import init, toolchain
 from mk.rules.archive import archive_action, oci_params, write_oci
+from mk.rules.bundles import bundle
 from mk.rules.deb.sbom import merge_documents
-from mk.rules.image_check import check_commands
-from mk.rules.images.all import FORMATS
+from mk.rules.image_check import RootView, check_commands
+from mk.rules.images.all import FORMATS, X86_64_ONLY
 from mk.rules.images.format import FormatContext, ImageParts
-from mk.rules.providers import Boot, ImageInfo, KernelInfo, SbomInfo, TreeInfo
+from mk.rules.images.initrd import SEGMENTS, add_initrd_actions, write_segment_trees
+from mk.rules.images.stage1 import VERITY_STATUS
+from mk.rules.providers import Boot, ImageInfo, KernelInfo, SbomInfo, ServiceInfo, TreeInfo
+from mk.rules.service import check_path
+from mk.rules.supervise import CGROUPS, SUPERVISORS, persistent_mounts, supervisor
 from mk.rules.trees import tree_inputs
 from mk.rules.write_file import write
 
-DEFAULT_CMDLINE = "console=ttyS0 panic=-1"
+# The serial console QEMU's machine for each architecture has: the PC's 16550, the virt board's PL011.
+SERIAL_CONSOLE = {"amd64": "ttyS0", "arm64": "ttyAMA0"}
+
+
+def default_cmdline(arch: str) -> str:
+    return f"console={SERIAL_CONSOLE[arch]} panic=-1"
+_DISK = re.compile(r"[a-z0-9][a-z0-9_-]{0,19}")  # a virtio disk's serial number holds 20 bytes
 
 
 def assemble(io: ActionIO) -> None:
@@ -64,9 +78,35 @@ def assemble(io: ActionIO) -> None:
     if not any(e.path == "usr/bin/busybox" for e in tree.entries):
         raise ValueError("the image has no /usr/bin/busybox, which its init needs: add busybox-static to 'base'")
     problems = check_commands(tree, io.cas, io.strings("services"), io.strings("onboot"))
+    tree = _with_containers(io, tree, problems)
     if problems:
         raise ValueError("\n  ".join(problems))
     io.write_tree(tree)
+    write_segment_trees(io, tree, layers, first_output=1)
+
+
+def _with_containers(io: ActionIO, tree: Tree, problems: list[str]) -> Tree:
+    """The image's root with each service's bundle and supervisor; what is wrong goes to `problems`."""
+    containers, persistent = io.params["containers"], io.params["persistent"]
+    assert isinstance(containers, list) and isinstance(persistent, dict)
+    view = RootView(tree, io.cas)
+    needed = [("crun", "runs its services", "crun")] if containers else []
+    needed += [(p, "formats its persistent disks", "e2fsprogs") for p in ("mkfs.ext4", "dumpe2fs") if persistent]
+    problems += [f"the image {why} with {program}, which it lacks ({reason}): add Debian's {package} to 'base'"
+                 for program, why, package in needed if (reason := view.why_not(program))]
+    entries = []
+    for spec in containers:
+        assert isinstance(spec, dict)
+        layers = [io.read_tree(str(path)) for path in spec["layers"]]
+        made = bundle(tree, io.cas, spec, layers, frozenset(persistent))
+        problems += made.problems
+        text = supervisor(spec, made.owner, {str(k): str(v) for k, v in persistent.items()}).encode()
+        entries += [*made.entries, Entry(f"{SUPERVISORS}/{spec['name']}", Kind.FILE, 0o755,
+                                         digest=io.cas.put_bytes(text), size=len(text))]
+    try:
+        return merge([tree, Tree.build(entries)]) if entries else tree
+    except TreeError as e:
+        raise ValueError(str(e)) from None
 
 
 def copy_file(io: ActionIO) -> None:
@@ -97,19 +137,28 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     def out(file: str, tree: bool = False) -> Artifact:
         return ctx.output(f"{name}/{file}", tree=tree)
 
+    services = _services(ctx)
+    persistent = _persistent(ctx)
+    service_layers = tuple(dict.fromkeys(a for s in services for a in s.layers))
     rootfs = out("rootfs.tree", tree=True)
+    # The initrd's segments: one per layer, then the image's own entries (see images/initrd.py).
+    segment_trees = tuple(out(f"{SEGMENTS}/{i:02d}.tree", tree=True) for i in range(len(layers) + 1))
     ctx.add_action(Action(
-        owner=ctx.label, mnemonic="ImageRoot", inputs=(*layers, *file_inputs), outputs=(rootfs,),
-        params={"layers": [a.path for a in layers], "generated": _generated(ctx), "files": files,
-                "services": ctx.strings("services"), "onboot": ctx.strings("onboot")},
+        owner=ctx.label, mnemonic="ImageRoot", inputs=(*layers, *file_inputs, *service_layers),
+        outputs=(rootfs, *segment_trees),
+        params={"layers": [a.path for a in layers], "generated": _generated(ctx, services, persistent),
+                "files": files, "services": ctx.strings("services"), "onboot": ctx.strings("onboot"),
+                "containers": [_spec(s) for s in services], "persistent": persistent},
         function=assemble,
     ))
     initrd, kernel, cmdline = out("initrd.img"), out("kernel"), out("cmdline")
-    ctx.add_action(archive_action(ctx, "Initrd", rootfs, initrd, "cpio", "zstd"))
+    add_initrd_actions(ctx, [(tree, out(f"{SEGMENTS}/{i:02d}.cpio.zst")) for i, tree in enumerate(segment_trees)],
+                       initrd)
     ctx.add_action(Action(owner=ctx.label, mnemonic="Copy", inputs=(kernel_info.vmlinuz,), outputs=(kernel,),
                           function=copy_file))
+    cmdline_text = ctx.string("cmdline") or default_cmdline(ctx.platform.arch)
     ctx.add_action(Action(owner=ctx.label, mnemonic="WriteFile", inputs=(), outputs=(cmdline,),
-                          params={"content": ctx.string("cmdline") + "\n", "executable": False}, function=write))
+                          params={"content": cmdline_text + "\n", "executable": False}, function=write))
     sboms = tuple(info.document for dep in ctx.deps.get("base", ()) if (info := dep.find(SbomInfo)))
     sbom = out("sbom.spdx.json")
     ctx.add_action(Action(owner=ctx.label, mnemonic="Sbom", inputs=sboms, outputs=(sbom,),
@@ -120,7 +169,7 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     ctx.add_action(Action(
         owner=ctx.label, mnemonic="OciImage", inputs=(rootfs,), outputs=(oci,),
         params=oci_params((rootfs,), False, [], init.container_command(ctx.strings("services")),
-                          [f"PATH={init.PATH}"], "", "", f"{name}:latest", ctx.source_date_epoch, "amd64"),
+                          [f"PATH={init.PATH}"], "", "", f"{name}:latest", ctx.source_date_epoch, ctx.platform.arch),
         function=write_oci,
     ))
     # Output groups are the formats `mk image --format` offers; "kernel+initrd" is the default set.
@@ -128,17 +177,21 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     boots = {"kernel+initrd": Boot("direct", "kernel", {"kernel": kernel, "initrd": initrd, "cmdline": cmdline})}
     has_toolchain = ctx.attrs[toolchain.ATTR.name] is not None
     firmware = ctx.providers("firmware", TreeInfo)
-    parts = ImageParts(name, rootfs, rootfs_tar, kernel, kernel_info.modules, initrd, cmdline, ctx.string("cmdline"),
+    parts = ImageParts(name, rootfs, rootfs_tar, kernel, kernel_info.modules, initrd, cmdline, cmdline_text,
                        toolchain.toolchain(ctx) if has_toolchain else None, has_toolchain, bool(ctx.attrs["verity"]),
                        firmware[0].tree if firmware else None)
     formats = FormatContext(ctx, parts, FORMATS)
-    for fmt in FORMATS.values():
+    offered = [f for f in FORMATS.values() if ctx.platform.machine == "x86_64" or f.name not in X86_64_ONLY]
+    for fmt in offered:
         if has_toolchain or not fmt.needs_tools:  # without one, only mk's own writers are offered
             built = formats.built(fmt.name)
             groups[fmt.name] = built.files
             if built.boot is not None:
                 boots[fmt.name] = built.boot
     wanted = ctx.strings("formats")
+    if unbootable := [f for f in wanted if f not in ("tar", "oci") and FORMATS[f] not in offered]:
+        raise MkError(f"image {ctx.label}: the formats {', '.join(unbootable)} boot x86-64 PCs only; for "
+                      f"{ctx.platform} the image offers {', '.join(['tar', 'oci', *(f.name for f in offered)])}")
     if not has_toolchain and (needing := [f for f in wanted if FORMATS[f].needs_tools]):
         raise MkError(f"image {ctx.label}: the formats {', '.join(needing)} run tools, so the image needs a "
                       "toolchain (a `toolchain` attribute, or the `toolchain` setting in mk.toml)")
@@ -151,7 +204,8 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     boot = (kernel, initrd, cmdline, sbom, manifest)
     default = tuple(dict.fromkeys((*boot, *(f for name in wanted for f in groups[name]))))
     return [DefaultInfo(files=default, groups={"kernel+initrd": boot, **groups}),
-            ImageInfo(kernel, initrd, cmdline, rootfs, ctx.string("ssh_key_user"), boots)]
+            ImageInfo(kernel, initrd, cmdline, rootfs, ctx.string("ssh_key_user"), boots,
+                      tuple(sorted(set(persistent.values()))), ctx.platform.machine)]
 
 
 def _format_name(name: str) -> str:
@@ -160,12 +214,51 @@ def _format_name(name: str) -> str:
     return name
 
 
-def _generated(ctx: RuleContext) -> list[list[object]]:
+def _services(ctx: RuleContext) -> list[ServiceInfo]:
+    services = ctx.providers("containers", ServiceInfo)
+    names = [s.name for s in services]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise MkError(f"image {ctx.label}: two `containers` are named {', '.join(twice)}: a service's target name "
+                      "names its container, so each must differ")
+    for service in services:
+        if unknown := [n for n in service.after if n not in names or n == service.name]:
+            raise MkError(f"image {ctx.label}: service '{service.name}' starts after {', '.join(unknown)}, which "
+                          f"is not another of its `containers` ({', '.join(names)})")
+    return services
+
+
+def _spec(service: ServiceInfo) -> dict[str, object]:
+    """A service as the ImageRoot action's parameters hold it (its layers by path)."""
+    fields = {f.name: getattr(service, f.name) for f in dataclasses.fields(service) if f.name != "layers"}
+    plain: dict[str, object] = json.loads(json.dumps(fields))  # parameters hold lists, never tuples
+    return {**plain, "layers": [a.path for a in service.layers]}
+
+
+def _persistent(ctx: RuleContext) -> dict[str, str]:
+    value = ctx.attrs["persistent"]
+    assert isinstance(value, dict)
+    return {str(path): str(disk) for path, disk in sorted(value.items())}
+
+
+def _disk_name(path: str, name: str) -> str:
+    check_path(path, "persistent path")
+    if not _DISK.fullmatch(name):
+        raise ValueError(f"disk name '{name}' for '{path}' must be 1 to 20 lower-case letters, digits, '_' or '-' "
+                         "(it is the disk's serial number)")
+    return name
+
+
+def _generated(ctx: RuleContext, services: list[ServiceInfo], persistent: dict[str, str]) -> list[list[object]]:
     """The boot files mk writes into the image: path, text, mode."""
-    onboot = init.onboot_script(ctx.strings("onboot"), bool(ctx.attrs["network"]), ctx.string("ssh_key_user"))
+    prepared = [CGROUPS] if services else []
+    prepared += [persistent_mounts(persistent)] if persistent else []
+    prepared += [f"/{SUPERVISORS}/{s.name}" for s in services if s.onboot]
+    onboot = init.onboot_script(ctx.strings("onboot"), bool(ctx.attrs["network"]), ctx.string("ssh_key_user"),
+                                prepared, [VERITY_STATUS] if ctx.attrs["verity"] else [])
+    supervised = [f"/{SUPERVISORS}/{s.name}" for s in services if not s.onboot]
     return [
         ["init", init.INIT, 0o755],
-        ["etc/inittab", init.inittab(ctx.strings("services")), 0o644],
+        ["etc/inittab", init.inittab(ctx.strings("services"), supervised), 0o644],
         ["etc/hostname", f"{ctx.string('hostname') or ctx.label.name}\n", 0o644],
         ["etc/mk/onboot", onboot, 0o755],
         ["etc/mk/udhcpc.script", init.UDHCPC_SCRIPT, 0o755],
@@ -198,7 +291,9 @@ RULE = Rule(
         "first word, after variable assignments and `exec`) is in the image and executable: a path is followed "
         "through the image's symlinks, a bare name is looked up on PATH (/usr/sbin:/usr/bin:/sbin:/bin) and "
         "among busybox's applets, which /init links at boot; builtins, shell syntax and expansions are left to "
-        "the shell. Outputs in `mk-out/<pkg>/<name>/`: kernel, initrd.img (zstd cpio), cmdline, "
+        "the shell. Outputs in `mk-out/<pkg>/<name>/`: kernel, initrd.img (one zstd cpio per `base` "
+        "layer, one for the kernel's modules and one for the image's own files, concatenated: an edit rewrites "
+        "only its segment; each path is in one segment only), cmdline, "
         "sbom.spdx.json, manifest.json; `mk image --format tar|oci` adds rootfs.tar or image.oci.tar. The "
         "manifest gives the sha256 and size of every other file there, the formats built included. Boot it "
         "with `mk run`. image.oci.tar is the root filesystem as one layer, named `NAME:latest` in index.json "
@@ -213,11 +308,22 @@ RULE = Rule(
         Attr("kernel", attrs.LABEL, "A kernel target.", mandatory=True, providers=(KernelInfo,)),
         Attr("base", attrs.LABEL_LIST, "Trees making up the root filesystem, lowest first; the SBOMs of "
              "`deb_packages` targets among them are merged into the image's.", mandatory=True, providers=(TreeInfo,)),
-        Attr("cmdline", attrs.STRING, "Kernel command line.", default=DEFAULT_CMDLINE),
+        Attr("cmdline", attrs.STRING, "Kernel command line; default: `console=C panic=-1`, C being the serial "
+             "console of QEMU's machine for the target platform (ttyS0 on amd64, ttyAMA0 on arm64).", default=""),
         Attr("hostname", attrs.STRING, "Host name; default: the target's name.", default=""),
         Attr("onboot", attrs.STRING_LIST, "Shell commands run once at boot, in order, each after the last.",
              default=[]),
         Attr("services", attrs.STRING_LIST, "Long-running commands, restarted when they exit.", default=[]),
+        Attr("containers", attrs.LABEL_LIST, "`service` targets: its services and onboot steps run as isolated "
+             "containers under crun (which `base` must provide). The onboot steps run in this order, after the "
+             "persistent mounts and before the `onboot` commands; the services start once those are done, in "
+             "this order (see `service`).", default=[], providers=(ServiceInfo,)),
+        Attr("persistent", attrs.keyed_records("disk names", _disk_name), "Absolute path -> disk name: storage "
+             "kept across boots on a stateless image. `mk run --disk NAME=SIZE` attaches the disk (created on "
+             "first use, kept in `mk-out/PKG/IMAGE.disks/`); the first boot formats a blank disk as ext4 (with "
+             "`mkfs.ext4`, which `base` must provide: Debian's e2fsprogs) and every boot mounts it at the path. "
+             "Without the disk the console says so and the services that write there are not started. A service "
+             "writes there only when its `writable` names the path as `persistent`.", default={}),
         Attr("files", attrs.LABEL_DICT, "Destination path -> a file label.", default={}),
         Attr("network", attrs.BOOL, "Bring eth0 up with DHCP at boot.", default=True),
         Attr("formats", attrs.records("format names", _format_name), "Formats `mk image` writes besides "
@@ -226,7 +332,9 @@ RULE = Rule(
         toolchain.ATTR,
         Attr("verity", attrs.BOOL, "Protect the root of the disk formats (`raw-efi`) with dm-verity: the kernel "
              "checks every block it reads against a root hash held in the UKI's command line, and refuses a "
-             "tampered root. The stage-1 initrd opens it with dmsetup, which `base` must then provide.",
+             "tampered root. The stage-1 initrd opens it with dmsetup, which `base` must then provide; the "
+             "image's last boot step prints the device's status on the console (`verity V`: every block read "
+             "was intact).",
              default=False),
         Attr("firmware", attrs.LABEL, "A tree holding UEFI firmware (Debian's `ovmf`, locked like any package "
              "set): its OVMF_CODE_4M.fd and OVMF_VARS_4M.fd go beside the UEFI formats (`uki`, `raw-efi`), "
@@ -237,4 +345,5 @@ RULE = Rule(
              "that boot through firmware; never stored in the image).", default=""),
     ),
     analyze=analyze,
+    uses_platform=True,
 )

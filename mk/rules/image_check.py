@@ -11,6 +11,7 @@ command that could run.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import shlex
@@ -36,8 +37,10 @@ _KEYWORDS = frozenset({"!", "{", "}", "case", "do", "done", "elif", "else", "esa
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _DECIDED_AT_RUN_TIME = re.compile(r"[$`*?\[{~]")  # expansions and globs
 _OPERATORS = "();<>|&"
-# busybox's applet_names: one string of NUL-separated names, sorted (busybox bisects it).
-_NAME_RUN = re.compile(rb"(?:[A-Za-z0-9_.+\[\]-]{1,64}\x00){20,}")
+# busybox's applet_names: one string of NUL-separated names, sorted (busybox bisects it). Applet
+# names are lower case: a static binary's libc holds sorted runs of upper-case names too (the
+# environment variables it drops for setuid programs), which are not applets.
+_NAME_RUN = re.compile(rb"(?:[a-z0-9_.+\[\]-]{1,64}\x00){20,}")
 _MIN_APPLETS = 20
 _MAX_LINKS = 40  # Linux's limit (ELOOP)
 _SHEBANG_BYTES = 256  # what Linux reads of a script's #! line
@@ -84,9 +87,16 @@ def busybox_applets(binary: bytes) -> frozenset[str] | None:
     return frozenset(name.decode() for name in best) if len(best) >= _MIN_APPLETS else None
 
 
+@functools.lru_cache(maxsize=8)
+def _stored_applets(cas: ContentStore, digest: str, size: int) -> frozenset[str] | None:
+    """busybox_applets of a stored binary, scanned once: an image's checks and bundles each look
+    at the same busybox, and a resident process builds the same image again and again."""
+    return busybox_applets(cas.read_bytes(digest, size))
+
+
 def check_commands(tree: Tree, cas: ContentStore, services: Sequence[str], onboot: Sequence[str]) -> list[str]:
     """One line for each command whose program the image certainly lacks, naming the command."""
-    image = _Image(tree, cas)
+    image = RootView(tree, cas)
     problems = []
     for what, commands in (("service", services), ("onboot command", onboot)):
         for command in commands:
@@ -106,13 +116,15 @@ class _Found:
     loop: bool = False
 
 
-class _Image:
+class RootView:
+    """A root filesystem tree as a booted system sees it: paths resolve through its symlinks."""
+
     def __init__(self, tree: Tree, cas: ContentStore) -> None:
         self.entries = {e.path: e for e in tree.entries}
         self.cas = cas
         busybox = self.resolve(BUSYBOX).entry
         is_file = busybox is not None and busybox.kind is Kind.FILE
-        self.applets = busybox_applets(cas.read_bytes(busybox.digest, busybox.size)) if busybox and is_file else None
+        self.applets = _stored_applets(cas, busybox.digest, busybox.size) if busybox and is_file else None
 
     def resolve(self, path: str) -> _Found:
         """What `path` names, with the tree as the root filesystem (as the kernel resolves it)."""
@@ -142,6 +154,11 @@ class _Image:
         if entry is not None and entry.kind is Kind.HARDLINK:
             entry = self.entries.get(entry.target)
         return _Found("/".join(done), entry, link)
+
+    def read(self, path: str) -> bytes | None:
+        """The content of the file at `path`, or None when no file is there."""
+        entry = self.resolve(path).entry
+        return self.cas.read_bytes(entry.digest, entry.size) if entry and entry.kind is Kind.FILE else None
 
     def why_not(self, word: str) -> str | None:
         """Why the image cannot start `word`, or None when it can (or might)."""

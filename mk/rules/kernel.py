@@ -15,7 +15,7 @@ import re
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree
 from mk.engine import attrs
-from mk.engine.actions import Action, ActionIO
+from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import did_you_mean
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules.elf import sections
@@ -110,15 +110,27 @@ def _builtin(cas: ContentStore, tree: Tree, release: str) -> set[str]:
     return {_name(line) for line in cas.read_bytes(entry.digest, entry.size).decode().splitlines() if line}
 
 
-def analyze(ctx: RuleContext) -> list[Provider]:
-    (packages,) = tree_inputs(ctx, "packages")
+def kernel_info(ctx: RuleContext, packages: Artifact) -> KernelInfo:
+    """Declares the action that takes the kernel and the `modules` attribute's modules (with their
+    dependencies) out of `packages`, a tree laid out as a linux-image package is: boot/vmlinuz-*,
+    usr/lib/modules/<release>/."""
     vmlinuz = ctx.output(f"{ctx.label.name}.vmlinuz")
     modules = ctx.output(f"{ctx.label.name}.modules.tree", tree=True)
     ctx.add_action(Action(
         owner=ctx.label, mnemonic="KernelModules", inputs=(packages,), outputs=(vmlinuz, modules),
         params={"packages": packages.path, "modules": sorted(ctx.strings("modules"))}, function=select,
     ))
-    return [DefaultInfo(files=(vmlinuz, modules)), KernelInfo(vmlinuz, modules)]
+    return KernelInfo(vmlinuz, modules)
+
+
+def analyze(ctx: RuleContext) -> list[Provider]:
+    (packages,) = tree_inputs(ctx, "packages")
+    info = kernel_info(ctx, packages)
+    return [DefaultInfo(files=(info.vmlinuz, info.modules)), info]
+
+
+MODULES_ATTR = Attr("modules", attrs.STRING_LIST, "Modules to load at boot, e.g. ['virtio_pci', 'virtio_net']; "
+                    "one built into the kernel is skipped.", default=[])
 
 
 RULE = Rule(
@@ -132,8 +144,7 @@ RULE = Rule(
     attrs=(
         Attr("packages", attrs.LABEL, "A deb_packages target that includes a linux-image package.", mandatory=True,
              providers=(TreeInfo,)),
-        Attr("modules", attrs.STRING_LIST, "Modules to load at boot, e.g. ['virtio_pci', 'virtio_net'].",
-             default=[]),
+        MODULES_ATTR,
     ),
     analyze=analyze,
 )

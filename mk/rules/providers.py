@@ -54,3 +54,40 @@ class ImageInfo(Provider):
     root: Artifact
     ssh_key_user: str  # who `mk run --ssh-key` authorizes at boot; "" when nobody (the key is then ignored)
     boots: Mapping[str, Boot] = field(default_factory=dict)  # by format name: how `mk run --format` starts it
+    disks: tuple[str, ...] = ()  # the persistent disks it mounts, by name: what `mk run --disk NAME=SIZE` attaches
+    machine: str = "x86_64"  # what `uname -m` says inside it: the machine QEMU emulates
+
+
+@dataclass(frozen=True)
+class OciImageInfo(Provider):
+    """An OCI image mk builds: its layers (lowest first) and the configuration a runtime starts it with."""
+
+    layers: tuple[Artifact, ...]
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    env: tuple[str, ...]  # NAME=value
+    workdir: str
+    user: str
+
+
+@dataclass(frozen=True)
+class ServiceInfo(Provider):
+    """A program an image runs as an isolated container (an OCI runtime bundle started by crun):
+    a long-running service, or an `onboot` step run to completion. `layers` empty: its root is a
+    read-only view of the image's own root."""
+
+    name: str
+    onboot: bool
+    layers: tuple[Artifact, ...]
+    command: tuple[str, ...]
+    user: str  # a name or a number, looked up in the service's root at build time
+    group: str  # "" for the user's own group
+    capabilities: tuple[str, ...]
+    network: str  # "own" or "host"
+    pid: str  # "own" or "host"
+    writable: tuple[tuple[str, str], ...]  # (absolute path, "tmpfs" or "persistent"), sorted
+    env: tuple[str, ...]  # NAME=value
+    workdir: str
+    restart: str  # "always", "on-failure" or "never"
+    restarts: int  # at most this many restarts, then it stays down
+    after: tuple[str, ...]  # names of the services it starts after

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import platform
 import shutil
 import socket
 import subprocess
@@ -30,12 +31,42 @@ from mk.engine.errors import MkError
 from mk.engine.registry import Runner
 from mk.engine.rule_api import Provider
 from mk.rules.cache_parts import VM
+from mk.rules.formats.compression import decompressed
 from mk.rules.init import FW_CFG_KEY
 from mk.rules.providers import Boot, ImageInfo
 
 QEMU = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What QEMU emulates for an image's architecture (`uname -m`), and where to get it on Debian."""
+
+    binary: str
+    args: tuple[str, ...]  # the board and CPU
+    package: str
+    tcg_args: tuple[str, ...] = ()  # what TCG adds (under KVM the CPU model stays QEMU's default)
+
+
+MACHINES = {
+    # TCG's default x86 CPU has no RDRAND, so the guest's random pool waited seconds for entropy at
+    # each boot (sshd's host key is made at boot, and blocked on it); QEMU emulates the instruction
+    # from the host's getrandom. (aarch64's `max` CPU has RNDR already.)
+    "x86_64": Machine(QEMU, (), "qemu-system-x86", tcg_args=("-cpu", "qemu64,+rdrand")),
+    # The virt board with a 64-bit CPU that has every feature TCG emulates.
+    "aarch64": Machine("qemu-system-aarch64", ("-M", "virt", "-cpu", "max"), "qemu-system-arm"),
+}
 DEFAULT_FORMAT = "kernel+initrd"
 _PROBE_SECONDS = 8.0
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A persistent disk (`--disk NAME=SIZE`): the guest finds it by its serial number, NAME."""
+
+    name: str
+    path: Path
+    size: int  # bytes, when it is created; an existing disk keeps its own
 
 
 @dataclass(frozen=True)
@@ -45,6 +76,7 @@ class VmOptions:
     accel: str = "auto"  # tcg, kvm or auto
     publish: tuple[tuple[int, int], ...] = ()  # (host port, guest port), on 127.0.0.1
     ssh_key: str | None = None  # an OpenSSH public key, installed at boot for the image's ssh_key_user
+    disks: tuple[Disk, ...] = ()
 
     def __post_init__(self) -> None:
         published: dict[int, int] = {}
@@ -67,10 +99,11 @@ class Accel:
         return f"mk: QEMU runs with {self.name}{slow} because {self.why}"
 
 
-def qemu_binary() -> str:
-    found = shutil.which(QEMU)
+def qemu_binary(machine: str = "x86_64") -> str:
+    wanted = MACHINES[machine]
+    found = shutil.which(wanted.binary)
     if found is None:
-        raise MkError(f"{QEMU} is not installed; on Debian: apt-get install qemu-system-x86")
+        raise MkError(f"{wanted.binary} is not installed; on Debian: apt-get install {wanted.package}")
     return found
 
 
@@ -79,6 +112,30 @@ def parse_publish(spec: str) -> tuple[int, int]:
     if not sep or not host.isdigit() or not guest.isdigit() or not (0 < int(host) < 65536 and 0 < int(guest) < 65536):
         raise MkError(f"--publish {spec}: expected HOST:GUEST port numbers, e.g. 2222:22")
     return int(host), int(guest)
+
+
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_disk(spec: str, folder: Path) -> Disk:
+    """`NAME=SIZE` (SIZE in bytes, or with K, M, G or T): the disk NAME.img in `folder`."""
+    name, sep, size = spec.partition("=")
+    unit = _SIZE_UNITS.get(size[-1:].upper(), 1) if size else 1
+    digits = size[:-1] if size[-1:].upper() in _SIZE_UNITS else size
+    if not sep or not name or not digits.isdigit() or int(digits) == 0:
+        raise MkError(f"--disk {spec}: expected NAME=SIZE, e.g. data=1G")
+    return Disk(name, folder / f"{name}.img", int(digits) * unit)
+
+
+def attach(disk: Disk) -> None:
+    """Creates the disk (sparse, all zeros: blank, so the guest formats it) unless it exists."""
+    if disk.path.exists():
+        return
+    disk.path.parent.mkdir(parents=True, exist_ok=True)
+    with open(disk.path, "xb") as f:
+        f.truncate(disk.size)
+    print(f"mk: created the blank disk '{disk.name}' ({disk.size} bytes) at {disk.path}; it is kept for the next "
+          "runs", file=sys.stderr, flush=True)
 
 
 def read_ssh_key(path: Path) -> str:
@@ -91,17 +148,24 @@ def read_ssh_key(path: Path) -> str:
     return lines[0]
 
 
-def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: str) -> list[str]:
-    """QEMU's command line for `boot`, whose files (by role, see `Boot`) are at `files`."""
+def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: str,
+            machine: str = "x86_64") -> list[str]:
+    """QEMU's command line for `boot`, whose files (by role, see `Boot`) are at `files`, on an
+    emulated `machine` (what the image's `uname -m` says)."""
     forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in options.publish)
     args = [
-        qemu_binary(), "-accel", accel, "-m", options.mem, "-smp", str(options.cpus),
+        qemu_binary(machine), *MACHINES[machine].args, "-accel", accel, "-m", options.mem, "-smp", str(options.cpus),
         "-nographic", "-no-reboot",
+        *(MACHINES[machine].tcg_args if accel == "tcg" else ()),
         "-netdev", f"user,id=net0{forwards}", "-device", "virtio-net-pci,netdev=net0",
     ]
     if "disk" in files:
         # -snapshot: the guest's writes go to a temporary file, never into mk-out.
         args += ["-snapshot", "-drive", f"file={files['disk']},if=virtio,format={boot.disk_format}"]
+    for disk in options.disks:
+        # snapshot=off: what the guest writes there is kept, which -snapshot would otherwise discard.
+        args += ["-drive", f"file={disk.path},if=none,id=disk-{disk.name},format=raw,snapshot=off",
+                 "-device", f"virtio-blk-pci,drive=disk-{disk.name},serial={disk.name}"]
     if "cdrom" in files:
         args += ["-cdrom", str(files["cdrom"]), "-boot", "d"]
     # base64url keeps the key one word (on the kernel command line, or in a fw_cfg string); the
@@ -126,8 +190,13 @@ def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: st
     return args
 
 
-def choose_accel(requested: str, image: Path | None, state_dir: Path) -> Accel:
+def choose_accel(requested: str, image: Path | None, state_dir: Path, machine: str = "x86_64") -> Accel:
     """`image`: the folder holding a kernel to probe KVM with (None: no probe is possible)."""
+    if machine != platform.machine():
+        if requested == "kvm":
+            raise MkError(f"--accel kvm: the image is for {machine} and this host is {platform.machine()}; KVM runs "
+                          "only guests of the host's own architecture (use --accel tcg)")
+        return Accel("tcg", f"the image is for {machine}, which QEMU emulates on this {platform.machine()} host")
     if requested in ("tcg", "kvm"):
         return Accel(requested, f"--accel {requested} asks for it")
     if requested != "auto":
@@ -198,6 +267,16 @@ def _kvm_boots(image: Path) -> bool:
     return b"Linux version" in seen
 
 
+def uncompressed_initrd(initrd: Path, scratch: Path) -> Path:
+    """`initrd` with its archives decompressed, written in `scratch`: for a TCG guest, whose
+    emulated CPU took 1-2 s to decompress the sshd image's 16 MB of zstd at boot, where the host
+    takes a fifth of a second (bench/boot.py)."""
+    plain = scratch / "initrd.cpio"
+    with open(initrd, "rb") as source, decompressed(source) as reader, open(plain, "wb") as out:
+        shutil.copyfileobj(reader, out, 1 << 20)
+    return plain
+
+
 class VirtualMachine:
     """One QEMU process booting an image.
 
@@ -207,19 +286,26 @@ class VirtualMachine:
     """
 
     def __init__(self, boot: Boot, files: Mapping[str, Path], options: VmOptions, state_dir: Path,
-                 foreground: bool) -> None:
+                 foreground: bool, machine: str = "x86_64") -> None:
         for path in files.values():
             if not path.is_file():
                 raise MkError(f"{path} is missing; build the image first (mk image)")
         check_ports_free(options.publish)
-        accel = choose_accel(options.accel, files["kernel"].parent if "kernel" in files else None, state_dir)
+        for disk in options.disks:
+            attach(disk)
+        accel = choose_accel(options.accel, files["kernel"].parent if "kernel" in files else None, state_dir,
+                             machine)
         print(accel, file=sys.stderr, flush=True)
-        # UEFI firmware writes its variable store: each run gets a fresh copy, never mk-out's file.
-        self.scratch = Path(tempfile.mkdtemp(prefix="mk-vm-")) if "firmware_vars" in files else None
-        if self.scratch is not None:
-            files = {**files, "firmware_vars": Path(shutil.copy(files["firmware_vars"], self.scratch / "vars.fd"))}
+        unpack = accel.name == "tcg" and "initrd" in files
+        self.scratch = Path(tempfile.mkdtemp(prefix="mk-vm-")) if "firmware_vars" in files or unpack else None
         try:
-            self.process = subprocess.Popen(command(boot, files, options, accel.name),
+            if self.scratch is not None and "firmware_vars" in files:
+                # UEFI firmware writes its variable store: each run gets a fresh copy, never mk-out's file.
+                vars_copy = Path(shutil.copy(files["firmware_vars"], self.scratch / "vars.fd"))
+                files = {**files, "firmware_vars": vars_copy}
+            if self.scratch is not None and unpack:
+                files = {**files, "initrd": uncompressed_initrd(files["initrd"], self.scratch)}
+            self.process = subprocess.Popen(command(boot, files, options, accel.name, machine),
                                             stdin=None if foreground else subprocess.DEVNULL,
                                             start_new_session=not foreground)
         except BaseException:
@@ -251,13 +337,30 @@ class VirtualMachine:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def _options(values: Mapping[str, object]) -> VmOptions:
+def _options(values: Mapping[str, object], disk_dir: Path) -> VmOptions:
     publish = values.get("publish") or ()
+    disks = values.get("disk") or ()
     ssh_key = values.get("ssh_key")
-    assert isinstance(publish, tuple)
+    assert isinstance(publish, tuple) and isinstance(disks, tuple)
     return VmOptions(mem=str(values.get("mem", "512M")), cpus=int(str(values.get("cpus", 1))),
                      accel=str(values.get("accel", "auto")), publish=tuple(parse_publish(str(p)) for p in publish),
-                     ssh_key=read_ssh_key(Path(str(ssh_key))) if ssh_key else None)
+                     ssh_key=read_ssh_key(Path(str(ssh_key))) if ssh_key else None,
+                     disks=tuple(parse_disk(str(d), disk_dir) for d in disks))
+
+
+def check_disks(info: ImageInfo, disks: tuple[Disk, ...]) -> None:
+    attached = [d.name for d in disks]
+    if unknown := [name for name in attached if name not in info.disks]:
+        declared = ", ".join(info.disks) or "none"
+        raise MkError(f"--disk {unknown[0]}: the image has no persistent storage on a disk named '{unknown[0]}' "
+                      f"(its `persistent` disks: {declared})")
+    if twice := sorted({name for name in attached if attached.count(name) > 1}):
+        raise MkError(f"--disk {twice[0]}: given twice")
+    for name in info.disks:
+        if name not in attached:
+            print(f"mk: warning: the disk '{name}' is not attached, so what the image keeps on it is not kept and "
+                  f"the services writing there are not started (attach it with --disk {name}=SIZE)",
+                  file=sys.stderr, flush=True)
 
 
 def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[str, object],
@@ -270,12 +373,19 @@ def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[st
         raise MkError(f"--format {name}: the image does not boot from that format (it boots from: {bootable}; "
                       "the UEFI formats boot when the image names its `firmware`)")
     files = {role: output_dir / artifact.path for role, artifact in boot.files.items()}
-    options = _options(values)
+    image_dir = output_dir / Path(info.kernel.path).parent
+    disk_dir = Path(str(values.get("disk_dir") or image_dir.with_name(image_dir.name + ".disks")))
+    options = _options(values, disk_dir)
+    check_disks(info, options.disks)
     if options.ssh_key and not info.ssh_key_user:
         print("mk: warning: --ssh-key is ignored: the image sets no ssh_key_user, so nothing would install the key "
               "at boot (set ssh_key_user, e.g. to \"root\", on the image target)", file=sys.stderr)
         options = replace(options, ssh_key=None)
-    return VirtualMachine(boot, files, options, cache_root / VM.name, foreground)
+    if info.machine != "x86_64" and boot.firmware != "direct":
+        raise MkError(f"--format {name}: mk boots {info.machine} images from their kernel and initrd only (the "
+                      "default format); its firmware formats are made for x86_64")
+    qemu_binary(info.machine)
+    return VirtualMachine(boot, files, options, cache_root / VM.name, foreground, info.machine)
 
 
 def _check() -> None:
@@ -290,6 +400,11 @@ RUNNER = Runner(
         click.Option(["--ssh-key"], type=click.Path(dir_okay=False),
                      help="An OpenSSH public key to authorize at boot for the image's ssh_key_user (never stored "
                           "in the image)."),
+        click.Option(["--disk"], multiple=True, metavar="NAME=SIZE",
+                     help="Attach the image's persistent disk NAME (see its `persistent`), e.g. data=1G: created "
+                          "blank on first use and kept between runs, in --disk-dir."),
+        click.Option(["--disk-dir"], type=click.Path(file_okay=False),
+                     help="Where the persistent disks are kept (default: mk-out/PKG/IMAGE.disks)."),
         click.Option(["--accel"], type=click.Choice(["auto", "tcg", "kvm"]), default="auto", show_default=True,
                      help="auto: KVM when a probe (once per host boot) shows guests run under it, else TCG."),
         click.Option(["--mem"], default="512M", show_default=True, help="Guest memory."),

@@ -13,7 +13,7 @@ ATTR = Attr(
     "toolchain", attrs.TOOLCHAIN,
     "The tree (a `deb_packages` set, a layer, ...) that is the root filesystem of the command's sandbox, or "
     '`"host"` for the host\'s /usr (not hermetic). Default: the `toolchain` setting in mk.toml.',
-    setting="toolchain", providers=(TreeInfo,),
+    setting="toolchain", providers=(TreeInfo,), for_exec=True,
 )
 
 

@@ -1,5 +1,5 @@
-"""The archive's indices: a signed InRelease (or Release + Release.gpg) and the Packages files
-it vouches for, read into candidates for the resolver.
+"""The archive's indices: a signed InRelease (or Release + Release.gpg) and the Packages (or
+Sources) files it vouches for, read into candidates for the resolver.
 
 A mirror updates file by file, so for a while its Packages files may already be the next ones
 while its Release file still lists the last. When the Release file says `Acquire-By-Hash: yes`,
@@ -11,6 +11,8 @@ archive without by-hash files, or a mirror whose by-hash files lag behind.
 from __future__ import annotations
 
 import bz2
+import datetime
+import email.utils
 import gzip
 import hashlib
 import io
@@ -31,16 +33,18 @@ from mk.rules.deb.mirrors import Mirrors, archive_of
 _FIELDS = ["Package", "Version", "Architecture", "Filename", "SHA256", "Size", "Source",
            "Depends", "Pre-Depends", "Provides", "Multi-Arch", "Essential"]
 _COMPRESSIONS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open, "": open}
-_MID_UPDATE = ("; the mirror may be part-way through an update (its Packages files no longer match its Release "
+_MID_UPDATE = ("; the mirror may be part-way through an update (its indices no longer match its Release "
                "file): run `mk lock` again in a few minutes")
 
 
 @dataclass(frozen=True)
 class ReleaseFiles:
-    """What a verified Release file lists: path -> (sha256, size), and whether by-hash paths serve them."""
+    """What a verified Release file lists: path -> (sha256, size), whether by-hash paths serve them,
+    and when the archive made it (its `Date`, None if it has none that parses)."""
 
     files: dict[str, tuple[str, int]]
     by_hash: bool
+    date: datetime.datetime | None
 
 
 @dataclass(frozen=True)
@@ -62,10 +66,32 @@ class Candidate:
     multi_arch: str
 
 
+@dataclass(frozen=True)
+class Indices:
+    """Every candidate the suites' indices list, and when each suite's Release file was made."""
+
+    candidates: list[Candidate]
+    released: dict[str, datetime.datetime | None]  # suite -> its Release file's Date
+
+
 def read_indices(
     mirrors: Mirrors, suites: list[str], components: list[str], arch: str, keyring: Path, cache: Path
-) -> list[Candidate]:
+) -> Indices:
     candidates: list[Candidate] = []
+    released: dict[str, datetime.datetime | None] = {}
+    for archive, suite, date, index in verified_indices(mirrors, suites, components, f"binary-{arch}/Packages",
+                                                        keyring, cache):
+        candidates.extend(_parse(index, archive, suite))
+        released[suite] = date
+    return Indices(candidates, released)
+
+
+def verified_indices(
+    mirrors: Mirrors, suites: list[str], components: list[str], stem: str, keyring: Path, cache: Path
+) -> Iterator[tuple[str, str, datetime.datetime | None, bytes]]:
+    """(archive, suite, the suite's Release date, uncompressed index) of each suite's
+    `<component>/<stem>` (a Packages or a Sources file), each checked against the suite's signed
+    Release file."""
     cache.mkdir(parents=True, exist_ok=True)
     for suite in suites:
         archive = archive_of(suite)
@@ -73,10 +99,8 @@ def read_indices(
         release = _verified_release(f"{base}/dists/{suite}", keyring, suite)
         listed = _release_files(release)
         for component in components:
-            stem = f"{component}/binary-{arch}/Packages"
-            index = _fetch_packages(f"{base}/dists/{suite}", stem, listed, cache, suite)
-            candidates.extend(_parse(index, archive, suite))
-    return candidates
+            index = _fetch_index(f"{base}/dists/{suite}", f"{component}/{stem}", listed, cache, suite)
+            yield archive, suite, listed.date, index
 
 
 def _verified_release(dist_url: str, keyring: Path, suite: str) -> str:
@@ -112,10 +136,20 @@ def _release_files(release: str) -> ReleaseFiles:
 
     paragraph = deb822.Release(release)
     files = {entry["name"]: (entry["sha256"], int(entry["size"])) for entry in paragraph.get("SHA256", [])}
-    return ReleaseFiles(files, paragraph.get("Acquire-By-Hash", "no").strip().lower() == "yes")
+    return ReleaseFiles(files, paragraph.get("Acquire-By-Hash", "no").strip().lower() == "yes",
+                        _date(paragraph.get("Date", "")))
 
 
-def _fetch_packages(dist_url: str, stem: str, listed: ReleaseFiles, cache: Path, suite: str) -> bytes:
+def _date(text: str) -> datetime.datetime | None:
+    """A Release file's `Date` (RFC 2822, in UTC as Debian writes it), or None."""
+    try:
+        date = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return date.astimezone(datetime.UTC) if date.tzinfo else date.replace(tzinfo=datetime.UTC)
+
+
+def _fetch_index(dist_url: str, stem: str, listed: ReleaseFiles, cache: Path, suite: str) -> bytes:
     for suffix, opener in _COMPRESSIONS.items():
         if stem + suffix not in listed.files:
             continue
@@ -128,7 +162,7 @@ def _fetch_packages(dist_url: str, stem: str, listed: ReleaseFiles, cache: Path,
         with opener(local, "rb") as f:  # type: ignore[operator]
             data: bytes = f.read()
             return data
-    raise MkError(f"suite {suite}: the Release file lists no {stem}; check the component and architecture")
+    raise MkError(f"suite {suite}: the Release file lists no {stem}; check the component (and architecture)")
 
 
 def _download_index(dist_url: str, name: str, sha256: str, size: int, local: Path, by_hash: bool, suite: str) -> None:

@@ -1,11 +1,12 @@
 """Resolves requested packages to a closure: Depends and Pre-Depends, alternatives, versioned
 constraints (Debian's own version comparison), virtual packages through Provides, `:any`
-qualifiers, and excludes. The newest version wins across suites, so security updates do."""
+qualifiers, and excludes. The newest version wins across suites, so security updates do,
+unless a version is preferred (the one already locked, say) and still satisfies what asks for it."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from debian.deb822 import PkgRelation
@@ -37,10 +38,37 @@ class _Alternative:
         return bool(_OPS[op](version_compare(version, wanted)))
 
 
+class VersionConflict(MkError):
+    """Two packages need different versions of `name`."""
+
+    def __init__(self, message: str, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+def resolve(candidates: list[Candidate], arch: str, excludes: Iterable[str], requested: Iterable[str],
+            prefer: Mapping[str, str]) -> list[Candidate]:
+    """The closure of `requested`, taking the `prefer`red versions where they fit. A preferred
+    version that something else rules out (a security update that needs a newer library, say) is
+    given up, and the newest taken instead."""
+    preferred = dict(prefer)
+    while True:
+        try:
+            return Resolver(candidates, arch, excludes, preferred).resolve(requested)
+        except VersionConflict as e:
+            if e.name not in preferred:
+                raise
+            del preferred[e.name]
+
+
 class Resolver:
-    def __init__(self, candidates: Iterable[Candidate], arch: str, excludes: Iterable[str]) -> None:
+    def __init__(self, candidates: Iterable[Candidate], arch: str, excludes: Iterable[str],
+                 prefer: Mapping[str, str] | None = None) -> None:
+        """`prefer`: package name -> the version to take whenever the indices have it and it is
+        acceptable, rather than the newest."""
         self.arch = arch
         self.excludes = set(excludes)
+        self.prefer = dict(prefer or {})
         self.by_name: dict[str, list[Candidate]] = {}
         self.providers: dict[str, list[tuple[Candidate, str | None]]] = {}
         for c in candidates:
@@ -67,7 +95,8 @@ class Resolver:
                 if name in self.by_name:
                     raise MkError(f"version {version} of '{name}' is not in the indices; "
                                   f"available: {self._versions(name)}")
-                raise MkError(f"package '{name}' is not in the indices{did_you_mean(name, self.by_name)}")
+                raise MkError(f"package '{name}' is not in the indices for architecture {self.arch}"
+                              f"{did_you_mean(name, self.by_name)}")
             queue += self._select(chosen, "requested")
         while queue:
             package, _why = queue.pop()
@@ -93,7 +122,8 @@ class Resolver:
         relation = " | ".join(str(a) for a in group)
         raise MkError(
             f"cannot install {needed_by.name} {needed_by.version}: it {field.lower()} on '{relation}', "
-            "which no package in the suites provides (add it to 'excludes' if the image does not need it)"
+            f"which no package in the suites provides for architecture {self.arch} (add it to 'excludes' if the "
+            "image does not need it)"
         )
 
     def _already(self, alt: _Alternative) -> bool:
@@ -106,7 +136,9 @@ class Resolver:
         )
 
     def _best(self, alt: _Alternative) -> Candidate | None:
-        return next((c for c in self.by_name.get(alt.name, []) if alt.accepts(c.version)), None)
+        acceptable = [c for c in self.by_name.get(alt.name, []) if alt.accepts(c.version)]
+        preferred = self.prefer.get(alt.name)
+        return next((c for c in acceptable if c.version == preferred), acceptable[0] if acceptable else None)
 
     def _versions(self, name: str) -> str:
         """'2.0 (bookworm-security), 1.0 (bookworm, bookworm-updates)': newest first, with their suites."""
@@ -119,9 +151,9 @@ class Resolver:
         existing = self.selected.get(candidate.name)
         if existing is not None:
             if existing.version != candidate.version:
-                raise MkError(
+                raise VersionConflict(
                     f"{why} needs {candidate.name} {candidate.version}, but {existing.name} {existing.version} "
-                    "was already chosen; pin one version in 'packages'"
+                    "was already chosen; pin one version in 'packages'", candidate.name,
                 )
             return []
         self.selected[candidate.name] = candidate

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from mk.cache.tree import Entry, Kind, Tree, TreeError, check_symlink, dest_path, merge
 from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
-from mk.rules.deb import known_debs
 from mk.rules.deb.debfile import MERGED_DIRS, DebError, read_deb
-from mk.rules.deb.download import DownloadError, download
 from mk.rules.deb.dpkg import InstalledPackage, database
+from mk.rules.deb.fetch import fetch
 from mk.rules.deb.lockfile import LockedPackage, Lockfile, Manifest
 from mk.rules.deb.sbom import spdx
 from mk.rules.providers import SbomInfo, TreeInfo
@@ -23,41 +24,38 @@ from mk.rules.write_file import write
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
-def manifest(ctx_attrs: dict[str, object]) -> Manifest:
+# Written in a package name (`linux-image-cloud-$(ARCH)`), it stands for the architecture resolved for.
+ARCH_VARIABLE = "$(ARCH)"
+# The architecture whose lockfile is plain NAME.lock.json, as every lockfile was before mk built for others.
+_FIRST_ARCHITECTURE = "amd64"
+
+
+def architecture(ctx_attrs: dict[str, object], platform_arch: str) -> str:
+    """The Debian architecture a package set is resolved for: its own, or the target platform's."""
+    return str(ctx_attrs["architecture"]) or platform_arch
+
+
+def manifest(ctx_attrs: dict[str, object], arch: str) -> Manifest:
     def strings(name: str) -> tuple[str, ...]:
         value = ctx_attrs[name]
         assert isinstance(value, list)
-        return tuple(str(v) for v in value)
+        return tuple(str(v).replace(ARCH_VARIABLE, arch) for v in value)
 
-    return Manifest(strings("suites"), strings("components"), str(ctx_attrs["architecture"]),
+    return Manifest(strings("suites"), strings("components"), arch,
                     tuple(sorted(strings("packages"))), tuple(sorted(strings("excludes"))))
 
 
-def lock_path(name: str, attrs: dict[str, object]) -> str:
-    return str(attrs["lock"]) or f"{name}.lock.json"
+def lock_path(name: str, attrs: dict[str, object], arch: str = _FIRST_ARCHITECTURE) -> str:
+    """One lockfile per architecture: NAME.lock.json for amd64, NAME.ARCH.lock.json for another (the
+    `lock` attribute, if given, with .ARCH put before its extension the same way)."""
+    path = str(attrs["lock"]) or f"{name}.lock.json"
+    if arch == _FIRST_ARCHITECTURE:
+        return path
+    stem, dot, extension = path.rpartition(".lock.json") if path.endswith(".lock.json") else path.rpartition(".")
+    return f"{stem}.{arch}{dot}{extension}" if dot else f"{path}.{arch}"
 
 
 # ---- actions ---------------------------------------------------------------------------------
-
-
-def fetch(io: ActionIO) -> None:
-    """Fixed-output download: the key is the expected sha256, checked before anything is kept.
-
-    A .deb already in the content store (from another target, or before its action result was
-    collected) is copied from there instead of downloaded again; see `known_debs`.
-    """
-    p = io.params
-    sha256, size = str(p["sha256"]), int(str(p["size"]))
-    out = next(iter(io.outputs.values()))
-    if known_debs.copy(io.cas, sha256, out):
-        return
-    url = f"{io.source_url('debian:' + str(p['archive']))}/{p['path']}"
-    try:
-        download(url, out, sha256=sha256, size=size)
-    except DownloadError as e:
-        hint = " (this version has left the mirror: run `mk lock` again)" if e.not_found else ""
-        raise ValueError(f"{e}{hint}") from None
-    known_debs.remember(io.cas, sha256, out)
 
 
 def extract(io: ActionIO) -> None:
@@ -112,14 +110,19 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     extracted: list[Artifact] = []
     packages: list[list[str]] = []
     for package in lock.packages:
-        deb = ctx.output(f"{prefix}{_deb_name(package)}")
+        # A package of every architecture is fetched and unpacked once for all of them.
+        shared = package.architecture == "all"
+        deb = ctx.output(f"{prefix}{_deb_name(package)}", shared=shared)
         ctx.add_action(Action(
             owner=ctx.label, mnemonic="DebFetch", inputs=(), outputs=(deb,),
-            params={"archive": package.archive, "path": package.path, "sha256": package.sha256, "size": package.size},
+            params={"archive": package.archive, "path": package.path, "sha256": package.sha256, "size": package.size,
+                    "snapshot": lock.snapshots.get(package.archive, "")},
             function=fetch,
         ))
-        tree = ctx.output(f"{prefix}{package.name}.tree", tree=True)
-        meta = ctx.output(f"{prefix}{package.name}.dpkg.json")
+        # (named by version too, for two platforms' lockfiles may hold different versions of it)
+        stem = f"{prefix}{_deb_name(package)}" if shared else f"{prefix}{package.name}"
+        tree = ctx.output(f"{stem}.tree", tree=True, shared=shared)
+        meta = ctx.output(f"{stem}.dpkg.json", shared=shared)
         ctx.add_action(Action(
             owner=ctx.label, mnemonic="DebExtract", inputs=(deb,), outputs=(tree, meta),
             params={"deb": _deb_name(package)}, function=extract,
@@ -141,19 +144,39 @@ def analyze(ctx: RuleContext) -> list[Provider]:
 
 
 def read_lockfile(ctx: RuleContext) -> Lockfile:
-    path = lock_path(ctx.label.name, dict(ctx.attrs))
+    arch = architecture(dict(ctx.attrs), ctx.platform.arch)
+    return checked_lockfile(ctx, "deb_packages", Lockfile.loads, manifest(dict(ctx.attrs), arch),
+                            "the package list, suites or excludes", arch)
+
+
+class _Locked(Protocol):
+    @property
+    def manifest_digest(self) -> str: ...
+
+
+L = TypeVar("L", bound=_Locked)
+
+
+def checked_lockfile(ctx: RuleContext, rule: str, loads: Callable[[str], L], wanted: Manifest, what: str,
+                     arch: str = _FIRST_ARCHITECTURE) -> L:
+    """The target's lockfile for `arch`, read by `loads`, if it was made from the manifest `wanted`
+    (`what` names what would have changed); else an error saying to run `mk lock`."""
+    path = lock_path(ctx.label.name, dict(ctx.attrs), arch)
     shown = f"{ctx.label.package}/{path}".lstrip("/")
+    first = arch == _FIRST_ARCHITECTURE
+    command = f"mk lock {ctx.label}" + ("" if first else f" --platform linux/{arch}")
     text = ctx.read_source(path)
     if text is None:
-        raise MkError(f"deb_packages {ctx.label}: no lockfile '{shown}'; run `mk lock {ctx.label}` to create it")
+        raise MkError(f"{rule} {ctx.label}: no lockfile '{shown}'{'' if first else f' for architecture {arch}'}; "
+                      f"run `{command}` to create it")
     try:
-        lock = Lockfile.loads(text)
+        lock = loads(text)
     except ValueError as e:
-        raise MkError(f"deb_packages {ctx.label}: lockfile '{shown}' is unreadable ({e}); "
-                      f"run `mk lock {ctx.label}` to rewrite it") from None
-    if lock.manifest_digest != manifest(dict(ctx.attrs)).digest():
-        raise MkError(f"deb_packages {ctx.label}: lockfile '{shown}' is stale (the package list, suites or excludes "
-                      f"changed since it was written); run `mk lock {ctx.label}`")
+        raise MkError(f"{rule} {ctx.label}: lockfile '{shown}' is unreadable ({e}); "
+                      f"run `{command}` to rewrite it") from None
+    if lock.manifest_digest != wanted.digest():
+        raise MkError(f"{rule} {ctx.label}: lockfile '{shown}' is stale ({what} changed since it was written); "
+                      f"run `{command}`")
     return lock
 
 
@@ -179,18 +202,22 @@ RULE = Rule(
     name="deb_packages",
     doc=(
         "Debian packages, resolved by `mk lock` into a lockfile checked into the workspace, each fetched by "
-        "its sha256 and unpacked (safely, without running maintainer scripts) into one tree with Debian 12's "
-        "merged /usr and a dpkg database. Outputs `NAME.tree` (for `rootfs`, `layer`s and images) and "
+        "its sha256 (from the first place that has it: the local and the remote cache, the mirror, a snapshot "
+        "archive, extra mirrors) and unpacked (safely, without running maintainer scripts) into one tree with "
+        "Debian 12's merged /usr and a dpkg database. Outputs `NAME.tree` (for `rootfs`, `layer`s and images) and "
         "`NAME.spdx.json`, an SPDX 2.3 SBOM. Maintainer scripts are not run: declare what they would have "
         "done (users and groups in a `layer`, `update-alternatives` links in `alternatives`). A build whose "
         "manifest no longer matches the lockfile stops and asks for `mk lock`."
     ),
     attrs=(
-        Attr("packages", attrs.STRING_LIST, "Package names, optionally pinned as 'name=version'.", mandatory=True),
+        Attr("packages", attrs.STRING_LIST, "Package names, optionally pinned as 'name=version'; `$(ARCH)` in "
+             "one stands for the architecture (`linux-image-cloud-$(ARCH)`).", mandatory=True),
         Attr("suites", attrs.STRING_LIST, "Suites to resolve from; the newest version wins.",
              default=["bookworm", "bookworm-updates", "bookworm-security"]),
         Attr("components", attrs.STRING_LIST, "Archive components.", default=["main"]),
-        Attr("architecture", attrs.STRING, "Debian architecture.", default="amd64"),
+        Attr("architecture", attrs.STRING, "Debian architecture; default: the target platform's (`mk build "
+             "--platform linux/arm64`: arm64), each resolved into its own lockfile by `mk lock --platform`.",
+             default=""),
         Attr("excludes", attrs.STRING_LIST, "Packages never installed, even when something depends on them.",
              default=[]),
         Attr("lock", attrs.STRING, "The lockfile, relative to the package; default NAME.lock.json.", default=""),
@@ -200,4 +227,5 @@ RULE = Rule(
              "{'/usr/bin/editor': '/usr/bin/vim.basic'}.", default={}),
     ),
     analyze=analyze,
+    uses_platform=True,
 )

@@ -38,8 +38,9 @@ def _header(ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, siz
     return header + b"\0" * (-len(header) % 4)
 
 
-def write_cpio(tree: Tree, cas: ContentStore, out: BinaryIO, mtime: int) -> None:
-    """Inode numbers are assigned in path order; a hard link shares its file's inode.
+def write_cpio(tree: Tree, cas: ContentStore, out: BinaryIO, mtime: int, plain_file: bool = False) -> None:
+    """Inode numbers are assigned in path order; a hard link shares its file's inode. With
+    `plain_file`, contents go to `out`'s descriptor directly (see ContentStore.write_to).
 
     The content of a hard-linked file is written with its first name and later names carry none,
     which is what the kernel's initramfs unpacker expects.
@@ -61,8 +62,8 @@ def write_cpio(tree: Tree, cas: ContentStore, out: BinaryIO, mtime: int) -> None
         nlink = 2 if entry.kind is Kind.DIR else links.get(entry.path, 1)
         if entry.kind is Kind.FILE:
             out.write(_header(number, mode, entry.uid, entry.gid, nlink, mtime, entry.size, rdev, name))
-            for chunk in cas.stream(entry.digest, entry.size):
-                out.write(chunk)
+            if entry.size:
+                cas.write_to(entry.digest, entry.size, out, plain_file)
             out.write(b"\0" * (-entry.size % 4))
         elif entry.kind is Kind.SYMLINK:
             target = entry.target.encode()

@@ -23,6 +23,7 @@ from mk.rules.formats.tar import write_tar
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,27 @@ class _Hashing:
         self.sink.flush()
 
 
-def _json(document: object) -> bytes:
+def to_json(document: object) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _descriptor(media_type: str, digest: str, size: int) -> dict[str, object]:
+def descriptor(media_type: str, digest: str, size: int) -> dict[str, object]:
     return {"mediaType": media_type, "digest": f"sha256:{digest}", "size": size}
+
+
+def layout_json() -> bytes:
+    return to_json({"imageLayoutVersion": "1.0.0"})
+
+
+def add_file(archive: tarfile.TarFile, name: str, data: bytes | None, mtime: int, scratch: Path) -> None:
+    """A folder (`data` None) or a file of the archive, at SOURCE_DATE_EPOCH, owned by nobody in particular."""
+    if data is None:
+        archive.addfile(_info(name, tarfile.DIRTYPE, 0, mtime))
+        return
+    scratch_file = scratch / "member"
+    scratch_file.write_bytes(data)
+    with open(scratch_file, "rb") as f:
+        archive.addfile(_info(name, tarfile.REGTYPE, len(data), mtime), f)
 
 
 def write_oci_archive(
@@ -76,7 +92,7 @@ def write_oci_archive(
                 write_tar(layer, cas, plain, mtime)  # type: ignore[arg-type]
         digest = packed.sha256.hexdigest()
         blobs[digest] = path
-        layer_descriptors.append(_descriptor(LAYER_TYPE, digest, packed.size))
+        layer_descriptors.append(descriptor(LAYER_TYPE, digest, packed.size))
         diff_ids.append(f"sha256:{plain.sha256.hexdigest()}")
 
     created = datetime.datetime.fromtimestamp(mtime, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -90,7 +106,7 @@ def write_oci_archive(
         image_config["User"] = config.user
     if config.labels:
         image_config["Labels"] = dict(config.labels)
-    config_blob = _json({
+    config_blob = to_json({
         "architecture": config.architecture,
         "os": "linux",
         "created": created,
@@ -98,34 +114,30 @@ def write_oci_archive(
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created": created, "created_by": "mk"} for _ in layers],
     })
-    manifest_blob = _json({
+    manifest_blob = to_json({
         "schemaVersion": 2,
         "mediaType": MANIFEST_TYPE,
-        "config": _descriptor(CONFIG_TYPE, hashlib.sha256(config_blob).hexdigest(), len(config_blob)),
+        "config": descriptor(CONFIG_TYPE, hashlib.sha256(config_blob).hexdigest(), len(config_blob)),
         "layers": layer_descriptors,
     })
     for document in (config_blob, manifest_blob):
         path = scratch / hashlib.sha256(document).hexdigest()
         path.write_bytes(document)
         blobs[path.name] = path
-    manifest = _descriptor(MANIFEST_TYPE, hashlib.sha256(manifest_blob).hexdigest(), len(manifest_blob))
+    manifest = descriptor(MANIFEST_TYPE, hashlib.sha256(manifest_blob).hexdigest(), len(manifest_blob))
     manifest["annotations"] = {"org.opencontainers.image.ref.name": ref_name}
-    index_blob = _json({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-                   "manifests": [manifest]})
-    layout = _json({"imageLayoutVersion": "1.0.0"})
+    index_blob = to_json({"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [manifest]})
+    layout = layout_json()
 
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as archive:
         for name in ("blobs", "blobs/sha256"):
-            archive.addfile(_info(name, tarfile.DIRTYPE, 0, mtime))
+            add_file(archive, name, None, mtime, scratch)
         for digest in sorted(blobs):
             size = blobs[digest].stat().st_size
             with open(blobs[digest], "rb") as blob:
                 archive.addfile(_info(f"blobs/sha256/{digest}", tarfile.REGTYPE, size, mtime), blob)
         for name, data in (("index.json", index_blob), ("oci-layout", layout)):
-            scratch_file = scratch / name
-            scratch_file.write_bytes(data)
-            with open(scratch_file, "rb") as f:
-                archive.addfile(_info(name, tarfile.REGTYPE, len(data), mtime), f)
+            add_file(archive, name, data, mtime, scratch)
 
 
 def _info(name: str, kind: bytes, size: int, mtime: int) -> tarfile.TarInfo:

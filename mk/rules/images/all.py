@@ -16,3 +16,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     *iso.FORMATS,
     *convert.FORMATS,
 )}
+
+# Formats whose boot chain is made for x86-64 PCs (an x64 EFI stub and BOOTX64.EFI, x86-64 root
+# partition types, syslinux and isolinux, and the disks converted from those): an image for another
+# platform does not offer them, rather than writing a disk its machine cannot boot.
+X86_64_ONLY = frozenset({"uki", "raw-efi", *(f.name for f in (*bios.FORMATS, *iso.FORMATS, *convert.FORMATS))})

@@ -1,0 +1,137 @@
+"""The REAPI pieces that need no server: endpoints, Directory Merkle trees, the blake3 <-> SHA-256
+index, and a toolchain tree as a Directory tree."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from mk.cache.cas import ContentStore
+from mk.cache.reapi.digests import DigestIndex, Sha256, sha256_bytes
+from mk.cache.reapi.endpoint import Endpoint, EndpointError
+from mk.cache.reapi.merkle import DirectoryBuilder, MerkleError, walk
+from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+from mk.cache.tree import Entry, Kind, Tree
+from mk.engine.remote_action import toolchain_directory
+from mk.engine.remote_exec import RemoteTimings
+
+A, B = sha256_bytes(b"a"), sha256_bytes(b"bb")
+
+
+def test_an_endpoint_is_grpc_or_grpcs_with_a_port() -> None:
+    plain = Endpoint.parse("grpc://127.0.0.1:8980", "main", "secret")
+    assert (plain.target, plain.tls, plain.instance) == ("127.0.0.1:8980", False, "main")
+    assert plain.metadata() == (("authorization", "Bearer secret"),)
+    assert "secret" not in plain.shown()
+    tls = Endpoint.parse("grpcs://cluster.example", token="secret")
+    assert (tls.target, tls.tls) == ("cluster.example:443", True)
+    assert tls.metadata() == ()  # the TLS channel's credentials carry the token
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:1", "grpc://127.0.0.1", "grpc://u:p@host:1", "grpc://h:1/x",
+                                 "grpc://h:port"])
+def test_an_endpoint_that_is_not_grpc_host_port_is_refused(url: str) -> None:
+    with pytest.raises(EndpointError, match="grpc://host:port"):
+        Endpoint.parse(url)
+
+
+def _tree(order: list[tuple[str, Sha256]]) -> tuple[Sha256, dict[Sha256, bytes]]:
+    builder = DirectoryBuilder()
+    for path, digest in order:
+        builder.add_file(path, digest, False)
+    builder.add_symlink("d/link", "../a")
+    return builder.finish()
+
+
+def test_equal_trees_have_equal_digests_whatever_the_order_they_were_given_in() -> None:
+    one = _tree([("a", A), ("d/e/b", B), ("d/c", A)])
+    other = _tree([("d/c", A), ("d/e/b", B), ("a", A)])
+    assert one == other
+    assert one[0] != _tree([("a", A), ("d/e/b", B), ("d/c", B)])[0]
+    root = re_pb2.Directory.FromString(one[1][one[0]])
+    assert [f.name for f in root.files] == ["a"] and [d.name for d in root.directories] == ["d"]
+    for digest, data in one[1].items():  # each message is stored under its own SHA-256
+        assert digest == Sha256(hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_a_name_used_twice_in_a_folder_is_refused() -> None:
+    builder = DirectoryBuilder()
+    builder.add_file("x", A, False)
+    builder.add_symlink("x", "y")
+    with pytest.raises(MerkleError, match="'x' is named twice"):
+        builder.finish()
+
+
+def test_walk_reads_back_files_folders_modes_and_links() -> None:
+    builder = DirectoryBuilder()
+    builder.add_folder("bin", 0o555)
+    builder.add_file("bin/sh", A, True)
+    builder.add_symlink("sh", "bin/sh")
+    root, blobs = builder.finish()
+    nodes = {n.path: n for n in walk(root, lambda d: re_pb2.Directory.FromString(blobs[d]))}
+    assert nodes["bin"].kind == "dir" and nodes["bin"].mode == 0o555
+    assert (nodes["bin/sh"].digest, nodes["bin/sh"].executable) == (A, True)
+    assert nodes["sh"].target == "bin/sh"
+
+
+def test_walk_refuses_a_name_that_climbs_out() -> None:
+    evil = re_pb2.Directory(files=[re_pb2.FileNode(name="..", digest=re_pb2.Digest(hash=A.hash, size_bytes=1))])
+    data = evil.SerializeToString()
+    with pytest.raises(MerkleError, match=r"'\.\.'"):
+        list(walk(sha256_bytes(data), lambda _: evil))
+
+
+def test_the_index_remembers_both_ways_across_instances(tmp_path: Path) -> None:
+    cas = ContentStore(tmp_path)
+    blake3 = cas.put_bytes(b"hello")
+    index = DigestIndex(tmp_path)
+    assert index.sha256(blake3, cas) == sha256_bytes(b"hello")
+    again = DigestIndex(tmp_path)
+    assert again.known_sha256(blake3) == sha256_bytes(b"hello")
+    assert again.known_blake3(sha256_bytes(b"hello")) == blake3
+    again.forget(blake3, sha256_bytes(b"hello"))
+    assert DigestIndex(tmp_path).known_sha256(blake3) is None
+
+
+def test_a_toolchain_tree_becomes_a_directory_tree_the_sandbox_can_use(tmp_path: Path) -> None:
+    cas = ContentStore(tmp_path)
+    sh, data = cas.put_bytes(b"#!shell"), cas.put_bytes(b"data")
+    tree = Tree.build([
+        Entry("usr", Kind.DIR, 0o755), Entry("usr/bin", Kind.DIR, 0o755),
+        Entry("usr/bin/sh", Kind.FILE, 0o4755, digest=sh, size=7),
+        Entry("usr/bin/bash", Kind.HARDLINK, 0o755, target="usr/bin/sh"),
+        Entry("usr/share", Kind.FILE, 0o644, digest=data, size=4),
+        Entry("bin", Kind.SYMLINK, 0o777, target="usr/bin"),
+        Entry("dev-null", Kind.CHAR, 0o666, major=1, minor=3),
+    ])
+    index = DigestIndex(tmp_path)
+    root, blobs, files = toolchain_directory(tree, lambda d: index.sha256(d, cas))
+    nodes = {n.path: n for n in walk(root, lambda d: re_pb2.Directory.FromString(blobs[d]))}
+    assert "dev-null" not in nodes  # the sandbox brings its own /dev
+    assert nodes["usr/bin/bash"].digest == nodes["usr/bin/sh"].digest == sha256_bytes(b"#!shell")
+    assert nodes["usr/bin/sh"].executable and not nodes["usr/share"].executable
+    assert nodes["bin"].target == "usr/bin" and nodes["usr/bin"].mode == 0o755
+    assert files == {sha256_bytes(b"#!shell"): sh, sha256_bytes(b"data"): data}
+
+
+def _metadata(start_ms: int, command_ms: tuple[int, int], done_ms: int) -> re_pb2.ExecutedActionMetadata:
+    metadata = re_pb2.ExecutedActionMetadata(worker="w")
+    metadata.worker_start_timestamp.FromMilliseconds(start_ms)
+    metadata.execution_start_timestamp.FromMilliseconds(command_ms[0])
+    metadata.execution_completed_timestamp.FromMilliseconds(command_ms[1])
+    metadata.worker_completed_timestamp.FromMilliseconds(done_ms)
+    return metadata
+
+
+def test_remote_timings_split_each_round_trip_at_the_workers_timestamps() -> None:
+    timings = RemoteTimings()
+    assert timings.line() == ""  # nothing executed remotely: nothing said
+    # 1000 ms on the worker, 900 of them the command: 100 ms the worker's own; Execute took 1.25 s.
+    timings.add(1.25, _metadata(5_000, (5_050, 5_950), 6_000))
+    timings.add(1.50, _metadata(9_000, (9_010, 9_990), 10_000))  # 20 ms; 500 ms beyond
+    timings.add(0.40, _metadata(1_000, (1_030, 1_330), 1_360))  # 60 ms; 40 ms beyond
+    timings.add(9.0, re_pb2.ExecutedActionMetadata(worker="silent"))  # no timestamps: not counted
+    assert timings.line() == "; per action beyond its command (median ms): 60 on the worker, 250 in the server " \
+        "and the network"

@@ -1,0 +1,40 @@
+"""An action's scratch folder is removed after the action on a background thread: the name is free
+at once, and nothing is left when the process ends, or when the next build finds it dead."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mk.cache.local import LocalCache
+from mk.cache.parts import SCRATCH
+
+PROGRAM = """
+import sys
+from pathlib import Path
+from mk.cache.local import LocalCache
+cache = LocalCache(Path(sys.argv[1]))
+for n in range(20):
+    with cache.scratch_dir("action", remove_later=True) as scratch:
+        (scratch / "execroot" / "deep").mkdir(parents=True)
+        (scratch / "execroot" / "deep" / "file").write_bytes(b"x" * 100_000)
+        (scratch / "execroot" / "deep").chmod(0o555)  # what a build step may leave
+    assert not scratch.exists(), "the name must be free as soon as the action ends"
+"""
+
+
+def test_scratch_removed_later_is_gone_when_the_process_ends(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", PROGRAM, str(tmp_path / "cache")], check=True, timeout=120)
+    assert list((tmp_path / "cache" / SCRATCH.name).iterdir()) == []
+
+
+def test_scratch_a_killed_process_left_aside_is_swept(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache")
+    proc = subprocess.Popen(["true"])  # its pid names no process once it is reaped
+    proc.wait()
+    left = tmp_path / "cache" / SCRATCH.name / f"{proc.pid}-done-3"
+    (left / "execroot").mkdir(parents=True)
+    (left / "execroot" / "output").write_bytes(b"half")
+    cache.sweep_stale_scratch()
+    assert not left.exists()
