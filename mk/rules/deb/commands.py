@@ -83,10 +83,10 @@ def _locked(session: Session, target: Target, wanted: list[str]) -> list[str]:
 
 
 def _deb_targets(session: Session, patterns: tuple[str, ...]) -> list[Target]:
-    """The targets named, each once: a label names its target (which must be deb_packages: `lock`
-    says so otherwise), a pattern its deb_packages targets."""
+    """The targets named, each once: a label names its target (which must be deb_packages or
+    deb_source), a pattern its deb_packages and deb_source targets."""
     from mk.engine.labels import Pattern
-    from mk.rules.deb.lock import LOCKED_RULES
+    from mk.rules.deb.lock import LOCKED_RULES, require_lockable
 
     loader = session.loader()
     found: dict[str, Target] = {}
@@ -96,7 +96,9 @@ def _deb_targets(session: Session, patterns: tuple[str, ...]) -> list[Target]:
         for label in loader.expand(absolute):
             target = loader.target(label)
             assert target is not None
-            if named or target.rule.name in LOCKED_RULES:
+            if named:  # before anything looks for its lockfiles
+                require_lockable(target)
+            if target.rule.name in LOCKED_RULES:
                 found.setdefault(str(label), target)
     if not found:
         raise MkError(f"no deb_packages or deb_source target in {' '.join(patterns)}")

@@ -75,14 +75,19 @@ class LockReport:
 LOCKED_RULES = ("deb_packages", "deb_source")
 
 
+def require_lockable(target: Target) -> None:
+    """An error unless `target` has a lockfile for `mk lock` to write."""
+    if target.rule.name not in LOCKED_RULES:
+        raise MkError(f"{target.label} is {a_or_an(target.rule.name)}; "
+                      "`mk lock` works on deb_packages and deb_source targets")
+
 
 def lock(workspace: Workspace, target: Target, cache_root: Path, mode: Mode = "keep",
          check: bool = False, platform_arch: str = "amd64") -> LockReport:
     """`platform_arch`: the target platform's architecture, which a deb_packages set without an
     `architecture` of its own is resolved for, into that architecture's lockfile."""
+    require_lockable(target)
     rule = target.rule.name
-    if rule not in LOCKED_RULES:
-        raise MkError(f"{target.label} is {a_or_an(rule)}; `mk lock` works on deb_packages and deb_source targets")
     try:
         return _lock(workspace, target, cache_root, mode, check, platform_arch)
     except MkError as e:  # an archive, a package or a pin: said of the target, at its place in the BUILD file
