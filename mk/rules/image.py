@@ -195,15 +195,15 @@ def analyze(ctx: RuleContext) -> list[Provider]:
             if built.boot is not None:
                 boots[fmt.name] = built.boot
     wanted = ctx.strings("formats")
-    for why in dict.fromkeys(refused[f] for f in wanted if f in refused):
-        names = ", ".join(f for f in wanted if refused.get(f) == why)
+    asked = tuple(dict.fromkeys((*ctx.output_groups, *wanted)))  # by `mk image --format`, or the BUILD file
+    for why in dict.fromkeys(refused[f] for f in asked if f in refused):
+        names = ", ".join(f for f in asked if refused.get(f) == why)
         raise MkError(f"image {ctx.label}: the formats {names} {why}; for {ctx.platform} the image offers "
                       f"{', '.join(['tar', 'oci', *(f.name for f in offered)])}")
     if not has_toolchain and (needing := [f for f in wanted if FORMATS[f].needs_tools]):
         raise MkError(f"image {ctx.label}: the formats {', '.join(needing)} run tools, so the image needs a "
                       "toolchain (a `toolchain` attribute, or the `toolchain` setting in mk.toml)")
     # The manifest describes every file this build places for the image: the formats asked for too.
-    asked = (*ctx.output_groups, *wanted)
     described = tuple(dict.fromkeys((kernel, initrd, cmdline, sbom, *(f for g in asked for f in groups.get(g, ())))))
     manifest = out("manifest.json")
     ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", inputs=described, outputs=(manifest,),
