@@ -269,11 +269,12 @@ ARM64_SSH_SECONDS = 60
 
 
 @pytest.mark.timeout(MIRROR_SECONDS + TCG_BOOT_SECONDS + 4 * ARM64_SSH_SECONDS + POWER_OFF_SECONDS + MARGIN)
-@pytest.mark.parametrize("image_format", ["kernel+initrd", "kernel+squashfs", "raw-efi"])
+@pytest.mark.parametrize("image_format", ["kernel+initrd", "kernel+squashfs", "raw-efi", "iso-efi"])
 def test_sshd_for_arm64_boots_under_tcg_and_answers_ssh(cache: Path, tmp_path: Path, image_format: str) -> None:
     """//examples:sshd built for linux/arm64 on this host, booted by qemu-system-aarch64 -M virt,
-    emulated (TCG) whatever --accel auto finds: from its initrd, from a squashfs root on a disk, and
-    from a GPT disk that AAVMF (the image's locked qemu-efi-aarch64) boots, its root checked by dm-verity."""
+    emulated (TCG) whatever --accel auto finds: from its initrd, from a squashfs root on a disk, from
+    a GPT disk that AAVMF (the image's locked qemu-efi-aarch64) boots, its root checked by dm-verity,
+    and from an ISO on the virt board's virtio SCSI CD drive, through systemd-boot."""
     require("qemu-system-aarch64")
     require("ssh")
     key = tmp_path / "id_ed25519"

@@ -27,6 +27,15 @@ class EfiArch:
     verity_type: str  # ... and of that root's dm-verity hash tree
 
     @property
+    def stub(self) -> str:
+        """systemd-boot's EFI stub, in systemd-boot-efi's tree."""
+        return f"{EFI_FOLDER}/linux{self.suffix}.efi.stub"
+
+    @property
+    def boot_manager(self) -> str:
+        return f"{EFI_FOLDER}/systemd-boot{self.suffix}.efi"
+
+    @property
     def removable(self) -> str:
         """The file firmware boots from a medium it has no boot entry for."""
         return f"BOOT{self.suffix.upper()}.EFI"
@@ -55,8 +64,8 @@ def efi_arch(fc: FormatContext) -> EfiArch:
 
 def systemd_boot(fc: FormatContext) -> SystemdBoot:
     """Call it through `fc.once("systemd-boot", systemd_boot)`."""
-    suffix = efi_arch(fc).suffix
-    files = {"stub": f"{EFI_FOLDER}/linux{suffix}.efi.stub", "boot_manager": f"{EFI_FOLDER}/systemd-boot{suffix}.efi"}
+    arch = efi_arch(fc)
+    files = {"stub": arch.stub, "boot_manager": arch.boot_manager}
     tree = fc.parts.efi_boot
     if tree is None:
         return SystemdBoot(f"/{files['stub']}", f"/{files['boot_manager']}", ())
