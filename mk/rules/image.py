@@ -182,11 +182,7 @@ def analyze(ctx: RuleContext) -> list[Provider]:
                        toolchain.toolchain(ctx) if has_toolchain else None, has_toolchain, bool(ctx.attrs["verity"]),
                        firmware[0].tree if firmware else None, efi_boot[0].tree if efi_boot else None)
     formats = FormatContext(ctx, parts, FORMATS)
-    # The toolchain's systemd-boot-efi is the exec platform's: another platform's image needs its own.
-    refused = {**({f: "boot x86-64 PCs only" for f in X86_64_ONLY} if ctx.platform.machine != "x86_64" else {}),
-               **({f: f"need systemd-boot for {ctx.platform}: give the image an `efi_boot` tree (Debian's "
-                      "systemd-boot-efi, resolved for its platform)" for f in UEFI}
-                  if not efi_boot and ctx.platform != host_platform() else {})}
+    refused = _refused(ctx, bool(efi_boot))
     offered = [f for f in FORMATS.values() if f.name not in refused]
     for fmt in offered:
         if has_toolchain or not fmt.needs_tools:  # without one, only mk's own writers are offered
@@ -213,6 +209,18 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     return [DefaultInfo(files=default, groups={"kernel+initrd": boot, **groups}),
             ImageInfo(kernel, initrd, cmdline, rootfs, ctx.string("ssh_key_user"), boots,
                       tuple(sorted(set(persistent.values()))), ctx.platform.machine)]
+
+
+def _refused(ctx: RuleContext, has_efi_boot: bool) -> dict[str, str]:
+    """The formats the image does not offer for its platform, each with the reason."""
+    refused: dict[str, str] = {}
+    if ctx.platform.machine != "x86_64":
+        refused |= {f: "boot x86-64 PCs only" for f in X86_64_ONLY}
+    # The toolchain's systemd-boot-efi is the exec platform's: another platform's image needs its own.
+    if not has_efi_boot and ctx.platform != host_platform():
+        refused |= {f: f"need systemd-boot for {ctx.platform}: give the image an `efi_boot` tree (Debian's "
+                       "systemd-boot-efi, resolved for its platform)" for f in UEFI}
+    return refused
 
 
 def _format_name(name: str) -> str:
@@ -343,12 +351,12 @@ RULE = Rule(
              "image's last boot step prints the device's status on the console (`verity V`: every block read "
              "was intact).",
              default=False),
-        Attr("firmware", attrs.LABEL, "A tree holding UEFI firmware, locked like any package set: for an amd64 "
-             "image Debian's `ovmf`, whose OVMF_CODE_4M.fd and OVMF_VARS_4M.fd, for an arm64 one its "
-             "`qemu-efi-aarch64`, whose AAVMF_CODE.fd and AAVMF_VARS.fd go beside the UEFI formats "
-             "(`uki`, `raw-efi`, `iso-efi`), which `mk run` boots with them. Both packages are Architecture: all, "
-             "so one set may hold both for every platform. Without it those formats are built but not run.",
-             providers=(TreeInfo,)),
+        Attr("firmware", attrs.LABEL, "A tree holding UEFI firmware, locked like any package set: Debian's "
+             "`ovmf` for an amd64 image, its `qemu-efi-aarch64` (AAVMF) for an arm64 one (both are Architecture: "
+             "all, so one set may hold both for every platform). The firmware's code and variable store "
+             "(OVMF_CODE_4M.fd and OVMF_VARS_4M.fd, or AAVMF_CODE.fd and AAVMF_VARS.fd) go beside the UEFI formats "
+             "(`uki`, `raw-efi`, `iso-efi`), which `mk run` boots with them. Without it those formats are built "
+             "but not run.", providers=(TreeInfo,)),
         Attr("efi_boot", attrs.LABEL, "A tree holding Debian's `systemd-boot-efi` for the image's platform (a "
              "`deb_packages` set, resolved for it like the kernel's): the UEFI formats take systemd-boot's EFI stub "
              "and boot manager from it (linuxaa64.efi.stub and systemd-bootaa64.efi for arm64). Default: the "
