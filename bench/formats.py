@@ -41,8 +41,9 @@ from sandbox import children_cpu, orphans_adopted
 
 from mk.cache.cas import ContentStore
 from mk.cache.parts import FIXED_OUTPUTS
-from mk.rules.images import bios, efi_disk, iso, uki
+from mk.rules.images import bios, efi_disk, iso
 from mk.rules.images.all import FORMATS
+from mk.rules.images.efi_boot import EFI_ARCHES
 from mk.rules.images.format import TOOL_PATH
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,11 +195,12 @@ vhd() {
 }
 """
 
-# The toolchain files the recipes name, taken from mk's rules so both sides use the same ones.
-TOOLCHAIN_FILES = {"stub": uki.STUB, "mbr": bios.SYSLINUX_MBR, "isolinux": iso.ISOLINUX,
-                   "syslinux_modules": iso.SYSLINUX_MODULES, "systemd_boot": iso.SYSTEMD_BOOT,
-                   "esp_type": efi_disk.ESP_TYPE, "root_type": efi_disk.ROOT_TYPE,
-                   "verity_type": efi_disk.VERITY_TYPE}
+# The toolchain files the recipes name, taken from mk's rules so both sides use the same ones (the
+# amd64 image's: its systemd-boot-efi is the toolchain's own version).
+X64 = EFI_ARCHES["x86_64"]
+TOOLCHAIN_FILES = {"stub": f"/{X64.stub}", "mbr": bios.SYSLINUX_MBR, "isolinux": iso.ISOLINUX,
+                   "syslinux_modules": iso.SYSLINUX_MODULES, "systemd_boot": f"/{X64.boot_manager}",
+                   "esp_type": efi_disk.ESP_TYPE, "root_type": X64.root_type, "verity_type": X64.verity_type}
 
 
 @dataclass(frozen=True)

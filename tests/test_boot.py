@@ -268,11 +268,13 @@ ARM64_SSH_SECONDS = 60
 
 
 
-@pytest.mark.timeout(MIRROR_SECONDS + TCG_BOOT_SECONDS + 3 * ARM64_SSH_SECONDS + POWER_OFF_SECONDS + MARGIN)
-@pytest.mark.parametrize("image_format", ["kernel+initrd", "kernel+squashfs"])
+@pytest.mark.timeout(MIRROR_SECONDS + TCG_BOOT_SECONDS + 4 * ARM64_SSH_SECONDS + POWER_OFF_SECONDS + MARGIN)
+@pytest.mark.parametrize("image_format", ["kernel+initrd", "kernel+squashfs", "raw-efi", "iso-efi"])
 def test_sshd_for_arm64_boots_under_tcg_and_answers_ssh(cache: Path, tmp_path: Path, image_format: str) -> None:
     """//examples:sshd built for linux/arm64 on this host, booted by qemu-system-aarch64 -M virt,
-    emulated (TCG) whatever --accel auto finds: from its initrd, and from a squashfs root on a disk."""
+    emulated (TCG) whatever --accel auto finds: from its initrd, from a squashfs root on a disk, from
+    a GPT disk that AAVMF (the image's locked qemu-efi-aarch64) boots, its root checked by dm-verity,
+    and from an ISO on the virt board's virtio SCSI CD drive, through systemd-boot."""
     require("qemu-system-aarch64")
     require("ssh")
     key = tmp_path / "id_ed25519"
@@ -305,15 +307,27 @@ def test_sshd_for_arm64_boots_under_tcg_and_answers_ssh(cache: Path, tmp_path: P
             if vm.poll() is None:
                 os.killpg(vm.pid, signal.SIGKILL)
                 vm.wait(timeout=30)
-    console = serial.read_text(errors="replace")
+    console = serial.read_text(errors="replace").replace("\r", "")
     assert "mk: QEMU runs with tcg (emulation: slow) because the image is for aarch64, which QEMU emulates on this " \
            "x86_64 host" in console
+    if image_format in VERITY:
+        roothash = (REPO / "mk-out/linux-arm64/examples/sshd/root.roothash").read_text().strip()
+        status = re.search(rf"^mk: the root is checked by dm-verity against mk.roothash={roothash}: (.*)$", console,
+                           re.M)
+        assert status, tail(console)
+        assert re.fullmatch(r"0 \d+ verity V", status.group(1)), status
+        assert "EFI stub: Booting Linux Kernel" in console  # through the UKI's stub, as AAVMF started it
+    else:
+        assert "checked by dm-verity" not in console
+
+
+ARM64_FORMATS = ("tar", "oci", "uki", "raw-efi", "iso-efi")
 
 
 @pytest.mark.timeout(2 * MIRROR_SECONDS + MARGIN)
 def test_the_arm64_sshd_image_is_reproducible(tmp_path: Path) -> None:
-    """//examples:sshd for linux/arm64 (with its tar and OCI formats), from two workspaces at different
-    paths with cold caches of their own and different TZ, umask and -j: the same bytes."""
+    """//examples:sshd for linux/arm64 (with its tar, OCI and UEFI formats), from two workspaces at
+    different paths with cold caches of their own and different TZ, umask and -j: the same bytes."""
     outputs = []
     for name, jobs, umask, tz in (("a", "1", 0o022, "UTC"), ("b/deeper", "2", 0o077, "America/St_Johns")):
         root = tmp_path / name
@@ -321,13 +335,14 @@ def test_the_arm64_sshd_image_is_reproducible(tmp_path: Path) -> None:
         (root / "mk.toml").write_text((REPO / "mk.toml").read_text())
         shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("mk-out"))
         env = mk_env(tmp_path / f"cache-{jobs}", {"TZ": tz})
-        result = run_within([MK, "image", "-j", jobs, *ARM64, "//examples:sshd", "--format", "tar", "--format", "oci"],
-                            MIRROR_SECONDS, "`mk image --platform linux/arm64 //examples:sshd`", cwd=root, env=env,
-                            umask=umask)
+        formats = [arg for fmt in ARM64_FORMATS for arg in ("--format", fmt)]
+        result = run_within([MK, "image", "-j", jobs, *ARM64, "//examples:sshd", *formats], MIRROR_SECONDS,
+                            "`mk image --platform linux/arm64 //examples:sshd`", cwd=root, env=env, umask=umask)
         assert result.returncode == 0, result.stderr[-3000:]
         out = root / "mk-out"
         outputs.append({str(f.relative_to(out)): f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()})
-    assert {"linux-arm64/examples/sshd/kernel", "linux-arm64/examples/sshd/initrd.img",
-            "linux-arm64/examples/sshd/rootfs.tar", "linux-arm64/examples/sshd/image.oci.tar"} <= outputs[0].keys()
+    assert {f"linux-arm64/examples/sshd/{name}" for name in (
+        "kernel", "initrd.img", "rootfs.tar", "image.oci.tar", "uki.efi", "raw-efi.img", "BOOTAA64.EFI", "root.verity",
+        "iso-efi.iso", "AAVMF_CODE.fd")} <= outputs[0].keys()
     assert outputs[0].keys() == outputs[1].keys()
     assert [f for f in outputs[0] if outputs[0][f] != outputs[1][f]] == []

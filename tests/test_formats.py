@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import json
 import re
+import struct
 import subprocess
 import tarfile
 from pathlib import Path
@@ -23,9 +24,9 @@ ROOT_FILESYSTEMS = ("squashfs", "erofs", "ext4")
 DISKS = ("raw-bios", "iso-bios", "iso-efi", "qcow2", "vhd")
 
 
-def build_examples(root: Path, formats: tuple[str, ...], verity: bool = True) -> Path:
+def build_examples(root: Path, formats: tuple[str, ...], verity: bool = True, platform: str = "") -> Path:
     """mk-out/examples/sshd/ of a copy of the examples in `root`, made in `formats`; `verity` as in
-    examples/BUILD, or turned off."""
+    examples/BUILD, or turned off; for `platform` (`linux/arm64`), or the host's."""
     (root / "mk.toml").write_text((REPO / "mk.toml").read_text())
     subprocess.run(["cp", "-r", str(REPO / "examples"), str(root / "examples")], check=True)
     if not verity:
@@ -33,10 +34,11 @@ def build_examples(root: Path, formats: tuple[str, ...], verity: bool = True) ->
         assert "    verity = True,\n" in build.read_text()
         build.write_text(build.read_text().replace("    verity = True,\n", ""))
     arguments = [arg for name in formats for arg in ("--format", name)]
-    result = run_within([MK, "image", "//examples:sshd", *arguments], MIRROR_SECONDS, "`mk image` of every format",
-                        cwd=root, env=mk_env(root / "cache"))
+    platforms = ["--platform", platform] if platform else []
+    result = run_within([MK, "image", "//examples:sshd", *platforms, *arguments], MIRROR_SECONDS,
+                        "`mk image` of every format", cwd=root, env=mk_env(root / "cache"))
     assert result.returncode == 0, result.stderr[-3000:]
-    return root / "mk-out/examples/sshd"
+    return root / "mk-out" / (f"{platform.replace('/', '-')}/" if platform else "") / "examples/sshd"
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +339,59 @@ def test_iso_efi_boots_systemd_boot_from_el_torito(built: Path, tmp_path: Path) 
         f"title sshd\nlinux /vmlinuz\ninitrd /initrd.img\noptions {cmdline}\n"
     assert fat_file(fat, "vmlinuz") == (built / "kernel").read_bytes()
     assert fat_file(fat, "initrd.img") == (built / "initrd.img").read_bytes()
+
+
+def pe_file(efi: Path) -> tuple[int, int, dict[str, bytes]]:
+    """A PE file's machine, time stamp and sections, read by hand: the host's objcopy knows only
+    x86's PE formats."""
+    data = efi.read_bytes()
+    pe = int.from_bytes(data[60:64], "little")
+    assert data[pe:pe + 4] == b"PE\0\0", efi
+    machine, count, time = struct.unpack_from("<HHI", data, pe + 4)
+    (optional,) = struct.unpack_from("<H", data, pe + 20)
+    sections = {}
+    for i in range(count):
+        name, size, _, raw_size, start = struct.unpack_from("<8sIIII", data, pe + 24 + optional + 40 * i)
+        sections[name.rstrip(b"\0").decode()] = data[start:start + min(size, raw_size)]
+    return machine, time, sections
+
+
+def test_the_arm64_uefi_formats_hold_aarch64_pe_files_and_arm64_partition_types(tmp_path: Path) -> None:
+    """//examples:sshd for linux/arm64: its UKIs are systemd-boot's aarch64 stub with the arm64 kernel,
+    the ESP boots BOOTAA64.EFI, the GPT has the arm64 root and verity types, the ISO's El Torito
+    image boots systemd-bootaa64.efi, and AAVMF goes beside them."""
+    built = build_examples(tmp_path, ("tar", "uki", "raw-efi", "iso-efi"), platform="linux/arm64")
+    kernel = (built / "kernel").read_bytes()
+    assert kernel[56:60] == b"ARMd"  # an arm64 Image (uncompressed, with its own PE header): what the stub starts
+    for efi, cmdline in (("uki.efi", "cmdline"), ("BOOTAA64.EFI", "raw-efi.cmdline")):
+        machine, time, sections = pe_file(built / efi)
+        assert (machine, time) == (0xAA64, 0), efi  # IMAGE_FILE_MACHINE_ARM64, SOURCE_DATE_EPOCH
+        assert sections[".linux"] == kernel
+        assert sections[".cmdline"] == (built / cmdline).read_bytes().rstrip(b"\n")
+        assert sections[".osrel"] == os_release(built)
+    assert pe_file(built / "uki.efi")[2][".initrd"] == (built / "initrd.img").read_bytes()
+    stage1 = subprocess.run(["zstd", "-dc"], input=pe_file(built / "BOOTAA64.EFI")[2][".initrd"], capture_output=True,
+                            check=True).stdout
+    files = set(subprocess.run(["cpio", "-it", "--quiet"], input=stage1, capture_output=True,
+                               check=True).stdout.decode().split())
+    assert {"usr/sbin/dmsetup", "lib/ld-linux-aarch64.so.1", "lib/aarch64-linux-gnu/libdevmapper.so.1.02.1"} <= files
+    dump = check("sfdisk", "--dump", str(built / "raw-efi.img"))
+    assert re.findall(r"type=(\S+),", dump) == ["C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+                                                "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+                                                "DF3300CE-D69F-4C92-978C-9BFB0F38D820"], dump
+    assert fat_file(built / "raw-efi.esp", "EFI/BOOT/BOOTAA64.EFI") == (built / "BOOTAA64.EFI").read_bytes()
+    check("xorriso", "-osirrox", "on", "-indev", str(built / "iso-efi.iso"), "-extract", "/efi.img",
+          str(tmp_path / "efi.img"))
+    check_fat(tmp_path / "efi.img", ["EFI/BOOT/BOOTAA64.EFI", "loader/loader.conf", "loader/entries/mk.conf",
+                                     "vmlinuz", "initrd.img"])
+    boot_manager = tmp_path / "systemd-boot.efi"
+    boot_manager.write_bytes(fat_file(tmp_path / "efi.img", "EFI/BOOT/BOOTAA64.EFI"))
+    assert pe_file(boot_manager)[0] == 0xAA64
+    assert fat_file(tmp_path / "efi.img", "vmlinuz") == kernel
+    code = (built / "AAVMF_CODE.fd").read_bytes()
+    assert code[4096 + 40:4096 + 44] == b"_FVH"  # a UEFI firmware volume, after the first block's branch
+    # Each the size of a virt board's flash device (the store is blank: the firmware formats it).
+    assert len(code) == (built / "AAVMF_VARS.fd").stat().st_size == 64 << 20
 
 
 def test_qcow2_passes_qemu_img_check_and_holds_the_raw_disk(built: Path) -> None:

@@ -52,6 +52,9 @@ genrule(name = "run_tool", srcs = [":tools"], outs = ["out.txt"],
         cmd = "for f in $(SRCS); do if [ -d $$f ]; then $$f/usr/bin/tool; fi; done > $@")
 package(name = "compiled", src = ":etc", install = "true")
 rootfs(name = "with_compiled", layers = [":etc", ":compiled"])
+kernel(name = "kernel", packages = ":base")
+image(name = "img", kernel = ":kernel", base = [":base"])
+image(name = "img_efi", kernel = ":kernel", base = [":base"], efi_boot = ":tools")
 """
 
 ARM64 = "linux/arm64"
@@ -305,6 +308,34 @@ def test_the_platform_setting_is_the_default_target_platform(workspace: Workspac
     assert "mk.toml: the platform setting: unknown platform 'arm64'" in bad.err
 
 
+def test_an_arm64_image_refuses_the_formats_that_boot_x86_64_pcs_only(workspace: WorkspaceFactory,
+                                                                      repo: Repo) -> None:
+    ws = locked(platform_workspace(workspace, repo))
+    assert ws.mk("lock", "//os:tools", "--platform", ARM64).code == 0
+    result = ws.mk("image", "--platform", ARM64, "//os:img_efi", "--format", "raw-bios", "--format", "qcow2")
+    assert result.code == 2
+    assert ("error: image //os:img_efi: the formats raw-bios, qcow2 boot x86-64 PCs only; for linux/arm64 the image "
+            "offers tar, oci, squashfs, erofs, ext4, kernel+squashfs, uki, raw-efi, iso-efi") in result.err
+
+
+def test_an_arm64_image_offers_the_uefi_formats_only_with_systemd_boot_for_arm64(workspace: WorkspaceFactory,
+                                                                                 repo: Repo) -> None:
+    """The toolchain's systemd-boot-efi is the host's (x64): an arm64 image takes linuxaa64.efi.stub
+    from its `efi_boot` tree, resolved for arm64, and without one does not offer the UEFI formats."""
+    ws = locked(platform_workspace(workspace, repo))
+    assert ws.mk("lock", "//os:tools", "--platform", ARM64).code == 0
+    without = ws.mk("image", "--platform", ARM64, "//os:img", "--format", "uki", "--format", "iso-efi")
+    assert without.code == 2
+    assert ("error: image //os:img: the formats uki, iso-efi need systemd-boot for linux/arm64: give the image an "
+            "`efi_boot` tree (Debian's systemd-boot-efi, resolved for its platform); for linux/arm64 the image "
+            "offers tar, oci, squashfs, erofs, ext4, kernel+squashfs\n") in without.err
+    with_tree = ws.mk("image", "-k", "--platform", ARM64, "//os:img_efi", "--format", "uki")
+    assert with_tree.code == 1  # built as far as the packages allow: //os:tools is no systemd-boot-efi
+    assert ("the image's efi_boot has no file /usr/lib/systemd/boot/efi/linuxaa64.efi.stub: name a tree that holds "
+            "Debian's systemd-boot-efi") in with_tree.err
+    assert ws.mk("image", "//os:img", "--format", "uki").err.count("need systemd-boot") == 0  # the host's own
+
+
 def test_an_aarch64_image_runs_on_qemus_virt_board_under_tcg_only(monkeypatch: pytest.MonkeyPatch,
                                                                    tmp_path: Path) -> None:
     from mk.engine.errors import MkError
@@ -324,6 +355,30 @@ def test_an_aarch64_image_runs_on_qemus_virt_board_under_tcg_only(monkeypatch: p
     assert (chosen.name, chosen.why) == ("tcg", "the image is for aarch64, which QEMU emulates on this x86_64 host")
     with pytest.raises(MkError, match="--accel kvm: the image is for aarch64 and this host is x86_64"):
         qemu.choose_accel("kvm", None, tmp_path, "aarch64")
+
+
+def test_an_aarch64_uefi_format_boots_from_aavmf_in_flash_and_its_cdrom_on_virtio_scsi(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from mk.rules import qemu
+    from mk.rules.providers import Boot
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    firmware = {"firmware_code": tmp_path / "AAVMF_CODE.fd", "firmware_vars": tmp_path / "vars.fd"}
+    options = qemu.VmOptions(ssh_key="ssh-ed25519 AAAA k")
+    disk = qemu.command(Boot("uefi", "disk", {}), {"disk": tmp_path / "raw-efi.img", **firmware}, options, "tcg",
+                        "aarch64")
+    assert disk[:5] == ["/usr/bin/qemu-system-aarch64", "-M", "virt", "-cpu", "max"]
+    assert f"if=pflash,format=raw,unit=0,readonly=on,file={tmp_path}/AAVMF_CODE.fd" in disk
+    assert f"if=pflash,format=raw,unit=1,file={tmp_path}/vars.fd" in disk
+    assert f"file={tmp_path}/raw-efi.img,if=virtio,format=raw" in disk
+    assert any(arg.startswith("name=opt/mk/authorized_key,string=") for arg in disk)  # the key through fw_cfg
+    cdrom = qemu.command(Boot("uefi", "cdrom", {}), {"cdrom": tmp_path / "iso-efi.iso", **firmware},
+                         qemu.VmOptions(), "tcg", "aarch64")
+    # The virt board has no IDE for -cdrom.
+    assert "-cdrom" not in cdrom
+    assert cdrom[cdrom.index("virtio-scsi-pci") - 3:cdrom.index("virtio-scsi-pci") + 3] == [
+        "-drive", f"file={tmp_path}/iso-efi.iso,if=none,id=cdrom,media=cdrom,readonly=on", "-device",
+        "virtio-scsi-pci", "-device", "scsi-cd,drive=cdrom"]
 
 
 def test_mk_ls_lists_the_tree_built_for_the_platform_asked(workspace: WorkspaceFactory, repo: Repo) -> None:

@@ -20,13 +20,14 @@ from mk.cache.tree import Entry, Kind, Tree, TreeError, dest_path, merge
 from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
+from mk.engine.platforms import host_platform
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules import init, toolchain
 from mk.rules.archive import archive_action, oci_params, write_oci
 from mk.rules.bundles import bundle
 from mk.rules.deb.sbom import merge_documents
 from mk.rules.image_check import RootView, check_commands
-from mk.rules.images.all import FORMATS, X86_64_ONLY
+from mk.rules.images.all import FORMATS, UEFI, X86_64_ONLY
 from mk.rules.images.format import FormatContext, ImageParts
 from mk.rules.images.initrd import SEGMENTS, add_initrd_actions, write_segment_trees
 from mk.rules.images.stage1 import VERITY_STATUS
@@ -176,12 +177,13 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     groups: dict[str, tuple[Artifact, ...]] = {"tar": (rootfs_tar,), "oci": (oci,)}
     boots = {"kernel+initrd": Boot("direct", "kernel", {"kernel": kernel, "initrd": initrd, "cmdline": cmdline})}
     has_toolchain = ctx.attrs[toolchain.ATTR.name] is not None
-    firmware = ctx.providers("firmware", TreeInfo)
+    firmware, efi_boot = ctx.providers("firmware", TreeInfo), ctx.providers("efi_boot", TreeInfo)
     parts = ImageParts(name, rootfs, rootfs_tar, kernel, kernel_info.modules, initrd, cmdline, cmdline_text,
                        toolchain.toolchain(ctx) if has_toolchain else None, has_toolchain, bool(ctx.attrs["verity"]),
-                       firmware[0].tree if firmware else None)
+                       firmware[0].tree if firmware else None, efi_boot[0].tree if efi_boot else None)
     formats = FormatContext(ctx, parts, FORMATS)
-    offered = [f for f in FORMATS.values() if ctx.platform.machine == "x86_64" or f.name not in X86_64_ONLY]
+    refused = _refused(ctx, bool(efi_boot))
+    offered = [f for f in FORMATS.values() if f.name not in refused]
     for fmt in offered:
         if has_toolchain or not fmt.needs_tools:  # without one, only mk's own writers are offered
             built = formats.built(fmt.name)
@@ -189,14 +191,15 @@ def analyze(ctx: RuleContext) -> list[Provider]:
             if built.boot is not None:
                 boots[fmt.name] = built.boot
     wanted = ctx.strings("formats")
-    if unbootable := [f for f in wanted if f not in ("tar", "oci") and FORMATS[f] not in offered]:
-        raise MkError(f"image {ctx.label}: the formats {', '.join(unbootable)} boot x86-64 PCs only; for "
-                      f"{ctx.platform} the image offers {', '.join(['tar', 'oci', *(f.name for f in offered)])}")
+    asked = tuple(dict.fromkeys((*ctx.output_groups, *wanted)))  # by `mk image --format`, or the BUILD file
+    for why in dict.fromkeys(refused[f] for f in asked if f in refused):
+        names = ", ".join(f for f in asked if refused.get(f) == why)
+        raise MkError(f"image {ctx.label}: the formats {names} {why}; for {ctx.platform} the image offers "
+                      f"{', '.join(['tar', 'oci', *(f.name for f in offered)])}")
     if not has_toolchain and (needing := [f for f in wanted if FORMATS[f].needs_tools]):
         raise MkError(f"image {ctx.label}: the formats {', '.join(needing)} run tools, so the image needs a "
                       "toolchain (a `toolchain` attribute, or the `toolchain` setting in mk.toml)")
     # The manifest describes every file this build places for the image: the formats asked for too.
-    asked = (*ctx.output_groups, *wanted)
     described = tuple(dict.fromkeys((kernel, initrd, cmdline, sbom, *(f for g in asked for f in groups.get(g, ())))))
     manifest = out("manifest.json")
     ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", inputs=described, outputs=(manifest,),
@@ -206,6 +209,18 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     return [DefaultInfo(files=default, groups={"kernel+initrd": boot, **groups}),
             ImageInfo(kernel, initrd, cmdline, rootfs, ctx.string("ssh_key_user"), boots,
                       tuple(sorted(set(persistent.values()))), ctx.platform.machine)]
+
+
+def _refused(ctx: RuleContext, has_efi_boot: bool) -> dict[str, str]:
+    """The formats the image does not offer for its platform, each with the reason."""
+    refused: dict[str, str] = {}
+    if ctx.platform.machine != "x86_64":
+        refused |= {f: "boot x86-64 PCs only" for f in X86_64_ONLY}
+    # The toolchain's systemd-boot-efi is the exec platform's: another platform's image needs its own.
+    if not has_efi_boot and ctx.platform != host_platform():
+        refused |= {f: f"need systemd-boot for {ctx.platform}: give the image an `efi_boot` tree (Debian's "
+                       "systemd-boot-efi, resolved for its platform)" for f in UEFI}
+    return refused
 
 
 def _format_name(name: str) -> str:
@@ -336,10 +351,17 @@ RULE = Rule(
              "image's last boot step prints the device's status on the console (`verity V`: every block read "
              "was intact).",
              default=False),
-        Attr("firmware", attrs.LABEL, "A tree holding UEFI firmware (Debian's `ovmf`, locked like any package "
-             "set): its OVMF_CODE_4M.fd and OVMF_VARS_4M.fd go beside the UEFI formats (`uki`, `raw-efi`), "
-             "which `mk run` boots with them. Without it those formats are built but not run.",
-             providers=(TreeInfo,)),
+        Attr("firmware", attrs.LABEL, "A tree holding UEFI firmware, locked like any package set: Debian's "
+             "`ovmf` for an amd64 image, its `qemu-efi-aarch64` (AAVMF) for an arm64 one (both are Architecture: "
+             "all, so one set may hold both for every platform). The firmware's code and variable store "
+             "(OVMF_CODE_4M.fd and OVMF_VARS_4M.fd, or AAVMF_CODE.fd and AAVMF_VARS.fd) go beside the UEFI formats "
+             "(`uki`, `raw-efi`, `iso-efi`), which `mk run` boots with them. Without it those formats are built "
+             "but not run.", providers=(TreeInfo,)),
+        Attr("efi_boot", attrs.LABEL, "A tree holding Debian's `systemd-boot-efi` for the image's platform (a "
+             "`deb_packages` set, resolved for it like the kernel's): the UEFI formats take systemd-boot's EFI stub "
+             "and boot manager from it (linuxaa64.efi.stub and systemd-bootaa64.efi for arm64). Default: the "
+             "toolchain's, which is this host's platform's, so an image for another platform offers the UEFI "
+             "formats only with it.", providers=(TreeInfo,)),
         Attr("ssh_key_user", attrs.STRING, "If set, `mk run --ssh-key` installs the key for this user at "
              "boot (passed on the kernel command line, or through QEMU's firmware configuration for the formats "
              "that boot through firmware; never stored in the image).", default=""),

@@ -1,6 +1,7 @@
 """The QEMU runner (`mk run`, `mk watch --run`): boot an image in QEMU, with user-mode networking: its
 kernel and initrd directly, or (`--format`) a disk or a UKI through the firmware the format names
-(OVMF for the UEFI formats, from the image's locked `firmware` package).
+(OVMF, or AAVMF for an arm64 image, for the UEFI formats, from the image's locked `firmware`
+package).
 
 The serial console is the terminal. `--accel auto` uses KVM only when a short probe shows that
 guests actually run under it (on some machines /dev/kvm exists but guests hang), and the
@@ -46,6 +47,13 @@ class Machine:
     args: tuple[str, ...]  # the board and CPU
     package: str
     tcg_args: tuple[str, ...] = ()  # what TCG adds (under KVM the CPU model stays QEMU's default)
+    scsi_cdrom: bool = False  # the board has no IDE for -cdrom: the CD drive is on a virtio SCSI controller
+
+    def cdrom(self, iso: Path) -> list[str]:
+        if not self.scsi_cdrom:
+            return ["-cdrom", str(iso), "-boot", "d"]
+        return ["-drive", f"file={iso},if=none,id=cdrom,media=cdrom,readonly=on", "-device", "virtio-scsi-pci",
+                "-device", "scsi-cd,drive=cdrom"]
 
 
 MACHINES = {
@@ -54,7 +62,7 @@ MACHINES = {
     # from the host's getrandom. (aarch64's `max` CPU has RNDR already.)
     "x86_64": Machine(QEMU, (), "qemu-system-x86", tcg_args=("-cpu", "qemu64,+rdrand")),
     # The virt board with a 64-bit CPU that has every feature TCG emulates.
-    "aarch64": Machine("qemu-system-aarch64", ("-M", "virt", "-cpu", "max"), "qemu-system-arm"),
+    "aarch64": Machine("qemu-system-aarch64", ("-M", "virt", "-cpu", "max"), "qemu-system-arm", scsi_cdrom=True),
 }
 DEFAULT_FORMAT = "kernel+initrd"
 _PROBE_SECONDS = 8.0
@@ -167,7 +175,7 @@ def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: st
         args += ["-drive", f"file={disk.path},if=none,id=disk-{disk.name},format=raw,snapshot=off",
                  "-device", f"virtio-blk-pci,drive=disk-{disk.name},serial={disk.name}"]
     if "cdrom" in files:
-        args += ["-cdrom", str(files["cdrom"]), "-boot", "d"]
+        args += MACHINES[machine].cdrom(files["cdrom"])
     # base64url keeps the key one word (on the kernel command line, or in a fw_cfg string); the
     # image's onboot step decodes it.
     key = base64.urlsafe_b64encode(options.ssh_key.encode()).decode() if options.ssh_key else None
@@ -181,7 +189,7 @@ def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: st
         # `files["firmware_vars"]` is written to: a copy made for this run (see VirtualMachine).
         args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={files['firmware_code']}",
                  "-drive", f"if=pflash,format=raw,unit=1,file={files['firmware_vars']}"]
-        if boot.medium == "kernel":  # a UKI, which OVMF starts with the command line it holds
+        if boot.medium == "kernel":  # a UKI, which the firmware starts with the command line it holds
             args += ["-kernel", str(files["kernel"])]
     if key:
         # The command line is the image's own here (inside the UKI, or on the disk): the key goes
@@ -381,9 +389,6 @@ def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[st
         print("mk: warning: --ssh-key is ignored: the image sets no ssh_key_user, so nothing would install the key "
               "at boot (set ssh_key_user, e.g. to \"root\", on the image target)", file=sys.stderr)
         options = replace(options, ssh_key=None)
-    if info.machine != "x86_64" and boot.firmware != "direct":
-        raise MkError(f"--format {name}: mk boots {info.machine} images from their kernel and initrd only (the "
-                      "default format); its firmware formats are made for x86_64")
     qemu_binary(info.machine)
     return VirtualMachine(boot, files, options, cache_root / VM.name, foreground, info.machine)
 

@@ -1,19 +1,22 @@
 """raw-efi: a GPT disk that UEFI firmware boots by itself.
 
 Partition 1 is the EFI system partition, a FAT image (see `fat`) holding the UKI as
-EFI/BOOT/BOOTX64.EFI, the path firmware tries on a disk it has no boot entry for. The UKI boots
+EFI/BOOT/BOOTX64.EFI (BOOTAA64.EFI on arm64), the path firmware tries on a disk it has no boot
+entry for. The UKI boots
 the stage-1 initrd, which mounts partition 2, the squashfs root; with `verity`, partition 3
 holds the root's dm-verity hash tree and the UKI's command line its root hash, so the kernel
 refuses any block of the root that differs.
 
 sfdisk writes the GPT from a script. Each partition's GUID derives from what it holds and the
-disk's from those; the partition types are those of the Discoverable Partitions Specification.
+disk's from those; the partition types are those of the Discoverable Partitions Specification
+for the image's machine (see efi_boot.py).
 Partitions start on MiB boundaries, where dd places them.
 """
 
 from __future__ import annotations
 
 from mk.engine.actions import Action, ActionIO, Artifact
+from mk.rules.images.efi_boot import efi_arch
 from mk.rules.images.fat import fat_image
 from mk.rules.images.firmware import uefi_built
 from mk.rules.images.format import UUID_OF, Built, FormatContext
@@ -22,8 +25,6 @@ from mk.rules.images.uki import assemble_uki
 from mk.rules.images.verity import verity
 
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"  # an x86-64 root
-VERITY_TYPE = "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"  # the dm-verity hash tree of an x86-64 root
 ROOT_DEVICE, VERITY_DEVICE = "/dev/vda2", "/dev/vda3"  # as the disk appears to QEMU's virtio
 
 # Reads the arrays files, types, names and $disk; writes $disk.
@@ -56,9 +57,9 @@ def write_cmdline(io: ActionIO) -> None:
 
 
 def esp(fc: FormatContext, uki: Artifact) -> Artifact:
-    """A FAT EFI system partition holding `uki` as EFI/BOOT/BOOTX64.EFI."""
+    """A FAT EFI system partition holding `uki` as the machine's EFI/BOOT/BOOT*.EFI."""
     out = fc.out("raw-efi.esp")
-    fat_image(fc, "Esp", out, (uki,), {"EFI/BOOT/BOOTX64.EFI": uki.path})
+    fat_image(fc, "Esp", out, (uki,), {f"EFI/BOOT/{efi_arch(fc).removable}": uki.path})
     return out
 
 
@@ -76,19 +77,19 @@ disk={disk.path}{_PARTITION}""")
 def raw_efi(fc: FormatContext) -> Built:
     """The disk, its ESP, the UKI on that, the UKI's command line, and with `verity` the hash tree and
     the root hash."""
-    root = fc.built("squashfs").files[0]
+    root, arch = fc.built("squashfs").files[0], efi_arch(fc)
     text = f"{fc.parts.cmdline_text} mk.root={ROOT_DEVICE} mk.rootfstype=squashfs"
     if fc.parts.verity:
         checked = fc.once("verity", verity)
         text += f" mk.verity={VERITY_DEVICE}"
         initrd, words = fc.once("stage1-verity", verity_stage1), [checked.cmdline]
-        hashes, extra = [(checked.tree, VERITY_TYPE, "root-verity")], [checked.tree, checked.roothash]
+        hashes, extra = [(checked.tree, arch.verity_type, "root-verity")], [checked.tree, checked.roothash]
     else:
         initrd, words, hashes, extra = fc.once("stage1", stage1), [], [], []
     cmdline = fc.out("raw-efi.cmdline")
     fc.add(Action(owner=fc.ctx.label, mnemonic="Cmdline", inputs=tuple(words), outputs=(cmdline,),
                   params={"text": text, "parts": [w.path for w in words]}, function=write_cmdline))
-    uki = assemble_uki(fc, "BOOTX64.EFI", initrd, cmdline)
+    uki = assemble_uki(fc, arch.removable, initrd, cmdline)
     partition = esp(fc, uki)
-    disk = gpt_disk(fc, "raw-efi.img", [(partition, ESP_TYPE, "esp"), (root, ROOT_TYPE, "root"), *hashes])
+    disk = gpt_disk(fc, "raw-efi.img", [(partition, ESP_TYPE, "esp"), (root, arch.root_type, "root"), *hashes])
     return uefi_built(fc, (disk, partition, uki, cmdline, *extra), "disk", {"disk": disk})

@@ -56,7 +56,8 @@ class ImageParts:
     toolchain: Artifact | None  # the tree the format commands run on; None: the host's tools
     has_toolchain: bool  # False when the image names none at all (then no tool format is offered)
     verity: bool = False  # the disk formats protect their root with dm-verity
-    firmware: Artifact | None = None  # a tree holding OVMF, which `mk run` boots the UEFI formats with
+    firmware: Artifact | None = None  # a tree holding OVMF or AAVMF, which `mk run` boots the UEFI formats with
+    efi_boot: Artifact | None = None  # a tree holding systemd-boot-efi for the image's platform (see efi_boot.py)
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,11 @@ iso-bios: isolinux (El Torito, no emulation) boots it. The ISO is also an isohyb
 to a USB stick, its MBR boots the same isolinux.
 
 iso-efi: the El Torito boot image for UEFI is a FAT image (firmware reads FAT, not ISO 9660)
-holding systemd-boot as EFI/BOOT/BOOTX64.EFI and a loader entry for the kernel and the initrd,
+holding systemd-boot as EFI/BOOT/BOOTX64.EFI (BOOTAA64.EFI on arm64) and a loader entry for the kernel and the initrd,
 which are in that image too. Its size does not fit El Torito's 16-bit count of 512-byte sectors
 (32 MiB), which xorriso then sets to 0: firmware (OVMF) reads that as "up to the end of the
-medium", and the FAT filesystem in it knows its own size.
+medium", and the FAT filesystem in it knows its own size. Like the disk and UKI formats, it
+takes systemd-boot for the image's machine (see efi_boot.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 
 from mk.engine.actions import Artifact
 from mk.rules.images.bios import write_syslinux_config
+from mk.rules.images.efi_boot import efi_arch, systemd_boot
 from mk.rules.images.fat import fat_image
 from mk.rules.images.firmware import uefi_built
 from mk.rules.images.format import Built, Format, FormatContext
@@ -30,7 +32,6 @@ from mk.rules.providers import Boot
 
 ISOLINUX = "/usr/lib/ISOLINUX"  # from the isolinux package
 SYSLINUX_MODULES = "/usr/lib/syslinux/modules/bios"  # from syslinux-common
-SYSTEMD_BOOT = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"  # from systemd-boot-efi
 
 
 def _xorriso(fc: FormatContext, iso: Artifact, boot: str, files: Mapping[str, str]) -> str:
@@ -62,8 +63,9 @@ def iso_efi(fc: FormatContext) -> Built:
     config = (f"cat > /tmp/loader.conf <<'MK_CONFIG_END'\ntimeout 0\ndefault mk.conf\nMK_CONFIG_END\n"
               f"cat > /tmp/mk.conf <<'MK_CONFIG_END'\ntitle {fc.parts.name}\nlinux /vmlinuz\ninitrd /initrd.img\n"
               f"options {fc.parts.cmdline_text}\nMK_CONFIG_END\n")
-    fat_image(fc, "IsoEfiBootImage", fat, (kernel, initrd),
-              {"EFI/BOOT/BOOTX64.EFI": SYSTEMD_BOOT, "loader/loader.conf": "/tmp/loader.conf",
+    boot = fc.once("systemd-boot", systemd_boot)
+    fat_image(fc, "IsoEfiBootImage", fat, (kernel, initrd, *boot.inputs),
+              {f"EFI/BOOT/{efi_arch(fc).removable}": boot.boot_manager, "loader/loader.conf": "/tmp/loader.conf",
                "loader/entries/mk.conf": "/tmp/mk.conf", "vmlinuz": kernel.path, "initrd.img": initrd.path},
               before=config)
     fc.command("IsoEfi", (fat,), (iso,), _xorriso(fc, iso, "-e efi.img -no-emul-boot", {"efi.img": fat.path}))

@@ -10,8 +10,11 @@ from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree
 from mk.rules.elf import interpreter, needed
 
-# Where Debian's dynamic loader looks when there is no /etc/ld.so.cache (an initrd has none).
-LIBRARY_FOLDERS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib")
+# Where Debian's dynamic loader looks when there is no /etc/ld.so.cache (an initrd has none): its
+# machine's multiarch folders, then /lib. An image holds one machine's libraries, so the folders of
+# both the machines mk builds for can be searched.
+LIBRARY_FOLDERS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib/aarch64-linux-gnu",
+                   "usr/lib/aarch64-linux-gnu", "lib", "usr/lib")
 
 
 def with_libraries(tree: Tree, cas: ContentStore, programs: Mapping[str, str], wanted_by: str) -> list[Entry]:

@@ -1,26 +1,28 @@
 """Unified kernel images: systemd-boot's EFI stub with the kernel, an initrd, the kernel command
 line and an os-release as PE sections, one file that UEFI firmware boots by itself (from an ESP
-as EFI/BOOT/BOOTX64.EFI, or handed to OVMF as its kernel).
+as EFI/BOOT/BOOTX64.EFI or BOOTAA64.EFI, or handed to the firmware as its kernel).
 
-Debian 12 has no ukify: objcopy adds the sections to the stub from systemd-boot-efi, each at the
-next 4 KiB boundary after the stub's image and the section before it, so none overlap. objcopy
-stamps the PE header with the time it runs (it ignores SOURCE_DATE_EPOCH), so the script writes
-SOURCE_DATE_EPOCH there instead and clears the header's checksum, which covered the old time
-(UEFI firmware does not check it).
+Debian 12 has no ukify: objcopy adds the sections to the stub from systemd-boot-efi (see
+efi_boot.py), each at the next 4 KiB boundary after the stub's image and the section before it,
+so none overlap. It is the binutils of the image's machine (binutils-aarch64-linux-gnu for an
+arm64 image: the host's x86-64 objcopy does not know pei-aarch64-little). The kernel goes into
+.linux as it is: Debian's vmlinuz is a PE image on both machines (arm64's an uncompressed Image
+with its EFI stub), as systemd 252's stub needs. objcopy stamps the PE header with the time it runs (it
+ignores SOURCE_DATE_EPOCH), so the script writes SOURCE_DATE_EPOCH there instead and clears the
+header's checksum, which covered the old time (UEFI firmware does not check it).
 """
 
 from __future__ import annotations
 
 from mk.cache.tree import Kind
 from mk.engine.actions import Action, ActionIO, Artifact
+from mk.rules.images.efi_boot import efi_arch, systemd_boot
 from mk.rules.images.firmware import uefi_built
 from mk.rules.images.format import Built, FormatContext
 
-STUB = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
-
-# Reads $stub $kernel $initrd $cmdline $osrel, writes $out.
+# Reads $stub $kernel $initrd $cmdline $osrel $binutils (the tools' prefix), writes $out.
 _ASSEMBLE = r"""
-end=$(objdump -p "$stub" | sed -n 's/^SizeOfImage[[:space:]]*/0x/p')
+end=$("${binutils}objdump" -p "$stub" | sed -n 's/^SizeOfImage[[:space:]]*/0x/p')
 args=()
 add() {
     end=$(( (end + 4095) / 4096 * 4096 ))
@@ -33,7 +35,7 @@ add .osrel "$osrel"
 add .cmdline /tmp/cmdline
 add .linux "$kernel"
 add .initrd "$initrd"
-objcopy "${args[@]}" "$stub" "$out"
+"${binutils}objcopy" "${args[@]}" "$stub" "$out"
 le32() {
     printf "$(printf '\\%03o' $(( $1 & 255 )) $(( $1 >> 8 & 255 )) $(( $1 >> 16 & 255 )) $(( $1 >> 24 & 255 )))"
 }
@@ -67,9 +69,10 @@ def assemble_uki(fc: FormatContext, file: str, initrd: Artifact, cmdline: Artifa
     """The image's kernel with `initrd` and the command line in the file `cmdline`, as `file`."""
     out = fc.out(file)
     osrel = fc.once("os-release", _os_release)
-    fc.command("Uki", (fc.parts.kernel, initrd, cmdline, osrel), (out,),
-               f"stub={STUB} kernel={fc.parts.kernel.path} initrd={initrd.path} cmdline={cmdline.path} "
-               f"osrel={osrel.path} out={out.path}{_ASSEMBLE}")
+    boot = fc.once("systemd-boot", systemd_boot)
+    fc.command("Uki", (fc.parts.kernel, initrd, cmdline, osrel, *boot.inputs), (out,),
+               f"stub={boot.stub} kernel={fc.parts.kernel.path} initrd={initrd.path} cmdline={cmdline.path} "
+               f"osrel={osrel.path} out={out.path} binutils={efi_arch(fc).triplet}-{_ASSEMBLE}")
     return out
 
 
