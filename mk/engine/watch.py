@@ -4,6 +4,9 @@ The watch set is what the last analysis looked at (BUILD, .bzl and mk.toml files
 listed for glob() or //...) plus the source files the kept actions read. Folders are watched,
 not files (one inotify watch each); events for paths outside the set are dropped. The set is
 recomputed after every build, so an edited BUILD file adds or drops what it names.
+
+inotify's instances and watches are limited per user, system-wide: where none is left, `mk watch`
+says so and checks the same folders by polling instead.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import TextIO
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
 
 from mk.cache.stat_cache import RACY_NS
 from mk.engine.build import BuildOptions, BuildResult, analyse
@@ -28,6 +33,7 @@ from mk.engine.platforms import requested
 from mk.engine.session import Session
 
 DEBOUNCE_SECONDS = 0.1
+POLL_SECONDS = 0.5  # how often the watched folders are listed when inotify is not available
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,20 @@ class _Handler(FileSystemEventHandler):
                 self.changes.put((os.fsdecode(path), entries_changed))
 
 
+def _inotify_or_polling() -> BaseObserver:
+    try:
+        return Observer()  # one inotify instance, for every watch
+    except OSError as e:
+        return _polling(e)
+
+
+def _polling(inotify_error: OSError) -> BaseObserver:
+    print(f"mk watch: warning: inotify is not available ({inotify_error.strerror or inotify_error}); listing the "
+          f"watched folders every {POLL_SECONDS:g} s instead (raise the sysctls fs.inotify.max_user_instances and "
+          "fs.inotify.max_user_watches to watch with inotify)", file=sys.stderr, flush=True)
+    return PollingObserver(timeout=POLL_SECONDS)
+
+
 class Watcher:
     def __init__(self, session: Session, patterns: Sequence[str], jobs: int,
                  out: TextIO = sys.stdout, after_success: Callable[[BuildResult], None] | None = None) -> None:
@@ -95,8 +115,8 @@ class Watcher:
         self.patterns, self.jobs, self.out = patterns, jobs, out
         self.after_success = after_success  # `mk watch --run`: reboot the VM
         self.changes: queue.Queue[tuple[str, bool]] = queue.Queue()
-        self.observer = Observer()
-        self.watches: dict[str, object] = {}
+        self.observer = _inotify_or_polling()
+        self.watches: dict[str, ObservedWatch] = {}
         self.current: WatchSet | None = None
         self.ignored = (str(self.workspace.output_dir) + os.sep, str(self.cache.root) + os.sep)
 
@@ -180,8 +200,23 @@ class Watcher:
             self.current = WatchSet(frozenset({str(self.workspace.root / "mk.toml")}), frozenset())
         wanted = self.current.folders_to_watch()
         for folder in set(self.watches) - wanted:
-            self.observer.unschedule(self.watches.pop(folder))  # type: ignore[arg-type]
+            self.observer.unschedule(self.watches.pop(folder))
         for folder in sorted(wanted - set(self.watches)):
+            try:
+                self.watches[folder] = self.observer.schedule(_Handler(self.changes), folder, recursive=False)
+            except OSError as e:  # no inotify instance or watch left for this user
+                if isinstance(self.observer, PollingObserver):
+                    raise
+                self._poll_instead(e)
+                self.watches[folder] = self.observer.schedule(_Handler(self.changes), folder, recursive=False)
+
+    def _poll_instead(self, error: OSError) -> None:
+        """Move every watch to a polling observer, for good."""
+        self.observer.stop()
+        self.observer.join()
+        self.observer = _polling(error)
+        self.observer.start()
+        for folder in self.watches:
             self.watches[folder] = self.observer.schedule(_Handler(self.changes), folder, recursive=False)
 
     def _relevant(self, path: str, entries_changed: bool) -> bool:
