@@ -305,7 +305,8 @@ class Mk:
         self.cache = cache
         self.work = work
         self.timeout = timeout
-        self.env = {**os.environ, "MK_CACHE_DIR": str(cache)}
+        # In process: the cache is pruned between builds.
+        self.env = {**os.environ, "MK_CACHE_DIR": str(cache), "MK_SERVER": "0"}
         for var in ("MK_REMOTE_CACHE", "MK_SIGNING_KEY", "MK_TRUSTED_KEYS"):
             self.env.pop(var, None)
         self._snapshot: set[str] = set()

@@ -60,6 +60,7 @@ def examples_copy(work: Path) -> tuple[Path, Path, dict[str, str]]:
     shutil.copytree(REPO / "examples", ws / "examples", ignore=shutil.ignore_patterns("mk-out"))
     env = {k: v for k, v in os.environ.items() if k not in ("MK_CACHE_DIR", "PYTHONDONTWRITEBYTECODE")}
     env["MK_CACHE_DIR"] = str(cache)
+    env["MK_SERVER"] = "0"  # each build in a process of its own: the benchmarks change the cache between builds
     return ws, cache, env
 
 
@@ -104,6 +105,7 @@ def bench(work: Path, runs: int) -> int:
     shutil.copy(LOCK, ws / "os" / LOCK.name)
     env = {k: v for k, v in os.environ.items() if k not in ("MK_CACHE_DIR", "PYTHONDONTWRITEBYTECODE")}
     env["MK_CACHE_DIR"] = str(cache)
+    env["MK_SERVER"] = "0"  # in process: the action cache is deleted between builds
     print(f"fetching the packages of {LOCK.name} (network)...", file=sys.stderr)
     run([mk_exe(), "build", TARGET], ws, env)
     lock = json.loads(LOCK.read_text())

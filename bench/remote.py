@@ -94,7 +94,7 @@ class Bench:
         return self.work / f"cache-{self.counter}"
 
     def build(self, target: str, cache: Path, env: dict[str, str]) -> Run:
-        full = {**self.base_env, "MK_CACHE_DIR": str(cache), **env}
+        full = {**self.base_env, "MK_CACHE_DIR": str(cache), "MK_SERVER": "0", **env}  # in process: caches are swapped
         events = self.work / "events.jsonl"
         started = time.perf_counter()
         proc = subprocess.run([self.mk, "build", target, "--json-events", str(events)], cwd=self.ws, env=full,

@@ -50,7 +50,8 @@ MK = str(Path(sys.executable).parent / "mk")
 
 def _env(cache: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MK_")}
-    return {**env, "MK_CACHE_DIR": str(cache), **extra}
+    # In process: the caches are copied from a seed, which a server's socket would be part of.
+    return {**env, "MK_CACHE_DIR": str(cache), "MK_SERVER": "0", **extra}
 
 
 def _mk(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
