@@ -38,3 +38,36 @@ def test_scratch_a_killed_process_left_aside_is_swept(tmp_path: Path) -> None:
     (left / "execroot" / "output").write_bytes(b"half")
     cache.sweep_stale_scratch()
     assert not left.exists()
+
+
+HELD = """
+import sys, time
+from pathlib import Path
+from mk.cache.local import LocalCache, _Remover
+from mk.cache.parts import SCRATCH
+cache = LocalCache(Path(sys.argv[1]))
+base = Path(sys.argv[1]) / SCRATCH.name
+
+def made(n):
+    for _ in range(n):
+        with cache.scratch_dir("action", remove_later=True) as scratch:
+            (scratch / "file").write_bytes(b"x")
+
+def left():
+    time.sleep(0.5)  # the remover's time to act, were it allowed to
+    return len(list(base.iterdir()))
+
+with cache.scratch_removal_held():
+    made(3)
+    assert left() == 3, "removal waits while a build runs its actions"
+    made(_Remover.BACKLOG)
+    assert left() <= _Remover.BACKLOG, "but not beyond a backlog"
+assert left() == 0, "and goes on once the build is over"
+with cache.scratch_removal_held():
+    made(2)
+"""
+
+
+def test_scratch_removal_waits_while_a_build_runs_and_nothing_is_left_at_exit(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", HELD, str(tmp_path / "cache")], check=True, timeout=120)
+    assert list((tmp_path / "cache" / SCRATCH.name).iterdir()) == []

@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import itertools
 import os
-import queue
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +84,11 @@ class LocalCache:
             else:
                 remove_tree(path)
 
+    @staticmethod
+    def scratch_removal_held() -> contextlib.AbstractContextManager[None]:
+        """Around running a build's actions: see `_Remover`."""
+        return _REMOVER.held()
+
     def sweep_stale_scratch(self) -> None:
         """Remove scratch left by processes that died (SIGKILL) before cleaning up."""
         base = self.root / SCRATCH.name
@@ -108,12 +112,21 @@ def process_alive(pid: int) -> bool:
 
 
 class _Remover:
-    """Removes folders on a thread of its own; the process waits for it at exit."""
+    """Removes folders on a thread of its own; the process waits for it at exit.
+
+    While a build runs commands (`held`), removing waits until a backlog builds up: each removal
+    takes the file system's journal, and the commands' own folders, made meanwhile, would wait on
+    it (a 31-action rebuild took 1.1 s instead of 0.7 s). A long build still removes as it goes.
+    """
+
+    BACKLOG = 64  # folders left waiting at most while held
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._waiting: list[Path] = []
+        self._holds = 0
+        self._stopping = False
+        self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     def remove(self, path: Path, aside: Path) -> None:
         try:
@@ -121,19 +134,41 @@ class _Remover:
         except OSError:
             remove_tree(path)
             return
-        with self._lock:
+        with self._changed:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mk-scratch-remover", daemon=True)
                 self._thread.start()
                 atexit.register(self._drain)
-        self._queue.put(aside)
+            self._waiting.append(aside)
+            self._changed.notify_all()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._changed:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._holds -= 1
+                self._changed.notify_all()
 
     def _run(self) -> None:
-        while (path := self._queue.get()) is not None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(self._may_remove)
+                if not self._waiting:  # stopping, and nothing is left
+                    return
+                path = self._waiting.pop(0)
             remove_tree(path)
 
+    def _may_remove(self) -> bool:
+        return self._stopping or (bool(self._waiting) and (not self._holds or len(self._waiting) > self.BACKLOG))
+
     def _drain(self) -> None:
-        self._queue.put(None)
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
         if self._thread is not None:
             self._thread.join()
 

@@ -23,6 +23,7 @@ from mk.engine.execute import ActionFailed, Executor
 from mk.engine.explain import ExplainLog, identity
 from mk.engine.graph import Graph, analyse_here, graph_key
 from mk.engine.graph_cache import GraphCache
+from mk.engine.keys import KeyMaterial
 from mk.engine.memory import current as current_memory
 from mk.engine.outputs import placing, sweep_interrupted, up_to_date
 from mk.engine.platforms import Platform
@@ -278,12 +279,15 @@ def _attempt(
         known = {**previous[2].files, **sources}
         reporter.done = len(kept)
     try:
-        schedule = run_actions(
-            actions, known, rebuilder, options.jobs, options.keep_going,
-            reporter.finished, reporter.started, executor.config.jobs if executor is not None else 0,
-        )
+        with cache.scratch_removal_held():
+            schedule = run_actions(
+                actions, known, rebuilder, options.jobs, options.keep_going,
+                reporter.finished, reporter.started, executor.config.jobs if executor is not None else 0,
+            )
     finally:
         reporter.close()
+    # What this build considered itself: the kept outcomes are recorded as they were already.
+    considered, fresh = list(schedule.considered), list(schedule.outcomes)
     if kept:
         schedule.outcomes[:0] = kept
         schedule.considered[:0] = [(o.action, o.material) for o in kept]
@@ -300,8 +304,8 @@ def _attempt(
         if not schedule.failures and not options.force and recent is not None:
             recent.save({o.key: o.result for o in schedule.outcomes})
         if not options.force:
-            _record_explain(cache, workspace, schedule)
-            BuildLogs(cache.root, workspace.root).record(schedule.outcomes, [
+            _record_explain(cache, workspace, considered, fresh, schedule.failures)
+            BuildLogs(cache.root, workspace.root).record(fresh, [
                 (identity(action), e.log) for action, e in schedule.failures if isinstance(e, ActionFailed) and e.log])
 
     memory = current_memory()
@@ -364,15 +368,16 @@ def _unchanged(
     return [a for a in actions if id(a) in dirty], kept
 
 
-def _record_explain(cache: LocalCache, workspace: Workspace, schedule: ScheduleResult) -> None:
+def _record_explain(cache: LocalCache, workspace: Workspace, considered: Sequence[tuple[Action, KeyMaterial]],
+                    outcomes: Sequence[Outcome], failures: Sequence[tuple[Action, BaseException]]) -> None:
     """Remember the key material of what this build considered, for `mk explain`.
 
     A build that ran nothing records nothing: a no-op build must stay cheap, so `mk explain`
     speaks of the last build that ran something."""
-    executed = [o.action for o in schedule.outcomes if o.status == "executed"] + [a for a, _ in schedule.failures]
+    executed = [o.action for o in outcomes if o.status == "executed"] + [a for a, _ in failures]
     if not executed:
         return
-    ExplainLog(cache.root, workspace.root).record(schedule.considered, executed)
+    ExplainLog(cache.root, workspace.root).record(considered, executed)
 
 
 def _publish(
