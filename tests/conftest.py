@@ -44,6 +44,10 @@ MK = _find_mk()
 # the resident build server (tests/test_server.py), which sets MK_SERVER=1 itself.
 NO_SERVER = {"MK_SERVER": "0"}
 os.environ.update(NO_SERVER)
+# Tests press Ctrl-C on the processes they start (SIGINT). A suite started in the background by a
+# shell without job control inherits SIGINT ignored, and so would every `mk` it starts: with a
+# handler here, those get SIGINT's default again when they exec.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 SUBPROCESS_TIMEOUT = 60
 # The longest one step against the Debian mirror may take (an `mk lock`, or an image build with an
 # empty cache, which downloads every package). Marked tests add up their steps' limits and set
