@@ -69,3 +69,26 @@ def mark_used(path: Path | str) -> None:
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     with atomic_writer(path, mode) as out:
         out.write(data)
+
+
+def copy_range(source: int, target: int, count: int, start: int = 0) -> None:
+    """`count` bytes of `source` from `start` to `target` at its file offset, in the kernel where it can.
+
+    The source's offset is given, not taken from the descriptor: a buffered reader's seek may
+    leave the descriptor elsewhere."""
+    offset, count = start, start + count
+    try:
+        while offset < count:
+            done = os.copy_file_range(source, target, count - offset, offset)
+            if done == 0:
+                raise EOFError(f"the source ended at byte {offset}, not {count}")
+            offset += done
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+            raise
+    while offset < count:  # across filesystems, or where copy_file_range is missing
+        done = os.sendfile(target, source, offset, count - offset)
+        if done == 0:
+            raise EOFError(f"the source ended at byte {offset}, not {count}")
+        offset += done

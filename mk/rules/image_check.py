@@ -11,7 +11,7 @@ command that could run.
 
 from __future__ import annotations
 
-import functools
+import json
 import posixpath
 import re
 import shlex
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree
 from mk.engine.errors import did_you_mean
+from mk.engine.keys import module_closure_digest
 from mk.rules.init import BUSYBOX, PATH
 
 _SEARCHED = tuple(folder.strip("/") for folder in PATH.split(":"))
@@ -87,11 +88,18 @@ def busybox_applets(binary: bytes) -> frozenset[str] | None:
     return frozenset(name.decode() for name in best) if len(best) >= _MIN_APPLETS else None
 
 
-@functools.lru_cache(maxsize=8)
 def _stored_applets(cas: ContentStore, digest: str, size: int) -> frozenset[str] | None:
-    """busybox_applets of a stored binary, scanned once: an image's checks and bundles each look
-    at the same busybox, and a resident process builds the same image again and again."""
-    return busybox_applets(cas.read_bytes(digest, size))
+    """busybox_applets of a stored binary, scanned once and remembered by its digest: an image's
+    checks and bundles each look at the same busybox, and every build of an image meets it again."""
+
+    def scanned() -> bytes:
+        applets = busybox_applets(cas.read_bytes(digest, size))
+        return json.dumps(None if applets is None else sorted(applets)).encode()
+
+    # The kind of fact names the scanning code: applets remembered by an older scan are not used.
+    kind = f"busybox-applets-{module_closure_digest(__name__)[:16]}"
+    names = json.loads(cas.facts.learn(kind, digest, scanned))
+    return None if names is None else frozenset(names)
 
 
 def check_commands(tree: Tree, cas: ContentStore, services: Sequence[str], onboot: Sequence[str]) -> list[str]:

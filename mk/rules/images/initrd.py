@@ -16,16 +16,16 @@ end of each archive. Formats that read the root's tree (verity, tar, OCI) never 
 
 from __future__ import annotations
 
+import os
 import posixpath
-import shutil
 from collections.abc import Sequence
 
+from mk.cache.fsutil import copy_range
 from mk.cache.tree import Entry, Kind, Tree
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.rule_api import RuleContext
 from mk.rules.archive import archive_action
 
-_CHUNK = 1 << 20
 SEGMENTS = "initrd.d"  # the folder of the segments, beside initrd.img
 
 
@@ -58,11 +58,11 @@ def write_segment_trees(io: ActionIO, root: Tree, layers: Sequence[Tree], first_
 
 
 def concatenate(io: ActionIO) -> None:
-    """The initrd: the compressed segments one after the other, lowest first."""
+    """The initrd: the compressed segments one after the other, lowest first, copied in the kernel."""
     with open(io.output(), "wb") as out:
         for path in io.strings("segments"):
             with open(io.inputs[path], "rb") as segment:
-                shutil.copyfileobj(segment, out, _CHUNK)
+                copy_range(segment.fileno(), out.fileno(), os.fstat(segment.fileno()).st_size)
 
 
 def add_initrd_actions(ctx: RuleContext, segments: Sequence[tuple[Artifact, Artifact]], initrd: Artifact) -> None:
