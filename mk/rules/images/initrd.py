@@ -16,11 +16,9 @@ end of each archive. Formats that read the root's tree (verity, tar, OCI) never 
 
 from __future__ import annotations
 
-import os
 import posixpath
 from collections.abc import Sequence
 
-from mk.cache.fsutil import copy_range
 from mk.cache.tree import Entry, Kind, Tree
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.rule_api import RuleContext
@@ -58,11 +56,11 @@ def write_segment_trees(io: ActionIO, root: Tree, layers: Sequence[Tree], first_
 
 
 def concatenate(io: ActionIO) -> None:
-    """The initrd: the compressed segments one after the other, lowest first, copied in the kernel."""
+    """The initrd: the compressed segments one after the other, lowest first, copied from the store
+    (verified) in the kernel: the segments are not written out for it first."""
     with open(io.output(), "wb") as out:
         for path in io.strings("segments"):
-            with open(io.inputs[path], "rb") as segment:
-                copy_range(segment.fileno(), out.fileno(), os.fstat(segment.fileno()).st_size)
+            io.cas.write_to(io.digests[path], None, out, plain_file=True)
 
 
 def add_initrd_actions(ctx: RuleContext, segments: Sequence[tuple[Artifact, Artifact]], initrd: Artifact) -> None:
@@ -72,4 +70,4 @@ def add_initrd_actions(ctx: RuleContext, segments: Sequence[tuple[Artifact, Arti
         ctx.add_action(archive_action(ctx, "InitrdSegment", tree, segment, "cpio", "zstd"))
     written = tuple(segment for _, segment in segments)
     ctx.add_action(Action(owner=ctx.label, mnemonic="Initrd", inputs=written, outputs=(initrd,),
-                          params={"segments": [s.path for s in written]}, function=concatenate))
+                          params={"segments": [s.path for s in written]}, function=concatenate, staged_inputs=False))
