@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from mk.cache.cas import ContentStore
+from mk.cache.cas import RAW_FROM, ContentStore
 from mk.cache.facts import BlobFacts
+from mk.cache.tree import Entry, Kind, Tree
 from mk.rules import image_check
-from mk.rules.image_check import busybox_applets
+from mk.rules.image_check import busybox_applets, check_commands
 
 DATA = os.urandom(3 << 20)  # large enough to be stored as it is
 APPLET_NAMES = [f"applet{i:02d}" for i in range(30)]
@@ -102,3 +103,15 @@ def test_damaged_applets_are_scanned_again(tmp_path: Path) -> None:
     record.write_bytes(bytes(data))
     assert image_check._stored_applets(cas, digest, len(BUSYBOX)) == busybox_applets(BUSYBOX)
     assert cas.facts.known(record.parent.parent.name, digest) == json.dumps(sorted(APPLET_NAMES)).encode()
+
+
+def test_a_scripts_interpreter_is_read_once_from_its_verified_bytes(tmp_path: Path) -> None:
+    cas = ContentStore(tmp_path)
+    script = b"#!/opt/python3 -u\n" + os.urandom(RAW_FROM)
+    digest = cas.put_bytes(script)
+    tree = Tree.build([Entry("usr", Kind.DIR, 0o755), Entry("usr/bin", Kind.DIR, 0o755),
+                       Entry("usr/bin/tool", Kind.FILE, 0o755, digest=digest, size=len(script))])
+    (problem,) = check_commands(tree, cas, ["/usr/bin/tool"], [])
+    assert problem.startswith("service '/usr/bin/tool': /usr/bin/tool starts with #!/opt/python3; /opt/python3 is not")
+    cas.path(digest).unlink()  # its head is remembered: the check does not read it again
+    assert check_commands(tree, cas, ["/usr/bin/tool"], []) == [problem]

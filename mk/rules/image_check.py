@@ -11,6 +11,8 @@ command that could run.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import posixpath
 import re
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree
 from mk.engine.errors import did_you_mean
-from mk.engine.keys import module_closure_digest
 from mk.rules.init import BUSYBOX, PATH
 
 _SEARCHED = tuple(folder.strip("/") for folder in PATH.split(":"))
@@ -88,6 +89,16 @@ def busybox_applets(binary: bytes) -> frozenset[str] | None:
     return frozenset(name.decode() for name in best) if len(best) >= _MIN_APPLETS else None
 
 
+@functools.cache
+def _applets_kind() -> str:
+    """The kind of fact busybox's applets are remembered as. It names the code that finds them, so
+    that applets an older scan remembered are not used (a digest of the code, not of the source
+    files: a process of its own would read those for every build)."""
+    code = busybox_applets.__code__
+    material = repr((code.co_code, code.co_consts, code.co_names, _NAME_RUN.pattern, _MIN_APPLETS)).encode()
+    return f"busybox-applets-{hashlib.blake2b(material, digest_size=8).hexdigest()}"
+
+
 def _stored_applets(cas: ContentStore, digest: str, size: int) -> frozenset[str] | None:
     """busybox_applets of a stored binary, scanned once and remembered by its digest: an image's
     checks and bundles each look at the same busybox, and every build of an image meets it again."""
@@ -96,9 +107,7 @@ def _stored_applets(cas: ContentStore, digest: str, size: int) -> frozenset[str]
         applets = busybox_applets(cas.read_bytes(digest, size))
         return json.dumps(None if applets is None else sorted(applets)).encode()
 
-    # The kind of fact names the scanning code: applets remembered by an older scan are not used.
-    kind = f"busybox-applets-{module_closure_digest(__name__)[:16]}"
-    names = json.loads(cas.facts.learn(kind, digest, scanned))
+    names = json.loads(cas.facts.learn(_applets_kind(), digest, scanned))
     return None if names is None else frozenset(names)
 
 
@@ -207,8 +216,9 @@ class RootView:
 
     def _why_not_interpreter(self, shown: str, entry: Entry) -> str | None:
         """For a script: why the image cannot start the interpreter its #! line names."""
-        with self.cas.open(entry.digest, entry.size) as blob:
-            head = blob.read(_SHEBANG_BYTES) or b""
+        # Remembered by the file's digest: every build of the image checks the same programs.
+        head = self.cas.facts.learn(f"head-{_SHEBANG_BYTES}", entry.digest,
+                                    lambda: self.cas.read_bytes(entry.digest, entry.size)[:_SHEBANG_BYTES])
         words = head[2:].split(b"\n", 1)[0].split() if head.startswith(b"#!") else []
         interpreter = words[0].decode(errors="replace") if words else ""
         if not interpreter.startswith("/"):
