@@ -166,6 +166,13 @@ class Tree:
         tree.check()
         return tree
 
+    @staticmethod
+    @functools.lru_cache(maxsize=16)
+    def decode_shared(data: bytes) -> Tree:
+        """`decode`, remembered for the same bytes: a resident build server reads the same layers'
+        trees on every build. A tree is immutable, so one may serve every reader."""
+        return Tree.decode(data)
+
     def files(self) -> Iterable[Entry]:
         return (e for e in self.entries if e.kind is Kind.FILE)
 

@@ -97,7 +97,7 @@ class ActionIO:
     def read_tree(self, path: str) -> Tree:
         from mk.cache.tree import Tree  # when an action runs: a no-op build reads no tree
 
-        return Tree.decode(self.inputs[path].read_bytes())
+        return Tree.decode_shared(self.inputs[path].read_bytes())
 
     def write_tree(self, tree: Tree, index: int = 0) -> None:
         self.output(index).write_bytes(tree.encode())

@@ -320,7 +320,7 @@ class Executor:
         from mk.cache.tree import Tree, TreeError  # only when a tree was made
 
         try:
-            tree = Tree.decode(self.cas.read_bytes(output.digest))
+            tree = Tree.decode_shared(self.cas.read_bytes(output.digest))
         except TreeError as e:
             raise ActionFailed(f"{action.describe()}: output '{output.path}' is not a tree: {e}") from None
         digests = [e.digest for e in tree.files()]
