@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 import blake3
 
-from mk.cache.facts import BlobFacts
+from mk.cache.facts import SHA256, BlobFacts, read_sha256_fact, sha256_fact
 from mk.cache.fsutil import atomic_writer, copy_range
 from mk.cache.parts import BLOBS
 
@@ -325,10 +325,9 @@ class ContentStore:
             for chunk in self.stream(digest):
                 hasher.update(chunk)
                 size += len(chunk)
-            return f"{hasher.hexdigest()} {size}".encode()
+            return sha256_fact(hasher.hexdigest(), size)
 
-        sha256, size = self.facts.learn("sha256", digest, hashed).decode().split()
-        return sha256, int(size)
+        return read_sha256_fact(self.facts.learn(SHA256, digest, hashed))
 
     def read_bytes(self, digest: str, size: int | None = None) -> bytes:
         parts: list[bytes] = []

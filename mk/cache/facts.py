@@ -54,6 +54,19 @@ class BlobFacts:
         return found
 
 
+SHA256 = "sha256"  # the kind of fact a blob's SHA-256 is remembered as (see `sha256_fact`)
+
+
+def sha256_fact(sha256: str, size: int) -> bytes:
+    """A blob's SHA-256 (in hex) and size, as a fact of kind SHA256."""
+    return f"{sha256} {size}".encode()
+
+
+def read_sha256_fact(fact: bytes) -> tuple[str, int]:
+    sha256, size = fact.decode().split()
+    return sha256, int(size)
+
+
 def _key(digest: str) -> bytes:
     """The seal's key: the blob's digest (32 bytes), which binds the record to its blob."""
     return bytes.fromhex(digest)

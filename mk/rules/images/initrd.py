@@ -19,6 +19,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Sequence
 
+from mk.cache import concatenation
 from mk.cache.tree import Entry, Kind, Tree
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.rule_api import RuleContext
@@ -56,11 +57,11 @@ def write_segment_trees(io: ActionIO, root: Tree, layers: Sequence[Tree], first_
 
 
 def concatenate(io: ActionIO) -> None:
-    """The initrd: the compressed segments one after the other, lowest first, copied from the store
-    (verified) in the kernel: the segments are not written out for it first."""
+    """The initrd: the compressed segments one after the other, lowest first, read from the store
+    (they are not written out for it first). Its SHA-256, which the manifest gives, is learnt on
+    the way; a build that changed only the last segments hashes only those (see concatenation)."""
     with open(io.output(), "wb") as out:
-        for path in io.strings("segments"):
-            io.cas.write_to(io.digests[path], None, out, plain_file=True)
+        concatenation.concatenate(io.cas, [io.digests[path] for path in io.strings("segments")], out)
 
 
 def add_initrd_actions(ctx: RuleContext, segments: Sequence[tuple[Artifact, Artifact]], initrd: Artifact) -> None:
