@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,10 @@ def test_a_scripts_interpreter_is_read_once_from_its_verified_bytes(tmp_path: Pa
     assert problem.startswith("service '/usr/bin/tool': /usr/bin/tool starts with #!/opt/python3; /opt/python3 is not")
     cas.path(digest).unlink()  # its head is remembered: the check does not read it again
     assert check_commands(tree, cas, ["/usr/bin/tool"], []) == [problem]
+
+
+def test_the_kind_busybox_applets_are_remembered_as_is_the_same_in_every_process() -> None:
+    program = "from mk.rules.image_check import _applets_kind; print(_applets_kind())"
+    kinds = {subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2")}
+    assert kinds == {image_check._applets_kind()}

@@ -17,6 +17,7 @@ import json
 import posixpath
 import re
 import shlex
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -94,9 +95,14 @@ def _applets_kind() -> str:
     """The kind of fact busybox's applets are remembered as. It names the code that finds them, so
     that applets an older scan remembered are not used (a digest of the code, not of the source
     files: a process of its own would read those for every build)."""
-    code = busybox_applets.__code__
-    material = repr((code.co_code, code.co_consts, code.co_names, _NAME_RUN.pattern, _MIN_APPLETS)).encode()
+    material = repr((_code_material(busybox_applets.__code__), _NAME_RUN.pattern, _MIN_APPLETS)).encode()
     return f"busybox-applets-{hashlib.blake2b(material, digest_size=8).hexdigest()}"
+
+
+def _code_material(code: types.CodeType) -> object:
+    """What a function's code does, the same in every process (a code object's repr holds its address)."""
+    consts = tuple(_code_material(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.co_code, code.co_names, consts
 
 
 def _stored_applets(cas: ContentStore, digest: str, size: int) -> frozenset[str] | None:
