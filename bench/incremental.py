@@ -7,9 +7,11 @@ Each side gets its own copy of the workspace (mk.toml and examples/) and the usu
 action keys hold mk's code, so the two never share an action). Each edit appends a line never
 seen before to examples/sshd_config, which goes into the image through //examples:sshd_settings,
 then times `mk image //examples:sshd` and sums, from --json-events, the time of the actions it
-executed: all of them, and those that make the initrd (`Initrd*`).
+executed: all of them, and those that make the initrd (`Initrd*`). Each side's builds go through
+its workspace's build server, as `mk` does by default (the warm-up build starts it; the servers are
+stopped at the end), or with --no-server each in a process of its own, as in CI.
 
-Usage: python3 bench/incremental.py --baseline DIR [--edits N]
+Usage: python3 bench/incremental.py --baseline DIR [--edits N] [--no-server]
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET = "//examples:sshd"
 
 
-def mk_command(checkout: Path) -> list[str]:
-    """mk from `checkout`'s sources, on this venv's libraries."""
-    program = "import sys; from mk.cli import main; sys.exit(main())"
-    return ["env", f"PYTHONPATH={checkout}", sys.executable, "-c", program]
+def mk_command(checkout: Path, server: bool) -> list[str]:
+    """The `mk` command from `checkout`'s sources, on this venv's libraries."""
+    program = "import sys; from mk.client import main; sys.exit(main())"
+    return ["env", f"PYTHONPATH={checkout}", sys.executable, "-c", program, *([] if server else ["--no-server"])]
 
 
 def edit_and_build(mk: list[str], ws: Path, number: int) -> tuple[float, float, float, list[str]]:
@@ -57,26 +59,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, required=True, help="another checkout of mk")
     parser.add_argument("--edits", type=int, default=5, help="edits per side; the median is shown")
+    parser.add_argument("--no-server", dest="server", action="store_false",
+                        help="build each edit in a process of its own (as CI does), not through the build server")
     args = parser.parse_args()
     sides = {"this checkout": REPO, "baseline": args.baseline.resolve()}
     work = Path(tempfile.mkdtemp(prefix="mk-bench-incremental-"))
+    spaces: dict[str, Path] = {}
     try:
-        spaces = {}
         for index, (name, checkout) in enumerate(sides.items()):
             ws = work / f"ws{index}"
             ws.mkdir()
             shutil.copy(REPO / "mk.toml", ws / "mk.toml")
             shutil.copytree(REPO / "examples", ws / "examples", ignore=shutil.ignore_patterns("mk-out"))
             spaces[name] = ws
-            edit_and_build(mk_command(checkout), ws, -1)  # warm: everything but the edit is cached after it
+            edit_and_build(mk_command(checkout, args.server), ws, -1)  # warm: all but the edit is cached after it
         results: dict[str, list[tuple[float, float, float, list[str]]]] = {name: [] for name in sides}
         for number in range(args.edits):
             for name, checkout in sides.items():
-                results[name].append(edit_and_build(mk_command(checkout), spaces[name], number))
+                results[name].append(edit_and_build(mk_command(checkout, args.server), spaces[name], number))
     finally:
+        for name, checkout in sides.items():
+            if name in spaces:
+                subprocess.run([*mk_command(checkout, True), "shutdown"], cwd=spaces[name],
+                               capture_output=True, check=False)
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{TARGET}, one-file edit (examples/sshd_config); median of {args.edits} edits per side, alternating; "
-          f"load {os.getloadavg()[0]:.1f}")
+    how = "through the build server" if args.server else "--no-server"
+    print(f"{TARGET}, one-file edit (examples/sshd_config), {how}; median of {args.edits} edits per side, "
+          f"alternating; load {os.getloadavg()[0]:.1f}")
     print(f"{'side':16}{'mk image':>10}{'actions':>10}{'initrd':>10}  executed (last edit)")
     for name, runs in results.items():
         wall, actions, initrd = (statistics.median(cast(float, r[i]) for r in runs) * 1000 for i in range(3))

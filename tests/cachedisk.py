@@ -10,8 +10,8 @@ from pathlib import Path
 from conftest import Workspace
 
 # The parts of the cache whose files gc evicts, least recently used first (see mk.cache.parts).
-EVICTABLE_PARTS = ("cas", "ac", "remote-ac", "stat", "reapi-digests", "graphs", "explain", "logs", "debian-indices",
-                   "by-sha256")
+EVICTABLE_PARTS = ("cas", "ac", "remote-ac", "stat", "reapi-digests", "facts", "graphs", "explain", "logs",
+                   "debian-indices", "by-sha256")
 
 
 def du(path: Path) -> int:

@@ -55,6 +55,7 @@ def every_kind_of_entry(workspace: WorkspaceFactory, repo: Repo) -> Workspace:
     ActionCache(cache / "remote-ac", "0123456789abcdef").put("f" * 64, remembered)
     # The SHA-256 of a blob, as remote execution remembers it.
     DigestIndex(cache).sha256(remembered.outputs[0].digest, ContentStore(cache))
+    ContentStore(cache).sha256(remembered.outputs[0].digest)  # a fact learnt from a blob's bytes
     # What `mk run` remembers of this machine, a toolchain written out (hard links and all) and a
     # sandbox kept by --sandbox-debug, as those write them.
     (cache / "vm").mkdir()

@@ -131,3 +131,20 @@ def test_diff_of_an_entry_that_changed_kind_says_only_that() -> None:
     assert tree_diff.content_changes(changes) == []
     assert tree_diff.summary(changes, old, new) == "0 added, 0 removed, 2 changed; files 3 B -> 0 B"
     assert tree_listing.lines(new.entries[-1:]) == ["prw------- 7/0 0 -            /run/p"]
+
+
+@pytest.mark.parametrize("path", ["a", "a/b", "usr/bin/x", "...", "a/...", "..a", ".a", "a/.b", "x/..y", ".../b",
+                                  "./a", "a/./b", "a/../b", "..", "a//b", "/a", "a/", "a\0b", "", ".", "a/.", "a/.."])
+def test_the_check_takes_a_path_as_normalised_exactly_when_normalise_leaves_it(path: str) -> None:
+    try:
+        unchanged = normalise(path) == path
+    except TreeError:
+        unchanged = False
+    parents = path.split("/")[:-1] if unchanged else []
+    folders = [Entry("/".join(parents[:n]), Kind.DIR, 0o755) for n in range(1, len(parents) + 1)]
+    refused = False
+    try:
+        Tree((*folders, Entry(path, Kind.FILE, 0o644))).check()
+    except TreeError:
+        refused = True
+    assert refused == (not unchanged)

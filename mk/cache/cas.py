@@ -18,7 +18,7 @@ deleted and reported as `CorruptBlobError`, so callers rebuild it instead of usi
 from __future__ import annotations
 
 import contextlib
-import errno
+import hashlib
 import io
 import os
 import re
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 import blake3
 
-from mk.cache.fsutil import atomic_writer
+from mk.cache.facts import SHA256, BlobFacts, read_sha256_fact, sha256_fact
+from mk.cache.fsutil import atomic_writer, copy_range
 from mk.cache.parts import BLOBS
 
 # Fixed level and no threads: the compressed bytes never depend on the machine.
@@ -99,29 +100,6 @@ def _raw_start(head: bytes) -> int | None:
     return len(_RAW_HEADER) if head[:8] == _RAW_HEADER else 0
 
 
-def _copy_range(source: int, target: int, count: int, start: int = 0) -> None:
-    """`count` bytes of `source` from `start` to `target` at its file offset, in the kernel where it can.
-
-    The source's offset is given, not taken from the descriptor: a buffered reader's seek may
-    leave the descriptor elsewhere."""
-    offset, count = start, start + count
-    try:
-        while offset < count:
-            done = os.copy_file_range(source, target, count - offset, offset)
-            if done == 0:
-                raise EOFError(f"the source ended at byte {offset}, not {count}")
-            offset += done
-        return
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
-            raise
-    while offset < count:  # across filesystems, or where copy_file_range is missing
-        done = os.sendfile(target, source, offset, count - offset)
-        if done == 0:
-            raise EOFError(f"the source ended at byte {offset}, not {count}")
-        offset += done
-
-
 class CorruptBlobError(Exception):
     def __init__(self, digest: str, path: Path, why: str = "") -> None:
         because = f" ({why})" if why else ""
@@ -164,6 +142,7 @@ class ContentStore:
         self.root = root / BLOBS.name
         self._prefix = str(self.root) + "/"  # plain strings: this is the no-op build's hot path
         self.fetcher = fetcher  # a remote cache: blobs missing here are read from it
+        self.facts = BlobFacts(root)  # what was learnt from blobs' bytes, by their digests
 
     def with_fetcher(self, fetcher: BlobFetcher) -> ContentStore:
         """The same store, reading blobs it lacks from `fetcher` (a build's remote cache)."""
@@ -221,7 +200,7 @@ class ContentStore:
                     with atomic_writer(self.path(digest)) as out:
                         out.write(header)
                         out.flush()
-                        _copy_range(src.fileno(), out.fileno(), size)
+                        copy_range(src.fileno(), out.fileno(), size)
                 return digest
             with atomic_writer(self.path(digest)) as out:
                 _streaming_compressor().copy_stream(src, out)
@@ -231,7 +210,7 @@ class ContentStore:
                     out.truncate()
                     out.write(header)
                     out.flush()
-                    _copy_range(src.fileno(), out.fileno(), size)
+                    copy_range(src.fileno(), out.fileno(), size)
         return digest
 
     def _link_in(self, source: Path, digest: str) -> bool:
@@ -336,6 +315,19 @@ class ContentStore:
         except zstandard.ZstdError:
             raise CorruptBlobError(digest, self.path(digest)) from None
         return size
+
+    def sha256(self, digest: str) -> tuple[str, int]:
+        """The SHA-256 (in hex) and the size of blob `digest`: remembered, or learnt once from its
+        bytes, verified as they are read."""
+
+        def hashed() -> bytes:
+            hasher, size = hashlib.sha256(), 0
+            for chunk in self.stream(digest):
+                hasher.update(chunk)
+                size += len(chunk)
+            return sha256_fact(hasher.hexdigest(), size)
+
+        return read_sha256_fact(self.facts.learn(SHA256, digest, hashed))
 
     def read_bytes(self, digest: str, size: int | None = None) -> bytes:
         parts: list[bytes] = []
@@ -498,7 +490,7 @@ class ContentStore:
         if plain_file and stored > _ONE_SHOT:  # (a small one costs fewer system calls read and written)
             self._check_raw(digest, fd, start)  # then the bytes need not pass through here
             out.flush()
-            _copy_range(fd, out.fileno(), stored, start)
+            copy_range(fd, out.fileno(), stored, start)
             return
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         offset = start

@@ -45,8 +45,11 @@ FIXED_OUTPUTS = CachePart("by-sha256", "the blob of each download pinned by sha2
                           Policy.EVICTABLE)
 STAT_CACHES = CachePart("stat", "stat caches of source files, one per workspace", Policy.EVICTABLE)
 REAPI_DIGESTS = CachePart("reapi-digests", "SHA-256 digests of blobs, for remote execution", Policy.EVICTABLE)
+FACTS = CachePart("facts", "what was learnt from blobs' bytes (SHA-256s, busybox applets), by blob digest",
+                  Policy.EVICTABLE)
 TOOLCHAINS = CachePart("toolchains", "toolchains and input trees written out for sandboxes", Policy.DROPPED)
 SCRATCH = CachePart("tmp", "scratch space of running builds (what dead ones left is removed)", Policy.KEPT)
 LOCK = CachePart("lock", "the cache's lock", Policy.KEPT, is_file=True)
 
-CACHE_PARTS = (BLOBS, RESULTS, REMOTE_RESULTS, FIXED_OUTPUTS, STAT_CACHES, REAPI_DIGESTS, TOOLCHAINS, SCRATCH, LOCK)
+CACHE_PARTS = (BLOBS, RESULTS, REMOTE_RESULTS, FIXED_OUTPUTS, STAT_CACHES, REAPI_DIGESTS, FACTS, TOOLCHAINS,
+               SCRATCH, LOCK)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import functools
 import posixpath
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -18,6 +19,9 @@ import msgpack
 from mk.globs import glob_regex
 
 _FORMAT = 1
+# A path `normalise` leaves as it is, matched in one go (Tree.check meets every entry of every tree):
+# components without '/' or NUL that are neither '.' nor '..'.
+_NORMALISED = re.compile(r"(?!\.\.?(?:/|$))[^/\0]+(?:/(?!\.\.?(?:/|$))[^/\0]+)*")
 _MAX_STEPS = 4096  # path components a lookup walks, links included, before it calls the links a loop
 
 
@@ -136,9 +140,9 @@ class Tree:
             if (entry.mode > MODE_MAX or entry.uid > ID_MAX or entry.gid > ID_MAX or entry.size > SIZE_MAX
                     or entry.major > MAJOR_MAX or entry.minor > MINOR_MAX):
                 raise _out_of_range(entry)
-            if normalise(entry.path) != entry.path:
+            if not _NORMALISED.fullmatch(entry.path) and normalise(entry.path) != entry.path:
                 raise TreeError(f"'{entry.path}' is not a normalised path")
-            parent = posixpath.dirname(entry.path)
+            parent = entry.path.rpartition("/")[0]  # (as posixpath.dirname: the path is normalised)
             if parent and kinds.get(parent) is not Kind.DIR:
                 what = "a symlink" if kinds.get(parent) is Kind.SYMLINK else "not a directory"
                 raise TreeError(f"'{entry.path}' lies under '{parent}', which is {what}")
@@ -165,6 +169,13 @@ class Tree:
         tree = Tree(entries)
         tree.check()
         return tree
+
+    @staticmethod
+    @functools.lru_cache(maxsize=16)
+    def decode_shared(data: bytes) -> Tree:
+        """`decode`, remembered for the same bytes: a resident build server reads the same layers'
+        trees on every build. A tree is immutable, so one may serve every reader."""
+        return Tree.decode(data)
 
     def files(self) -> Iterable[Entry]:
         return (e for e in self.entries if e.kind is Kind.FILE)

@@ -62,6 +62,7 @@ class ActionIO:
     in the action's log."""
 
     inputs: Mapping[str, Path]
+    digests: Mapping[str, str]  # the blob digest of each input: what is known of its bytes without reading them
     outputs: Mapping[str, Path]
     params: Params
     cas: ContentStore
@@ -96,7 +97,7 @@ class ActionIO:
     def read_tree(self, path: str) -> Tree:
         from mk.cache.tree import Tree  # when an action runs: a no-op build reads no tree
 
-        return Tree.decode(self.inputs[path].read_bytes())
+        return Tree.decode_shared(self.inputs[path].read_bytes())
 
     def write_tree(self, tree: Tree, index: int = 0) -> None:
         self.output(index).write_bytes(tree.encode())
@@ -126,6 +127,9 @@ class Action:
     # scheduler reserves them and the command reads how many it got in $MK_JOBS. Not in the key:
     # the outputs must not depend on it, so a result made with -j 2 serves a build with -j 16.
     jobs: int = 1
+    # False for a function that learns all it needs of its inputs from the store (`io.digests`,
+    # `io.cas`) and never opens their files: then they are not written out for it. Not in the key.
+    staged_inputs: bool = True
     # Where its owner is declared, for its errors; set by analysis, never part of the key.
     where: Location | None = field(default=None, compare=False)
     # The target platform its owner was configured for ("linux/arm64"), if it was: set by analysis for

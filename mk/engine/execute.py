@@ -152,7 +152,8 @@ class Executor:
     def _run_in(self, action: Action, inputs: Mapping[str, FileDigest], scratch: Path) -> ActionResult:
         execroot = scratch / "execroot"
         execroot.mkdir()
-        staged = tuple(a for a in action.inputs if a != action.toolchain)  # the toolchain is the root
+        # The toolchain is the root; a function that reads its inputs through the store gets none written out.
+        staged = tuple(a for a in action.inputs if a != action.toolchain) if action.staged_inputs else ()
         # A command sees each tree input as a folder, bound from its written-out copy.
         folders = tuple(a for a in staged if a.is_tree) if action.command is not None else ()
         self.cas.prefetch(inputs[a.path].digest for a in staged if not a.is_source and a not in folders)
@@ -172,8 +173,9 @@ class Executor:
                                     tuple(os.path.dirname(a.path) for a in action.outputs), trees)
             log = self._run_command(action, layout, scratch)
         else:
-            log = self._run_function(action, execroot, scratch)
-        outputs = tuple(self._collect(action, a, execroot) for a in action.outputs)
+            log = self._run_function(action, inputs, execroot, scratch)
+        present: set[str] = set()  # blobs found in the store: an image's segments repeat its root's files
+        outputs = tuple(self._collect(action, a, execroot, present) for a in action.outputs)
         return ActionResult(outputs, 0, self.cas.put_bytes(log))
 
     def _materialise(self, path: str, is_source: bool, want: FileDigest, execroot: Path, only_read: bool) -> None:
@@ -254,12 +256,13 @@ class Executor:
         print(f"mk: the sandbox of {action.describe()} is kept in {kept} (execroot/, tmp/, stdout, stderr)",
               file=sys.stderr)
 
-    def _run_function(self, action: Action, execroot: Path, scratch: Path) -> bytes:
+    def _run_function(self, action: Action, inputs: Mapping[str, FileDigest], execroot: Path, scratch: Path) -> bytes:
         assert action.function is not None
         work = scratch / "work"
         work.mkdir()
         io = ActionIO(
             inputs={a.path: execroot / a.path for a in action.inputs},
+            digests={a.path: inputs[a.path].digest for a in action.inputs},
             outputs={a.path: execroot / a.path for a in action.outputs},
             params=action.params,
             cas=self.cas,
@@ -276,7 +279,7 @@ class Executor:
         self.warnings += shown  # (one list.extend: atomic, as actions run on several threads)
         return "".join(f"{line}\n" for line in shown).encode()
 
-    def _collect(self, action: Action, artifact: Artifact, execroot: Path) -> OutputFile:
+    def _collect(self, action: Action, artifact: Artifact, execroot: Path, present: set[str]) -> OutputFile:
         path = artifact.path
         file = execroot / path
         try:
@@ -290,7 +293,7 @@ class Executor:
         digest = self.cas.put_file(file, owned=True)  # scratch: nothing writes to it again
         output = OutputFile(path, digest, bool(st.st_mode & stat.S_IXUSR), artifact.is_tree)
         if artifact.is_tree:
-            self._check_tree(action, output)
+            self._check_tree(action, output, present)
         return output
 
     def _capture(self, action: Action, artifact: Artifact, folder: Path) -> OutputFile:
@@ -311,16 +314,18 @@ class Executor:
                                f"{e.strerror or e}") from None
         return OutputFile(artifact.path, self.cas.put_bytes(tree.encode()), False, True)
 
-    def _check_tree(self, action: Action, output: OutputFile) -> None:
+    def _check_tree(self, action: Action, output: OutputFile, present: set[str]) -> None:
         """A tree output must be a readable manifest whose every file is in the store: its result
         is then complete, and everything it references can be uploaded and kept together."""
         from mk.cache.tree import Tree, TreeError  # only when a tree was made
 
         try:
-            tree = Tree.decode(self.cas.read_bytes(output.digest))
+            tree = Tree.decode_shared(self.cas.read_bytes(output.digest))
         except TreeError as e:
             raise ActionFailed(f"{action.describe()}: output '{output.path}' is not a tree: {e}") from None
-        missing = next((e.digest for e in tree.files() if not self.cas.obtainable(e.digest)), None)
+        digests = [e.digest for e in tree.files()]
+        missing = next((d for d in digests if d not in present and not self.cas.obtainable(d)), None)
         if missing is not None:
             raise ActionFailed(f"{action.describe()}: tree '{output.path}' names blob {missing}, "
                                "which is not in the content store")
+        present.update(digests)

@@ -80,7 +80,7 @@ def placing(
 
 def _write(target: str, want: FileDigest, cas: ContentStore, stats: StatCache) -> None:
     try:
-        with atomic_writer(Path(target), 0o755 if want.executable else 0o644) as out:
+        with atomic_writer(Path(target), 0o755 if want.executable else 0o644, exchange=True) as out:
             cas.write_to(want.digest, None, out, plain_file=True)
     except IsADirectoryError:
         raise MkError(f"cannot place {target}: a directory is in the way; remove it (or run `mk clean`)") from None

@@ -11,7 +11,6 @@ for included.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -124,8 +123,9 @@ def combine_sboms(io: ActionIO) -> None:
 def write_manifest(io: ActionIO) -> None:
     entries = {}
     for path in sorted(io.inputs):
-        data = io.inputs[path].read_bytes()
-        entries[os.path.basename(path)] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        # Remembered by the blob's digest: an edit's build hashes its new initrd, not the kernel again.
+        sha256, size = io.cas.sha256(io.digests[path])
+        entries[os.path.basename(path)] = {"sha256": sha256, "size": size}
     io.output().write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
@@ -203,7 +203,7 @@ def analyze(ctx: RuleContext) -> list[Provider]:
     described = tuple(dict.fromkeys((kernel, initrd, cmdline, sbom, *(f for g in asked for f in groups.get(g, ())))))
     manifest = out("manifest.json")
     ctx.add_action(Action(owner=ctx.label, mnemonic="Manifest", inputs=described, outputs=(manifest,),
-                          function=write_manifest))
+                          function=write_manifest, staged_inputs=False))
     boot = (kernel, initrd, cmdline, sbom, manifest)
     default = tuple(dict.fromkeys((*boot, *(f for name in wanted for f in groups[name]))))
     return [DefaultInfo(files=default, groups={"kernel+initrd": boot, **groups}),

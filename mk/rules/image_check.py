@@ -12,9 +12,12 @@ command that could run.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import posixpath
 import re
 import shlex
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,11 +90,31 @@ def busybox_applets(binary: bytes) -> frozenset[str] | None:
     return frozenset(name.decode() for name in best) if len(best) >= _MIN_APPLETS else None
 
 
-@functools.lru_cache(maxsize=8)
+@functools.cache
+def _applets_kind() -> str:
+    """The kind of fact busybox's applets are remembered as. It names the code that finds them, so
+    that applets an older scan remembered are not used (a digest of the code, not of the source
+    files: a process of its own would read those for every build)."""
+    material = repr((_code_material(busybox_applets.__code__), _NAME_RUN.pattern, _MIN_APPLETS)).encode()
+    return f"busybox-applets-{hashlib.blake2b(material, digest_size=8).hexdigest()}"
+
+
+def _code_material(code: types.CodeType) -> object:
+    """What a function's code does, the same in every process (a code object's repr holds its address)."""
+    consts = tuple(_code_material(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.co_code, code.co_names, consts
+
+
 def _stored_applets(cas: ContentStore, digest: str, size: int) -> frozenset[str] | None:
-    """busybox_applets of a stored binary, scanned once: an image's checks and bundles each look
-    at the same busybox, and a resident process builds the same image again and again."""
-    return busybox_applets(cas.read_bytes(digest, size))
+    """busybox_applets of a stored binary, scanned once and remembered by its digest: an image's
+    checks and bundles each look at the same busybox, and every build of an image meets it again."""
+
+    def scanned() -> bytes:
+        applets = busybox_applets(cas.read_bytes(digest, size))
+        return json.dumps(None if applets is None else sorted(applets)).encode()
+
+    names = json.loads(cas.facts.learn(_applets_kind(), digest, scanned))
+    return None if names is None else frozenset(names)
 
 
 def check_commands(tree: Tree, cas: ContentStore, services: Sequence[str], onboot: Sequence[str]) -> list[str]:
@@ -199,8 +222,9 @@ class RootView:
 
     def _why_not_interpreter(self, shown: str, entry: Entry) -> str | None:
         """For a script: why the image cannot start the interpreter its #! line names."""
-        with self.cas.open(entry.digest, entry.size) as blob:
-            head = blob.read(_SHEBANG_BYTES) or b""
+        # Remembered by the file's digest: every build of the image checks the same programs.
+        head = self.cas.facts.learn(f"head-{_SHEBANG_BYTES}", entry.digest,
+                                    lambda: self.cas.read_bytes(entry.digest, entry.size)[:_SHEBANG_BYTES])
         words = head[2:].split(b"\n", 1)[0].split() if head.startswith(b"#!") else []
         interpreter = words[0].decode(errors="replace") if words else ""
         if not interpreter.startswith("/"):

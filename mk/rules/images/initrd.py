@@ -17,15 +17,14 @@ end of each archive. Formats that read the root's tree (verity, tar, OCI) never 
 from __future__ import annotations
 
 import posixpath
-import shutil
 from collections.abc import Sequence
 
+from mk.cache import concatenation
 from mk.cache.tree import Entry, Kind, Tree
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.rule_api import RuleContext
 from mk.rules.archive import archive_action
 
-_CHUNK = 1 << 20
 SEGMENTS = "initrd.d"  # the folder of the segments, beside initrd.img
 
 
@@ -58,11 +57,11 @@ def write_segment_trees(io: ActionIO, root: Tree, layers: Sequence[Tree], first_
 
 
 def concatenate(io: ActionIO) -> None:
-    """The initrd: the compressed segments one after the other, lowest first."""
+    """The initrd: the compressed segments one after the other, lowest first, read from the store
+    (they are not written out for it first). Its SHA-256, which the manifest gives, is learnt on
+    the way; a build that changed only the last segments hashes only those (see concatenation)."""
     with open(io.output(), "wb") as out:
-        for path in io.strings("segments"):
-            with open(io.inputs[path], "rb") as segment:
-                shutil.copyfileobj(segment, out, _CHUNK)
+        concatenation.concatenate(io.cas, [io.digests[path] for path in io.strings("segments")], out)
 
 
 def add_initrd_actions(ctx: RuleContext, segments: Sequence[tuple[Artifact, Artifact]], initrd: Artifact) -> None:
@@ -72,4 +71,4 @@ def add_initrd_actions(ctx: RuleContext, segments: Sequence[tuple[Artifact, Arti
         ctx.add_action(archive_action(ctx, "InitrdSegment", tree, segment, "cpio", "zstd"))
     written = tuple(segment for _, segment in segments)
     ctx.add_action(Action(owner=ctx.label, mnemonic="Initrd", inputs=written, outputs=(initrd,),
-                          params={"segments": [s.path for s in written]}, function=concatenate))
+                          params={"segments": [s.path for s in written]}, function=concatenate, staged_inputs=False))
