@@ -67,6 +67,15 @@ def _decompressor() -> Any:
     return found
 
 
+def _read_buffer() -> bytearray:
+    """This thread's buffer for reading a small stored blob whole (one more byte than `_ONE_SHOT`,
+    to tell a larger one): allocating that much per blob costs more than reading it."""
+    found: bytearray | None = getattr(_per_thread, "read_buffer", None)
+    if found is None:
+        found = _per_thread.read_buffer = bytearray(_ONE_SHOT + 1)
+    return found
+
+
 def _compressor() -> Any:
     # The content checksum lets a reader that trusts the blob's name skip hashing it again.
     return _zstd().ZstdCompressor(level=_ZSTD_LEVEL, write_checksum=True)
@@ -422,11 +431,21 @@ class ContentStore:
             os.close(fd)
 
     def _write_from(self, digest: str, fd: int, size: int | None, out: BinaryIO, plain_file: bool) -> None:
-        stored = os.fstat(fd).st_size
-        head = os.pread(fd, 18, 0)  # the magic number and the largest zstd frame header
+        # Most blobs a writer reads are small: one read takes the whole stored file (a shorter
+        # answer than asked is the end of a regular file), where a size and a header would cost
+        # two system calls more per file of the tree.
+        buffer = _read_buffer()
+        count = os.preadv(fd, [buffer], 0)
+        small = count <= _ONE_SHOT
+        whole = memoryview(buffer)[:count]
+        stored = count if small else os.fstat(fd).st_size
+        head = bytes(whole[:18])  # the magic number and the largest zstd frame header
         start = _raw_start(head)
         if start is not None:
-            self._write_raw(digest, fd, start, stored - start, size, out, plain_file)
+            if small:
+                self._write_small_raw(digest, whole[start:], size, out)
+            else:
+                self._write_raw(digest, fd, start, stored - start, size, out, plain_file)
             return
         zstandard = _zstd()
         try:
@@ -437,8 +456,8 @@ class ContentStore:
             self.copy_to(digest, out, size)
             return
         try:
-            if stored <= _ONE_SHOT:
-                data = _decompressor().decompress(os.pread(fd, stored, 0), max_output_size=size + 1)
+            if small:
+                data = _decompressor().decompress(whole, max_output_size=size + 1)
                 if len(data) == size:
                     out.write(data)
                     return
@@ -508,6 +527,14 @@ class ContentStore:
             offset += len(chunk)
         if hasher.hexdigest() != digest:
             raise self._corrupt(digest)
+
+    def _write_small_raw(self, digest: str, data: memoryview, size: int | None, out: BinaryIO) -> None:
+        """Write a blob kept as it is whose stored file (read whole) holds `data`, hashing it first."""
+        if size is not None and len(data) != size:
+            raise self._size_mismatch(digest, len(data), size)
+        if blake3.blake3(data).hexdigest() != digest:
+            raise self._corrupt(digest)
+        out.write(data)
 
     def _size_mismatch(self, digest: str, count: int, size: int) -> CorruptBlobError:
         if count > size:
