@@ -261,6 +261,43 @@ def test_link_to_hashes_a_raw_blob_first_and_declines_a_compressed_one(tmp_path:
     assert not cas.has(raw)
 
 
+@pytest.mark.parametrize("data", [
+    random.Random(4).randbytes(RAW_FROM - 1),  # the largest blob read whole
+    random.Random(5).randbytes(RAW_FROM),  # stored as it is from here; still read whole
+    ZSTD_MAGIC + random.Random(6).randbytes(RAW_FROM - 12),  # after its header: the stored file is RAW_FROM
+    random.Random(7).randbytes(RAW_FROM + 1),  # the smallest read in pieces
+], ids=["below", "at", "at-with-header", "above"])
+def test_blobs_at_the_edge_of_one_read_are_written_whole_and_checked(data: bytes, tmp_path: Path) -> None:
+    """A writer reads a stored file of up to RAW_FROM bytes in one call, a larger one in pieces."""
+    cas = ContentStore(tmp_path / "cache")
+    digest = cas.put_bytes(data)
+    for size in (len(data), None):
+        for plain_file in (False, True):
+            with open(tmp_path / "out", "wb") as out:
+                cas.write_to(digest, size, out, plain_file)
+            assert (tmp_path / "out").read_bytes() == data
+    stored = _stored(cas, digest)
+    for bent in (_flip(stored), stored[:-1]):
+        cas.path(digest).write_bytes(bent)
+        with pytest.raises(CorruptBlobError):
+            cas.write_to(digest, len(data), io.BytesIO())
+        assert not cas.has(digest)
+
+
+def test_a_compressed_blob_larger_than_one_read_is_streamed_from_its_start(tmp_path: Path) -> None:
+    """Blobs received compressed from a remote may be stored larger than a writer reads at once."""
+    data = bytes(random.Random(8).choices(b"0123456789abcdef", k=3 * RAW_FROM))
+    packed = zstandard.ZstdCompressor(level=1, write_checksum=True).compress(data)
+    assert len(packed) > RAW_FROM
+    cas = ContentStore(tmp_path / "cache")
+    digest = digest_bytes(data)
+    cas.put_compressed(digest, packed)
+    for plain_file in (False, True):
+        with open(tmp_path / "out", "wb") as out:
+            cas.write_to(digest, len(data), out, plain_file)
+        assert (tmp_path / "out").read_bytes() == data
+
+
 def test_a_raw_blob_goes_to_a_remote_compressed(tmp_path: Path) -> None:
     cas = ContentStore(tmp_path / "cache")
     for data in (LARGE, COMPRESSIBLE):
