@@ -353,15 +353,21 @@ def watch(ctx: click.Context, /, targets: tuple[str, ...], jobs: int, run_it: bo
 
     session = Session(REGISTRY)
     running: Running | None = None
+    booted: dict[str, str] = {}  # the digest of every file of the build the running VM was started from
 
     def restart(result: BuildResult) -> None:
-        nonlocal running
+        nonlocal running, booted
         found = _runner(result)
         if found is None:
             print("mk watch: --run needs exactly one target that can be run (an image); not starting", file=sys.stderr)
             return
+        built = {path: file.digest for path, file in result.schedule.files.items()}
         if running is not None:
+            if built == booted:  # a file saved again unchanged, say: nothing to reboot for
+                print("mk watch: the image did not change; the VM keeps running", file=sys.stderr, flush=True)
+                return
             running.stop()
+        booted = built
         runner, provider = found
         print("mk watch: starting the image", file=sys.stderr, flush=True)
         running = runner.start(provider, session.workspace.output_dir, session.cache.root, ctx.params, False)

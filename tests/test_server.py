@@ -132,7 +132,9 @@ def test_server_and_in_process_builds_give_the_same_outputs_and_summaries(
     for ws in (here, there):
         ws.write("pkg/leaf2.txt", "abc\n")  # back as it was: the cache has its dependents' results
         (ws.root / "mk-out/pkg/count.txt").unlink()  # an output removed by hand is placed again
+        (ws.root / "mk-out/pkg/files.txt").write_text("A\nB\n")  # and one changed by hand (same size)
     both("build", "//...")
+    assert here.mk("explain").out == served(there, "explain").out
     for ws in (here, there):
         ws.write("pkg/leaf1.txt", "one\n")  # then the other chain
     both("build", "//...")

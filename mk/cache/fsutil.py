@@ -11,9 +11,11 @@ import errno
 import functools
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
+
+T = TypeVar("T")
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -126,3 +128,33 @@ def copy_range(source: int, target: int, count: int, start: int = 0) -> None:
         if done == 0:
             raise EOFError(f"the source ended at byte {offset}, not {count}")
         offset += done
+
+
+# path -> (the file's identity, what `parse` made of it); see `read_parsed`.
+_parsed: dict[str, tuple[tuple[int, int, int], object]] = {}
+
+
+def read_parsed(path: Path, parse: Callable[[bytes], T]) -> T:
+    """`parse` of the bytes of `path`, remembered in this process while the file stays the one it
+    was (same inode, size and modification time: files written here are replaced by renames, never
+    changed in place). The build server then reads its records of a 10,000-action workspace once,
+    not after every build. Callers must not change what it returns. Raises OSError as reading does."""
+    key = str(path)
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        known = _parsed.get(key)
+        if known is not None and known[0] == identity:
+            return known[1]  # type: ignore[return-value]  # what `parse` made of these very bytes
+        value = parse(f.read())
+    _parsed[key] = (identity, value)
+    return value
+
+
+def write_parsed(path: Path, data: bytes, value: object) -> None:
+    """`write_atomic`, and remember that `value` is what these bytes parse to, for `read_parsed`."""
+    with atomic_writer(path) as out:
+        out.write(data)
+        out.flush()
+        st = os.fstat(out.fileno())  # the rename keeps the inode, size and modification time
+    _parsed[str(path)] = ((st.st_ino, st.st_size, st.st_mtime_ns), value)

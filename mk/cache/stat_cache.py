@@ -111,6 +111,14 @@ class StatCache:
             self.trusted.add(key)
         return result
 
+    def holds(self, path: str, want: FileDigest) -> bool:
+        """Whether `path` is known, without a look at it, to hold `want`: it is trusted (see
+        `digest`) with that digest. False says nothing; ask `digest` then."""
+        if self.trusted is None or path not in self.trusted:
+            return False
+        entry = self._entries[path]
+        return bool(entry[5] == want.digest and bool(entry[6]) == want.executable)
+
     def record_written(self, path: str | Path, digest: FileDigest) -> None:
         """Remember a file mk itself just wrote, so the next build need not read it back."""
         st = os.stat(path)

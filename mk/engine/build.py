@@ -75,6 +75,22 @@ class BuildResult:
         return found
 
 
+# How often the build server marks a result it keeps using as used. gc evicts the least recently
+# used first, so a result in use is at most this far behind in its order (and one gc removes
+# anyway is found missing and made again: see `RecentResults.verified`).
+TOUCH_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class LastBuild:
+    """What the build server keeps of a request's last successful build, for the next one."""
+
+    graph: Graph
+    readers: Mapping[str, list[Action]]  # path -> the actions reading it
+    sources: Mapping[str, FileDigest]
+    schedule: ScheduleResult
+
+
 def analyse(
     workspace: Workspace, registry: Registry, graph_cache: GraphCache, patterns: Sequence[str],
     groups: Sequence[str] = (), cache: LocalCache | None = None, platforms: tuple[Platform, ...] = (),
@@ -274,9 +290,11 @@ def _attempt(
     previous = memory.previous.get(request) if memory is not None and request is not None else None
     actions: Sequence[Action] = graph.actions
     known, kept = dict(sources), list[Outcome]()
-    if previous is not None and previous[0] is graph:
-        actions, kept = _unchanged(graph.actions, previous[1], sources, previous[2])
-        known = {**previous[2].files, **sources}
+    readers = None
+    if previous is not None and previous.graph is graph:
+        readers = previous.readers
+        actions, kept = _unchanged(graph.actions, readers, previous.sources, sources, previous.schedule)
+        known = {**previous.schedule.files, **sources}
         reporter.done = len(kept)
     try:
         with cache.scratch_removal_held():
@@ -295,7 +313,7 @@ def _attempt(
         if schedule.failures:
             memory.previous.pop(request, None)
         else:
-            memory.previous[request] = (graph, sources, schedule)
+            memory.previous[request] = LastBuild(graph, readers or _readers(graph.actions), sources, schedule)
     for warning in local.warnings:
         print(warning, file=sys.stderr)
 
@@ -311,10 +329,14 @@ def _attempt(
     memory = current_memory()
     if memory is not None:
         def used() -> None:
-            """Results the server trusted from memory are touched too, for gc's least-recently-used order."""
+            """Results the server trusted from memory are touched too, for gc's least-recently-used
+            order; not on every build, which would touch 10,000 files for a one-leaf rebuild."""
+            now = time.monotonic()
             for outcome in schedule.outcomes:
-                if outcome.status == "cached" and outcome.origin == "local":
+                if outcome.status == "cached" and outcome.origin == "local" and \
+                        now - memory.touched.get(outcome.key, -TOUCH_SECONDS) >= TOUCH_SECONDS:
                     cache.ac.touch(outcome.key)
+                    memory.touched[outcome.key] = now
 
         memory.later(bookkeeping)  # the server does it while the client gets its answer
         memory.later(used)
@@ -343,19 +365,24 @@ def _attempt(
     return schedule, outputs
 
 
+def _readers(actions: Sequence[Action]) -> dict[str, list[Action]]:
+    """The actions reading each path, for finding what an edit reaches."""
+    readers: dict[str, list[Action]] = {}
+    for action in actions:
+        for artifact in action.inputs:
+            readers.setdefault(artifact.path, []).append(action)
+    return readers
+
+
 def _unchanged(
-    actions: Sequence[Action], sources_then: Mapping[str, FileDigest], sources: Mapping[str, FileDigest],
-    then: ScheduleResult,
+    actions: Sequence[Action], readers: Mapping[str, list[Action]], sources_then: Mapping[str, FileDigest],
+    sources: Mapping[str, FileDigest], then: ScheduleResult,
 ) -> tuple[list[Action], list[Outcome]]:
     """The actions that must be considered again, after the sources that differ from the last
     build of the same graph: those reading them, and those reading what those make, and so on.
     And the outcomes the others keep, as a no-op build would report them: cached."""
     changed = {path for path, digest in sources.items() if sources_then.get(path) != digest}
     changed.update(sources_then.keys() - sources.keys())
-    readers: dict[str, list[Action]] = {}
-    for action in actions:
-        for artifact in action.inputs:
-            readers.setdefault(artifact.path, []).append(action)
     dirty: set[int] = set()
     pending = [a for path in changed for a in readers.get(path, ())]
     while pending:
@@ -363,8 +390,10 @@ def _unchanged(
         if id(action) not in dirty:
             dirty.add(id(action))
             pending.extend(a for out in action.outputs for a in readers.get(out.path, ()))
-    kept = [Outcome(o.action, o.material, o.result, "cached", "local", 0.0) for o in then.outcomes
-            if id(o.action) not in dirty]
+    # Most outcomes were kept last time too, as they are: those are reused rather than made again.
+    kept = [o if o.status == "cached" and o.origin == "local" and o.seconds == 0.0
+            else Outcome(o.action, o.material, o.result, "cached", "local", 0.0)
+            for o in then.outcomes if id(o.action) not in dirty]
     return [a for a in actions if id(a) in dirty], kept
 
 

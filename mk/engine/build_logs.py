@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgpack
 
-from mk.cache.fsutil import write_atomic
+from mk.cache.fsutil import read_parsed, write_parsed
 from mk.cache.local import workspace_name
 from mk.engine.cache_parts import LOGS
 from mk.engine.explain import identity
@@ -43,15 +43,11 @@ class BuildLogs:
         self.file = cache_root / LOGS.name / f"{workspace_name(workspace_root)}.msgpack"
 
     def _load(self) -> dict[str, list[str]]:
-        """What was recorded; an unreadable file is as good as none (it only helps `mk log`)."""
+        """What was recorded (a copy); an unreadable file is as good as none (it only helps `mk log`)."""
         try:
-            data = msgpack.unpackb(self.file.read_bytes())
-        except (OSError, ValueError, msgpack.UnpackException):
+            return dict(read_parsed(self.file, _parse))
+        except OSError:
             return {}
-        if not isinstance(data, dict) or data.get("format") != _FORMAT or not isinstance(data.get("runs"), dict):
-            return {}
-        return {str(k): [str(v) for v in run] for k, run in data["runs"].items() if isinstance(run, list)
-                and len(run) == 2}
 
     def record(self, outcomes: Iterable[Outcome], failed: Iterable[tuple[str, str]]) -> None:
         """Remember the log of each outcome, and of each failed action (identity, log digest).
@@ -65,7 +61,7 @@ class BuildLogs:
                    if runs.get(ident) != run and not _same_run(runs.get(ident), run)}
         if changed:
             runs.update(changed)
-            write_atomic(self.file, msgpack.packb({"format": _FORMAT, "runs": runs}))
+            write_parsed(self.file, msgpack.packb({"format": _FORMAT, "runs": runs}), runs)
 
     def of(self, label: str) -> list[LoggedRun]:
         """The recorded runs of the actions `label` owns, in a stable order."""
@@ -75,6 +71,17 @@ class BuildLogs:
             if owner == label:
                 found.append(LoggedRun(owner, mnemonic, output, status, log))
         return found
+
+
+def _parse(data: bytes) -> dict[str, list[str]]:
+    try:
+        loaded = msgpack.unpackb(data)
+    except (ValueError, msgpack.UnpackException):
+        return {}
+    if not isinstance(loaded, dict) or loaded.get("format") != _FORMAT or not isinstance(loaded.get("runs"), dict):
+        return {}
+    return {str(k): [str(v) for v in run] for k, run in loaded["runs"].items() if isinstance(run, list)
+            and len(run) == 2}
 
 
 def _same_run(old: list[str] | None, new: list[str]) -> bool:

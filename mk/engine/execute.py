@@ -157,14 +157,18 @@ class Executor:
         # A command sees each tree input as a folder, bound from its written-out copy.
         folders = tuple(a for a in staged if a.is_tree) if action.command is not None else ()
         self.cas.prefetch(inputs[a.path].digest for a in staged if not a.is_source and a not in folders)
+        # Each folder is made once (inputs share them), by its full path: pathlib's mkdir would
+        # try every input's folder again and look at it.
+        made = {str(execroot)}
         for artifact in staged:
             if artifact in folders:
                 (execroot / artifact.path).mkdir(parents=True)
             else:
+                _make_folder(f"{execroot}/{os.path.dirname(artifact.path)}", made)
                 self._materialise(artifact.path, artifact.is_source, inputs[artifact.path], execroot,
                                   action.command is None)
         for artifact in action.outputs:
-            (execroot / artifact.path).parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(f"{execroot}/{os.path.dirname(artifact.path)}", made)
         if action.command is not None:
             toolchain = action.toolchain
             root = None if toolchain is None else self._written_out(action, inputs[toolchain.path].digest, True)
@@ -182,7 +186,6 @@ class Executor:
         """`only_read`: mk's own function reads the file and never writes it, so a blob stored as
         it is may be linked in rather than copied (a command could write through the link)."""
         target = execroot / path
-        target.parent.mkdir(parents=True, exist_ok=True)
         if only_read and not is_source and not want.executable and self.cas.link_to(want.digest, target):
             return
         if is_source:
@@ -329,3 +332,11 @@ class Executor:
             raise ActionFailed(f"{action.describe()}: tree '{output.path}' names blob {missing}, "
                                "which is not in the content store")
         present.update(digests)
+
+
+def _make_folder(path: str, made: set[str]) -> None:
+    """`mkdir -p path`, remembering in `made` what exists already."""
+    path = path.rstrip("/")
+    if path not in made:
+        os.makedirs(path, exist_ok=True)
+        made.add(path)

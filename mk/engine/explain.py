@@ -15,14 +15,14 @@ from pathlib import Path
 
 import msgpack
 
-from mk.cache.fsutil import write_atomic
+from mk.cache.fsutil import read_parsed, write_parsed
 from mk.cache.local import workspace_name
 from mk.engine.actions import Action
 from mk.engine.cache_parts import EXPLAIN
 from mk.engine.keys import KeyMaterial
 from mk.engine.platforms import Platform, host_platform, output_prefix
 
-_FORMAT = 2
+_FORMAT = 3  # 3: each material packed on its own
 Material = dict[str, object]
 
 
@@ -51,14 +51,13 @@ class ExplainLog:
     def __init__(self, cache_root: Path, workspace_root: Path) -> None:
         self.file = cache_root / EXPLAIN.name / f"{workspace_name(workspace_root)}.msgpack"
 
-    def _load(self) -> tuple[dict[str, Material], list[dict[str, object]]]:
+    def _load(self) -> tuple[dict[str, bytes], list[dict[str, object]]]:
+        """What was recorded (a copy): each action's material, packed, and the last build's entries."""
         try:
-            data = msgpack.unpackb(self.file.read_bytes())
-            if isinstance(data, dict) and data.get("format") == _FORMAT:
-                return dict(data["seen"]), list(data["last"])
-        except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException):
-            pass
-        return {}, []
+            seen, last = read_parsed(self.file, _parse)
+        except OSError:
+            return {}, []
+        return dict(seen), last
 
     def record(self, seen_now: Iterable[tuple[Action, KeyMaterial]], executed: Iterable[Action]) -> None:
         """Remember this build: the material of every action it considered, and which ran."""
@@ -69,9 +68,10 @@ class ExplainLog:
         for action in executed:
             ident = identity(action)
             if ident in current:
-                last.append({"id": ident, "now": current[ident], "before": seen.get(ident)})
-        seen.update(current)
-        write_atomic(self.file, msgpack.packb({"format": _FORMAT, "seen": seen, "last": last}))
+                last.append({"id": ident, "now": current[ident], "before": _unpacked(seen.get(ident))})
+        # Each material stays packed on its own, so that recording 31 actions among 10,000 packs 31.
+        seen.update({ident: msgpack.packb(material) for ident, material in current.items()})
+        write_parsed(self.file, msgpack.packb({"format": _FORMAT, "seen": seen, "last": last}), (seen, last))
 
     def last_build(self) -> list[Entry]:
         _, last = self._load()
@@ -82,6 +82,25 @@ class ExplainLog:
             assert isinstance(now, dict)
             entries.append(Entry(label, mnemonic, output, now, before if isinstance(before, dict) else None))
         return entries
+
+
+def _parse(data: bytes) -> tuple[dict[str, bytes], list[dict[str, object]]]:
+    try:
+        loaded = msgpack.unpackb(data)
+        if isinstance(loaded, dict) and loaded.get("format") == _FORMAT:
+            seen = {str(k): v for k, v in dict(loaded["seen"]).items() if isinstance(v, bytes)}
+            return seen, list(loaded["last"])
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+        pass
+    return {}, []
+
+
+def _unpacked(material: bytes | None) -> object:
+    """A recorded material; one that cannot be read is as good as none (explain says "first build")."""
+    try:
+        return None if material is None else msgpack.unpackb(material)
+    except (ValueError, msgpack.UnpackException):
+        return None
 
 
 def _short(digest: object) -> str:

@@ -74,8 +74,8 @@ class Memory:
         self.stat_caches: dict[Path, StatCache] = {}
         self.recent: dict[Path, RecentResults] = {}
         self.last_builds: dict[object, Any] = {}  # request key -> its BuildResult
-        # request key -> (graph, source digests, ScheduleResult) of its last successful build
-        self.previous: dict[object, tuple[Any, Any, Any]] = {}
+        self.previous: dict[object, Any] = {}  # request key -> its last successful build's LastBuild
+        self.touched: dict[str, float] = {}  # action key -> when the server last marked it used (monotonic)
         # Writes of files that only later commands read, done in order on a thread of their own
         # while the client gets its answer; commands that read them wait for them (see `serving`).
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mk-records")

@@ -23,8 +23,11 @@ from mk.engine.placed import Placement, recording
 
 def up_to_date(out_dir: Path, path: str, want: FileDigest, stats: StatCache) -> bool:
     """Whether `out_dir/path` already holds the blob `want` (asked of the stat cache)."""
+    placed = f"{out_dir}/{path}"  # a string: this runs for every output
+    if stats.holds(placed, want):
+        return True
     try:
-        return stats.digest(f"{out_dir}/{path}") == want  # a string: this runs for every output
+        return stats.digest(placed) == want
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return False
 
