@@ -9,6 +9,7 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import MK, WorkspaceFactory, mk_env, parse_summary, require
@@ -88,11 +89,42 @@ def test_check_finds_every_writer_deterministic(workspace: WorkspaceFactory) -> 
     result = subprocess.run([MK, "build", "--check", "//img:all"], cwd=root, env=mk_env(ws.cache_dir),
                             capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, result.stderr
-    actions = 2 + 1 + 2 * len(COMPRESSIONS) + 2  # layers, rootfs, a tar and a cpio per compression, 2 OCI images
+    # layers, rootfs, a tar and a cpio per compression, 2 OCI images and their 3 OCI layers
+    actions = 2 + 1 + 2 * len(COMPRESSIONS) + 2 + 3
     assert parse_summary(result.stdout).actions == actions
     assert result.stderr.splitlines()[-1] == (
-        f"mk: --check: rebuilt {actions} actions; all {actions} outputs are identical"  # one output each
+        f"mk: --check: rebuilt {actions} actions; all {actions + 3} outputs are identical"  # an OCI layer makes 2
     )
+
+
+def oci_layers(archive_path: Path) -> list[str]:
+    """The layer digests of the one image in an oci-archive, lowest first."""
+    with tarfile.open(archive_path) as archive:
+        def document(name: str) -> Any:
+            member = archive.extractfile(name)
+            assert member is not None
+            return json.loads(member.read())
+
+        (manifest,) = document("index.json")["manifests"]
+        layers = document(f"blobs/sha256/{manifest['digest'].removeprefix('sha256:')}")["layers"]
+        return [str(layer["digest"]) for layer in layers]
+
+
+def test_an_edit_to_one_tree_rewrites_only_its_layer_of_the_oci_image(workspace: WorkspaceFactory) -> None:
+    ws = workspace(name="cache-only")
+    root = make_workspace(workspace, "edited")
+
+    def built_image() -> tuple[int, list[str]]:
+        proc = subprocess.run([MK, "build", "//img:image"], cwd=root, env=mk_env(ws.cache_dir),
+                              capture_output=True, text=True, check=False, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return parse_summary(proc.stdout).executed, oci_layers(root / "mk-out/img/image.oci.tar")
+
+    _, before = built_image()
+    (root / "img/motd2").write_text("hello once more\n")
+    executed, after = built_image()
+    assert executed == 3, "the app layer, its OCI layer and the archive"
+    assert after[0] == before[0] and after[1] != before[1]
 
 
 EXPECTED_LISTING = {

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
@@ -305,6 +306,19 @@ def oci_reference_and_config(archive: Path) -> tuple[str, dict[str, object]]:
         return manifest["annotations"]["org.opencontainers.image.ref.name"], config
 
 
+def oci_layers(archive: tarfile.TarFile) -> list[str]:
+    """The members holding the layers of the one image of an OCI archive, lowest first."""
+    def blob(digest: str) -> Any:
+        member = archive.extractfile(f"blobs/sha256/{digest.removeprefix('sha256:')}")
+        assert member is not None
+        return json.load(member)
+
+    index = archive.extractfile("index.json")
+    assert index is not None
+    (manifest,) = json.load(index)["manifests"]
+    return [f"blobs/sha256/{layer['digest'].removeprefix('sha256:')}" for layer in blob(manifest["digest"])["layers"]]
+
+
 def test_the_oci_format_starts_the_first_service_as_a_container(workspace: WorkspaceFactory, repo: Repo,
                                                                 tmp_path: Path) -> None:
     root = image_workspace(workspace, repo)
@@ -337,11 +351,13 @@ def test_the_oci_image_of_a_real_busybox_runs_in_a_container(tmp_path: Path) -> 
     _, config = oci_reference_and_config(archive)
     rootfs = tmp_path / "rootfs"
     with tarfile.open(archive) as outer:
-        (layer_name,) = [m.name for m in outer.getmembers() if m.size > 100_000]  # the one layer
-        layer = outer.extractfile(layer_name)
-        assert layer is not None
-        with tarfile.open(fileobj=layer, mode="r:gz") as inner:
-            inner.extractall(rootfs, filter="tar")
+        layers = oci_layers(outer)
+        assert len(layers) > 1, "one layer per segment of the root"
+        for layer_name in layers:  # lowest first, each over the ones before, as a runtime does
+            layer = outer.extractfile(layer_name)
+            assert layer is not None
+            with tarfile.open(fileobj=layer, mode="r:gz") as inner:
+                inner.extractall(rootfs, filter="tar")
     command, variables = config["Cmd"], config["Env"]
     assert isinstance(command, list) and isinstance(variables, list)
     env = [word for variable in variables for word in ("--setenv", *variable.split("=", 1))]

@@ -25,7 +25,7 @@ from mk.cache.tree import Entry, Kind, Tree, TreeError
 from mk.rules.deb.debfile import DebContents, DebError, read_deb
 from mk.rules.deb.lockfile import LockedPackage, Lockfile
 from mk.rules.formats.cpio import FieldOverflowError, write_cpio
-from mk.rules.formats.oci import ImageConfig, write_oci_archive
+from mk.rules.formats.oci import ImageConfig, write_layer, write_oci_archive
 from mk.rules.formats.tar import write_tar
 from mk.rules.tarball import UnsafeArchiveError, import_tar
 
@@ -46,7 +46,10 @@ def _cpio(tree: Tree, cas: ContentStore, scratch: Path) -> None:
 
 
 def _oci(tree: Tree, cas: ContentStore, scratch: Path) -> None:
-    write_oci_archive([tree], cas, io.BytesIO(), 0, ImageConfig(), "latest", scratch)
+    layer = scratch / "layer.tar.gz"
+    with open(layer, "wb") as out:
+        blob = write_layer(tree, cas, out, 0)
+    write_oci_archive([(layer, blob)], io.BytesIO(), 0, ImageConfig(), "latest", scratch)
 
 
 WRITERS: dict[str, Callable[[Tree, ContentStore, Path], None]] = {"tar": _tar, "cpio": _cpio, "oci": _oci}
@@ -106,6 +109,19 @@ def test_a_blob_whose_size_disagrees_with_its_tree_entry_is_never_written(
         WRITERS[writer](tree, cas, tmp_path)
     assert str(raised.value) == _removed(cas, digest, f" ({why})")
     assert not cas.path(digest).exists()
+
+
+def test_an_oci_layer_that_is_not_what_its_record_says_is_never_archived(tmp_path: Path) -> None:
+    cas, tree, _ = _stored(tmp_path)
+    layer = tmp_path / "layer.tar.gz"
+    with open(layer, "wb") as out:
+        blob = write_layer(tree, cas, out, 0)
+    damaged = bytearray(layer.read_bytes())
+    damaged[-10] ^= 0x01
+    layer.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=f"OCI blob layer.tar.gz: its sha256 is [0-9a-f]{{64}}, not the "
+                                         f"{blob.digest} recorded for it"):
+        write_oci_archive([(layer, blob)], io.BytesIO(), 0, ImageConfig(), "latest", tmp_path)
 
 
 # ---- 4. numbers that no header can hold --------------------------------------------------------

@@ -10,10 +10,11 @@ from mk.cache.cas import ContentStore
 from mk.cache.tree import Tree, merge
 from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
+from mk.engine.labels import Label
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules.formats.compression import SUFFIXES, compressed
 from mk.rules.formats.cpio import write_cpio
-from mk.rules.formats.oci import ImageConfig, write_oci_archive
+from mk.rules.formats.oci import ImageConfig, LayerBlob, write_layer, write_oci_archive
 from mk.rules.formats.tar import write_tar
 from mk.rules.providers import OciImageInfo, TreeInfo
 from mk.rules.trees import tree_inputs
@@ -79,10 +80,18 @@ CPIO_RULE = _archive_rule(
 )
 
 
+def write_oci_layer(io: ActionIO) -> None:
+    """One layer of an OCI image: its tree (flattened: the merge of the image's trees) as a gzip'd
+    tar, and what names it in the manifest."""
+    trees = [io.read_tree(path) for path in io.strings("trees")]
+    with open(io.output(0), "wb") as out:
+        blob = write_layer(trees[0] if len(trees) == 1 else merge(trees), io.cas, out, io.integer("mtime"))
+    io.output(1).write_bytes(blob.to_json())
+
+
 def write_oci(io: ActionIO) -> None:
-    layers = [io.read_tree(path) for path in io.strings("layers")]
-    if io.params["flatten"]:
-        layers = [merge(layers)]
+    layers = [(io.inputs[file], LayerBlob.from_json(io.inputs[named].read_bytes()))
+              for file, named in zip(io.strings("layer_files"), io.strings("layer_blobs"), strict=True)]
     config = ImageConfig(
         architecture=io.string("architecture"),
         entrypoint=tuple(io.strings("entrypoint")),
@@ -92,14 +101,30 @@ def write_oci(io: ActionIO) -> None:
         user=io.string("user"),
     )
     with open(io.output(), "wb") as out:
-        write_oci_archive(layers, io.cas, out, io.integer("mtime"), config, io.string("tag"), io.scratch)
+        write_oci_archive(layers, out, io.integer("mtime"), config, io.string("tag"), io.scratch)
 
 
-def oci_params(layers: tuple[Artifact, ...], flatten: bool, entrypoint: list[str], cmd: list[str],
-               env: list[str], workdir: str, user: str, tag: str, mtime: int, architecture: str) -> dict[str, object]:
-    return {"layers": [a.path for a in layers], "flatten": flatten, "architecture": architecture,
-            "entrypoint": entrypoint, "cmd": cmd, "env": env, "workdir": workdir, "user": user, "tag": tag,
-            "mtime": mtime}
+def oci_actions(
+    owner: Label, trees: tuple[Artifact, ...], flatten: bool, declare: Callable[[str], Artifact], out: Artifact,
+    config: ImageConfig, tag: str, mtime: int,
+) -> list[Action]:
+    """The actions of an OCI image of `trees` (lowest first): each layer is written by an action of
+    its own, so an edit to one tree rewrites one layer (and the archive, which copies the others),
+    not all of them. `declare` names a layer's outputs beside the archive."""
+    groups = [trees] if flatten else [(tree,) for tree in trees]
+    actions, files, blobs = [], list[Artifact](), list[Artifact]()
+    for index, group in enumerate(groups):
+        file, blob = declare(f"{index:02d}.tar.gz"), declare(f"{index:02d}.json")
+        actions.append(Action(owner=owner, mnemonic="OciLayer", inputs=group, outputs=(file, blob),
+                              params={"trees": [t.path for t in group], "mtime": mtime}, function=write_oci_layer))
+        files.append(file)
+        blobs.append(blob)
+    params = {"layer_files": [f.path for f in files], "layer_blobs": [b.path for b in blobs],
+              "architecture": config.architecture, "entrypoint": list(config.entrypoint), "cmd": list(config.cmd),
+              "env": list(config.env), "workdir": config.workdir, "user": config.user, "tag": tag, "mtime": mtime}
+    actions.append(Action(owner=owner, mnemonic="OciImage", inputs=(*files, *blobs), outputs=(out,), params=params,
+                          function=write_oci))
+    return actions
 
 
 def checked_tag(tag: str) -> str:
@@ -114,15 +139,16 @@ def analyze_oci(ctx: RuleContext) -> list[Provider]:
     env = ctx.attrs["env"]
     assert isinstance(env, dict)
     tag = checked_tag(ctx.string("tag"))
-    out = ctx.output(f"{ctx.label.name}.oci.tar")
-    architecture = ctx.string("architecture") or ctx.platform.arch
-    params = oci_params(layers, bool(ctx.attrs["flatten"]), ctx.strings("entrypoint"), ctx.strings("cmd"),
-                        [f"{k}={v}" for k, v in sorted(env.items())], ctx.string("workdir"), ctx.string("user"),
-                        f"{ctx.label.name}:{tag}", ctx.source_date_epoch, architecture)
-    ctx.add_action(Action(owner=ctx.label, mnemonic="OciImage", inputs=layers, outputs=(out,), params=params,
-                          function=write_oci))
-    image = OciImageInfo(layers, tuple(ctx.strings("entrypoint")), tuple(ctx.strings("cmd")),
-                         tuple(f"{k}={v}" for k, v in sorted(env.items())), ctx.string("workdir"), ctx.string("user"))
+    name = ctx.label.name
+    config = ImageConfig(ctx.string("architecture") or ctx.platform.arch, tuple(ctx.strings("entrypoint")),
+                         tuple(ctx.strings("cmd")), tuple(f"{k}={v}" for k, v in sorted(env.items())),
+                         ctx.string("workdir"), ctx.string("user"))
+    out = ctx.output(f"{name}.oci.tar")
+    for action in oci_actions(ctx.label, layers, bool(ctx.attrs["flatten"]),
+                              lambda file: ctx.output(f"{name}.oci.d/{file}"), out, config, f"{name}:{tag}",
+                              ctx.source_date_epoch):
+        ctx.add_action(action)
+    image = OciImageInfo(layers, config.entrypoint, config.cmd, config.env, config.workdir, config.user)
     return [DefaultInfo(files=(out,)), image]
 
 

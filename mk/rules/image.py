@@ -22,9 +22,10 @@ from mk.engine.errors import MkError
 from mk.engine.platforms import host_platform
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules import init, toolchain
-from mk.rules.archive import archive_action, oci_params, write_oci
+from mk.rules.archive import archive_action, oci_actions
 from mk.rules.bundles import bundle
 from mk.rules.deb.sbom import merge_documents
+from mk.rules.formats.oci import ImageConfig
 from mk.rules.image_check import RootView, check_commands
 from mk.rules.images.all import FORMATS, UEFI, X86_64_ONLY
 from mk.rules.images.format import FormatContext, ImageParts
@@ -167,12 +168,13 @@ def analyze(ctx: RuleContext) -> list[Provider]:
                                   "epoch": ctx.source_date_epoch}, function=combine_sboms))
     rootfs_tar, oci = out("rootfs.tar"), out("image.oci.tar")
     ctx.add_action(archive_action(ctx, "Tar", rootfs, rootfs_tar, "tar", "none"))
-    ctx.add_action(Action(
-        owner=ctx.label, mnemonic="OciImage", inputs=(rootfs,), outputs=(oci,),
-        params=oci_params((rootfs,), False, [], init.container_command(ctx.strings("services")),
-                          [f"PATH={init.PATH}"], "", "", f"{name}:latest", ctx.source_date_epoch, ctx.platform.arch),
-        function=write_oci,
-    ))
+    # The OCI image's layers are the initrd's segments: they partition the root, so an edit rewrites
+    # one layer (and no whiteout is ever needed).
+    oci_config = ImageConfig(ctx.platform.arch, cmd=tuple(init.container_command(ctx.strings("services"))),
+                             env=(f"PATH={init.PATH}",))
+    for action in oci_actions(ctx.label, segment_trees, False, lambda file: out(f"oci.d/{file}"), oci, oci_config,
+                              f"{name}:latest", ctx.source_date_epoch):
+        ctx.add_action(action)
     # Output groups are the formats `mk image --format` offers; "kernel+initrd" is the default set.
     groups: dict[str, tuple[Artifact, ...]] = {"tar": (rootfs_tar,), "oci": (oci,)}
     boots = {"kernel+initrd": Boot("direct", "kernel", {"kernel": kernel, "initrd": initrd, "cmdline": cmdline})}
@@ -311,7 +313,8 @@ RULE = Rule(
         "only its segment; each path is in one segment only), cmdline, "
         "sbom.spdx.json, manifest.json; `mk image --format tar|oci` adds rootfs.tar or image.oci.tar. The "
         "manifest gives the sha256 and size of every other file there, the formats built included. Boot it "
-        "with `mk run`. image.oci.tar is the root filesystem as one layer, named `NAME:latest` in index.json "
+        "with `mk run`. image.oci.tar holds the root filesystem in the initrd's segments, one gzip'd layer each "
+        "(an edit rewrites one layer), named `NAME:latest` in index.json "
         "(`podman load -i image.oci.tar` makes `localhost/NAME:latest`). As a container it runs its first service "
         "(or a busybox shell when it has none) the way busybox init would: through `sh -c`, with PATH "
         "/usr/sbin:/usr/bin:/sbin:/bin, once busybox's applet links are made. That is its `Cmd`, with no "

@@ -1,6 +1,7 @@
 """An OCI image layout, packed as an `oci-archive` tarball (what `skopeo` calls oci-archive:).
 
-Each layer is a gzip'd tar written straight from the content store. JSON documents are written
+Each layer is a gzip'd tar written straight from the content store, by an action of its own (see
+`archive.oci_actions`); the archive copies the layers in, checking each against its sha256. JSON documents are written
 with sorted keys and no whitespace, and `created` is SOURCE_DATE_EPOCH, so the digests of the
 config, manifest and index depend only on the trees and the declared configuration.
 """
@@ -54,6 +55,19 @@ class _Hashing:
         self.sink.flush()
 
 
+class _Checked:
+    """A read-only stream that sha256-hashes what is read through it."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self.sha256 = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.sha256.update(data)
+        return data
+
+
 def to_json(document: object) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -77,23 +91,41 @@ def add_file(archive: tarfile.TarFile, name: str, data: bytes | None, mtime: int
         archive.addfile(_info(name, tarfile.REGTYPE, len(data), mtime), f)
 
 
+@dataclass(frozen=True)
+class LayerBlob:
+    """A gzip'd layer as the manifest and the config name it."""
+
+    digest: str  # sha256 of the gzip'd bytes
+    size: int
+    diff_id: str  # sha256 of the tar inside
+
+    def to_json(self) -> bytes:
+        return to_json({"digest": self.digest, "size": self.size, "diff_id": self.diff_id})
+
+    @staticmethod
+    def from_json(data: bytes) -> LayerBlob:
+        fields = json.loads(data)
+        return LayerBlob(str(fields["digest"]), int(fields["size"]), str(fields["diff_id"]))
+
+
+def write_layer(tree: Tree, cas: ContentStore, out: BinaryIO, mtime: int) -> LayerBlob:
+    """`tree` as a gzip'd tar layer."""
+    packed = _Hashing(out)
+    with compressed(packed, "gzip") as gz:  # type: ignore[arg-type]
+        plain = _Hashing(gz)
+        write_tar(tree, cas, plain, mtime)  # type: ignore[arg-type]
+    return LayerBlob(packed.sha256.hexdigest(), packed.size, plain.sha256.hexdigest())
+
+
 def write_oci_archive(
-    layers: list[Tree], cas: ContentStore, out: BinaryIO, mtime: int, config: ImageConfig,
-    ref_name: str, scratch: Path,
+    layers: list[tuple[Path, LayerBlob]], out: BinaryIO, mtime: int, config: ImageConfig, ref_name: str,
+    scratch: Path,
 ) -> None:
-    blobs: dict[str, Path] = {}
-    layer_descriptors, diff_ids = [], []
-    for index, layer in enumerate(layers):
-        path = scratch / f"layer-{index}.tar.gz"
-        with open(path, "wb") as file:
-            packed = _Hashing(file)
-            with compressed(packed, "gzip") as gz:  # type: ignore[arg-type]
-                plain = _Hashing(gz)
-                write_tar(layer, cas, plain, mtime)  # type: ignore[arg-type]
-        digest = packed.sha256.hexdigest()
-        blobs[digest] = path
-        layer_descriptors.append(descriptor(LAYER_TYPE, digest, packed.size))
-        diff_ids.append(f"sha256:{plain.sha256.hexdigest()}")
+    """The archive of an image whose layers, lowest first, are already written (each a file and
+    what names it)."""
+    blobs = {blob.digest: path for path, blob in layers}
+    layer_descriptors = [descriptor(LAYER_TYPE, blob.digest, blob.size) for _, blob in layers]
+    diff_ids = [f"sha256:{blob.diff_id}" for _, blob in layers]
 
     created = datetime.datetime.fromtimestamp(mtime, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     image_config: dict[str, object] = {"Env": list(config.env)}
@@ -135,7 +167,11 @@ def write_oci_archive(
         for digest in sorted(blobs):
             size = blobs[digest].stat().st_size
             with open(blobs[digest], "rb") as blob:
-                archive.addfile(_info(f"blobs/sha256/{digest}", tarfile.REGTYPE, size, mtime), blob)
+                checked = _Checked(blob)
+                archive.addfile(_info(f"blobs/sha256/{digest}", tarfile.REGTYPE, size, mtime), checked)
+            if checked.sha256.hexdigest() != digest:  # a layer that is not what its record says
+                raise ValueError(f"OCI blob {blobs[digest].name}: its sha256 is {checked.sha256.hexdigest()}, "
+                                 f"not the {digest} recorded for it")
         for name, data in (("index.json", index_blob), ("oci-layout", layout)):
             add_file(archive, name, data, mtime, scratch)
 
