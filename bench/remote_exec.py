@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -92,8 +93,9 @@ class Bench:
         for i in range(count):
             src = f'":a{i - 1}"' if chained and i else '"seed.txt"'
             sleep = f"sleep {seconds}; " if seconds else ""
+            # The nonce in each command too: with the floor bot every output is empty.
             rules.append(f'genrule(name = "a{i}", srcs = [{src}], outs = ["a{i}.txt"], '
-                         f'cmd = "{sleep}(cat $<; echo {i}) > $@")')
+                         f'cmd = "{sleep}(cat $<; echo {i} {nonce}) > $@")')
         (folder / "BUILD").write_text("\n".join(rules) + "\n", encoding="utf-8")
         return f"//{package}:all"
 
@@ -130,6 +132,29 @@ def _workers(url: str, folder: Path, count: int, start: int = 0) -> Iterator[Non
             process.terminate()
             process.wait(timeout=30)
             log.close()
+
+
+@contextmanager
+def _floor_bot(url: str, folder: Path, outputs: list[str]) -> Iterator[None]:
+    """bench/floor_bot.py: a bot that answers every lease at once, without any work."""
+    log = folder / "floor-bot.log"
+    with open(log, "wb") as out:
+        bot = subprocess.Popen([sys.executable, str(REPO / "bench" / "floor_bot.py"), url, *outputs], stdout=out,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while "serving" not in log.read_text(encoding="utf-8", errors="replace"):
+            if bot.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"bench/remote_exec.py: the floor bot did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.1)
+        yield
+    finally:
+        bot.send_signal(signal.SIGINT)  # it closes its bot session
+        try:
+            bot.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            bot.kill()
+            bot.wait()
 
 
 def _median(values: list[float]) -> float:
@@ -170,9 +195,20 @@ def main() -> None:
             chain_remote = [seconds for seconds, _ in told]
             for _, line in told:  # mk's own split of each remote action's time beyond its command
                 print(f"  {line.partition('; per action ')[2] or line}", flush=True)
+        # BuildGrid's own floor: the same chain, answered by a bot that does no work at all.
+        with _floor_bot(grid.url, workers, [f"c/a{i}.txt" for i in range(args.chain)]):
+            floor = [bench.build_telling(bench.graph("c", 0, args.chain, True), grid.url, jobs=1)
+                     for _ in range(args.runs)]
+        for _, line in floor:
+            print(f"  floor bot: {line.partition('; per action ')[2] or line}", flush=True)
+        floor_seconds = _median([seconds for seconds, _ in floor])
         overhead = (_median(chain_remote) - _median(chain_local)) / args.chain
         print(f"chain of {args.chain} trivial actions: local {_median(chain_local):.2f} s, "
               f"remote {_median(chain_remote):.2f} s: {overhead * 1000:.1f} ms more per action", flush=True)
+        # The floor bot runs no command, the local chain runs each: BuildGrid alone costs at least this.
+        print(f"the chain answered by the floor bot (no worker, no command): {floor_seconds:.2f} s: "
+              f"{(floor_seconds - _median(chain_local)) / args.chain * 1000:.1f} ms more per action than local",
+              flush=True)
         print(f"speed-up with 8 workers: {_median(local) / _median(results[8]):.2f}x (target >= 3.5x); "
               f"overhead {overhead * 1000:.1f} ms per action (target < 20 ms); load {os.getloadavg()[0]:.2f}")
 

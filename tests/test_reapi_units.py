@@ -118,10 +118,13 @@ def test_a_toolchain_tree_becomes_a_directory_tree_the_sandbox_can_use(tmp_path:
 
 def _metadata(start_ms: int, command_ms: tuple[int, int], done_ms: int) -> re_pb2.ExecutedActionMetadata:
     metadata = re_pb2.ExecutedActionMetadata(worker="w")
-    metadata.worker_start_timestamp.FromMilliseconds(start_ms)
+    metadata.input_fetch_start_timestamp.FromMilliseconds(start_ms)
     metadata.execution_start_timestamp.FromMilliseconds(command_ms[0])
     metadata.execution_completed_timestamp.FromMilliseconds(command_ms[1])
-    metadata.worker_completed_timestamp.FromMilliseconds(done_ms)
+    metadata.output_upload_completed_timestamp.FromMilliseconds(done_ms)
+    # BuildGrid's own clock (lease assigned, lease reported): not the worker's work.
+    metadata.worker_start_timestamp.FromMilliseconds(start_ms - 40)
+    metadata.worker_completed_timestamp.FromMilliseconds(done_ms + 40)
     return metadata
 
 

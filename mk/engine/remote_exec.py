@@ -439,7 +439,11 @@ class RemoteTimings:
     """Where the time of the actions executed remotely went, from the timestamps each worker puts
     in its ActionResult (REAPI's ExecutedActionMetadata): the worker's own work around the command
     (reading inputs, storing and uploading outputs) and the rest of the round trip (the server's
-    queueing and assignment, the network, the client's stream). Each is a median over the build."""
+    queueing and assignment, the network, the client's stream). Each is a median over the build.
+
+    The worker's part runs from its input fetch's start to its output upload's end: BuildGrid
+    replaces `worker_start` and `worker_completed` with its own clock (the lease assigned, the
+    lease reported done), which would count the Bots API's round trips as the worker's."""
 
     def __init__(self) -> None:
         self.worker: list[float] = []  # seconds a worker spent on an action beyond its command
@@ -447,9 +451,11 @@ class RemoteTimings:
 
     def add(self, waited: float, metadata: re_pb2.ExecutedActionMetadata) -> None:
         """`waited`: the seconds the Execute call took, as the client saw them."""
-        if not (metadata.HasField("worker_start_timestamp") and metadata.HasField("worker_completed_timestamp")):
+        if not (metadata.HasField("input_fetch_start_timestamp")
+                and metadata.HasField("output_upload_completed_timestamp")):
             return  # a worker that does not say: nothing to tell
-        on_worker = _seconds(metadata.worker_completed_timestamp) - _seconds(metadata.worker_start_timestamp)
+        on_worker = _seconds(metadata.output_upload_completed_timestamp) - _seconds(
+            metadata.input_fetch_start_timestamp)
         command = _seconds(metadata.execution_completed_timestamp) - _seconds(metadata.execution_start_timestamp)
         self.worker.append(max(0.0, on_worker - command))
         self.beyond_worker.append(max(0.0, waited - on_worker))
