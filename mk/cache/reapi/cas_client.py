@@ -203,10 +203,20 @@ class RemoteCas:
 
     def read_message(self, digest: Sha256, message: Any) -> Any:
         """Parse the blob `digest` into `message` (a fresh protobuf message), which is returned."""
+        return self._parse(digest, self.read_bytes(digest), message)
+
+    def read_messages(self, wanted: Mapping[Sha256, Any]) -> None:
+        """Parse each small blob into its message, all read in one call (any the call did not
+        bring is read alone, which says what went wrong)."""
+        got = self.read_batch(wanted)
+        for digest, message in wanted.items():
+            self._parse(digest, got[digest] if digest in got else self.read_bytes(digest), message)
+
+    def _parse(self, digest: Sha256, data: bytes, message: Any) -> Any:
         from google.protobuf.message import DecodeError
 
         try:
-            message.ParseFromString(self.read_bytes(digest))
+            message.ParseFromString(data)
         except DecodeError:
             raise RemoteError(f"blob {digest.hash[:16]}… from {self.endpoint.shown()} is not a "
                               f"{type(message).__name__}") from None
