@@ -66,12 +66,16 @@ schedulers:
     session-expiry-timer-interval: 2
     poll-interval: 0.1
     bot-poll-interval: 0.1
-    # Queued jobs reach waiting bots when an assigner next looks (by default every 1 to 2 s):
-    # that is the least time any remote action takes, so it looks often.
+    # Queued jobs reach waiting bots when an assigner next looks (by default every 1 to 2 s, plus
+    # up to jitter-factor s): that is the least time any remote action takes, so it looks every
+    # 5 to 6 ms. (Every 20 to 30 ms cost each action of a chain about 15 ms more; idle, this costs
+    # a quarter of a core, BuildGrid's and PostgreSQL's, against 7 %.) A bot reporting a finished
+    # lease takes the next queued job itself, so the assigner matters for the first jobs and for
+    # jobs queued while bots wait.
     assigners:
       - !priority-age-assigner
-        interval: 0.02
-        jitter-factor: 0.01
+        interval: 0.005
+        jitter-factor: 0.001
 
 instances:
   - name: '{instance}'
