@@ -16,8 +16,14 @@ scripts/buildgrid.py:
 
 Each timed build starts from a copy of a seed cache holding the toolchain (fetched, unpacked,
 merged: not what is measured), and its commands carry a fresh nonce, so neither mk's cache nor
-BuildGrid's action cache answers them. Workers are warmed first (each has written the toolchain
-out once). Medians of --runs; wall time of the whole `mk build` process.
+BuildGrid's action cache answers them. Workers are warmed first by a remote build into the seed
+cache (each worker has written the toolchain out once, and the seed knows the toolchain's
+SHA-256s, as a cache that has built remotely before does). Medians of --runs; wall time of the
+whole `mk build` process.
+
+3. BuildGrid's floor: the chain again, answered by bench/floor_bot.py, a bot that completes
+   each lease at once with a precomputed result (no command, no CAS traffic): what BuildGrid,
+   PostgreSQL, the network and mk's client cost per action without any worker.
 
     env -u PYTHONDONTWRITEBYTECODE .venv/bin/python bench/remote_exec.py
     env -u PYTHONDONTWRITEBYTECODE .venv/bin/python bench/remote_exec.py --runs 3 --actions 64 --chain 32
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -92,13 +99,21 @@ class Bench:
         for i in range(count):
             src = f'":a{i - 1}"' if chained and i else '"seed.txt"'
             sleep = f"sleep {seconds}; " if seconds else ""
+            # The nonce in each command too: with the floor bot every output is empty.
             rules.append(f'genrule(name = "a{i}", srcs = [{src}], outs = ["a{i}.txt"], '
-                         f'cmd = "{sleep}(cat $<; echo {i}) > $@")')
+                         f'cmd = "{sleep}(cat $<; echo {i} {nonce}) > $@")')
         (folder / "BUILD").write_text("\n".join(rules) + "\n", encoding="utf-8")
         return f"//{package}:all"
 
     def build(self, target: str, executor: str | None, jobs: int = 2) -> float:
         return self.build_telling(target, executor, jobs)[0]
+
+    def warm_up(self, url: str) -> None:
+        """A remote build into the seed cache itself (untimed): each worker writes the toolchain
+        out, and the seed learns the SHA-256 of each toolchain file, as any cache that has built
+        remotely once knows them (mk hashes an unchanged blob once, not on every build)."""
+        _mk(["build", self.graph("w", 0.5, 16, False), "-j", "2", "--remote-jobs", "64"], self.ws,
+            _env(self.seed, MK_REMOTE_EXECUTOR=url))
 
     def build_telling(self, target: str, executor: str | None, jobs: int = 2) -> tuple[float, str]:
         """Seconds, and the remote executor's report line (where the time beyond the commands went)."""
@@ -132,6 +147,29 @@ def _workers(url: str, folder: Path, count: int, start: int = 0) -> Iterator[Non
             log.close()
 
 
+@contextmanager
+def _floor_bot(url: str, folder: Path, outputs: list[str]) -> Iterator[None]:
+    """bench/floor_bot.py: a bot that answers every lease at once, without any work."""
+    log = folder / "floor-bot.log"
+    with open(log, "wb") as out:
+        bot = subprocess.Popen([sys.executable, str(REPO / "bench" / "floor_bot.py"), url, *outputs], stdout=out,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while "serving" not in log.read_text(encoding="utf-8", errors="replace"):
+            if bot.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"bench/remote_exec.py: the floor bot did not start:\n{log.read_text(errors='replace')}")
+            time.sleep(0.1)
+        yield
+    finally:
+        bot.send_signal(signal.SIGINT)  # it closes its bot session
+        try:
+            bot.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            bot.kill()
+            bot.wait()
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -154,12 +192,12 @@ def main() -> None:
         print(f"sleep graph, local -j 2:     {_median(local):6.2f} s", flush=True)
         results = {}
         with _workers(grid.url, workers, 4):
-            bench.build(bench.graph("w", 0.5, 16, False), grid.url)  # warm-up: each worker writes the toolchain out
+            bench.warm_up(grid.url)
             results[4] = [bench.build(bench.graph("s", 1, args.actions, False), grid.url) for _ in range(args.runs)]
             print(f"sleep graph, 4 workers:      {_median(results[4]):6.2f} s "
                   f"({_median(local) / _median(results[4]):.2f}x local)", flush=True)
             with _workers(grid.url, workers, 4, start=4):
-                bench.build(bench.graph("w", 0.5, 16, False), grid.url)
+                bench.warm_up(grid.url)
                 results[8] = [bench.build(bench.graph("s", 1, args.actions, False), grid.url)
                               for _ in range(args.runs)]
                 print(f"sleep graph, 8 workers:      {_median(results[8]):6.2f} s "
@@ -170,9 +208,20 @@ def main() -> None:
             chain_remote = [seconds for seconds, _ in told]
             for _, line in told:  # mk's own split of each remote action's time beyond its command
                 print(f"  {line.partition('; per action ')[2] or line}", flush=True)
+        # BuildGrid's own floor: the same chain, answered by a bot that does no work at all.
+        with _floor_bot(grid.url, workers, [f"c/a{i}.txt" for i in range(args.chain)]):
+            floor = [bench.build_telling(bench.graph("c", 0, args.chain, True), grid.url, jobs=1)
+                     for _ in range(args.runs)]
+        for _, line in floor:
+            print(f"  floor bot: {line.partition('; per action ')[2] or line}", flush=True)
+        floor_seconds = _median([seconds for seconds, _ in floor])
         overhead = (_median(chain_remote) - _median(chain_local)) / args.chain
         print(f"chain of {args.chain} trivial actions: local {_median(chain_local):.2f} s, "
               f"remote {_median(chain_remote):.2f} s: {overhead * 1000:.1f} ms more per action", flush=True)
+        # The floor bot runs no command, the local chain runs each: BuildGrid alone costs at least this.
+        print(f"the chain answered by the floor bot (no worker, no command): {floor_seconds:.2f} s: "
+              f"{(floor_seconds - _median(chain_local)) / args.chain * 1000:.1f} ms more per action than local",
+              flush=True)
         print(f"speed-up with 8 workers: {_median(local) / _median(results[8]):.2f}x (target >= 3.5x); "
               f"overhead {overhead * 1000:.1f} ms per action (target < 20 ms); load {os.getloadavg()[0]:.2f}")
 

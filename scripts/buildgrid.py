@@ -66,12 +66,17 @@ schedulers:
     session-expiry-timer-interval: 2
     poll-interval: 0.1
     bot-poll-interval: 0.1
-    # Queued jobs reach waiting bots when an assigner next looks (by default every 1 to 2 s):
-    # that is the least time any remote action takes, so it looks often.
+    # Queued jobs reach waiting bots when an assigner next looks (by default every 1 to 2 s, plus
+    # up to jitter-factor s): that is the least time any remote action takes, so it looks every
+    # 10 to 11 ms. (Every 20 to 30 ms cost each action of a chain about 15 ms more; every 5 ms
+    # gained nothing on that and slowed 64 actions on 8 bots by about 3 %. Idle, BuildGrid and
+    # PostgreSQL then use 13 % of a core, against 7 %.) A bot reporting a finished lease takes the
+    # next queued job itself, so the assigner matters for the first jobs and for jobs queued while
+    # bots wait.
     assigners:
       - !priority-age-assigner
-        interval: 0.02
-        jitter-factor: 0.01
+        interval: 0.01
+        jitter-factor: 0.001
 
 instances:
   - name: '{instance}'

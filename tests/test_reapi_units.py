@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mk.cache.cas import ContentStore
+from mk.cache.reapi import capabilities
 from mk.cache.reapi.digests import DigestIndex, Sha256, sha256_bytes
 from mk.cache.reapi.endpoint import Endpoint, EndpointError
 from mk.cache.reapi.merkle import DirectoryBuilder, MerkleError, walk
@@ -118,10 +119,13 @@ def test_a_toolchain_tree_becomes_a_directory_tree_the_sandbox_can_use(tmp_path:
 
 def _metadata(start_ms: int, command_ms: tuple[int, int], done_ms: int) -> re_pb2.ExecutedActionMetadata:
     metadata = re_pb2.ExecutedActionMetadata(worker="w")
-    metadata.worker_start_timestamp.FromMilliseconds(start_ms)
+    metadata.input_fetch_start_timestamp.FromMilliseconds(start_ms)
     metadata.execution_start_timestamp.FromMilliseconds(command_ms[0])
     metadata.execution_completed_timestamp.FromMilliseconds(command_ms[1])
-    metadata.worker_completed_timestamp.FromMilliseconds(done_ms)
+    metadata.output_upload_completed_timestamp.FromMilliseconds(done_ms)
+    # BuildGrid's own clock (lease assigned, lease reported): not the worker's work.
+    metadata.worker_start_timestamp.FromMilliseconds(start_ms - 40)
+    metadata.worker_completed_timestamp.FromMilliseconds(done_ms + 40)
     return metadata
 
 
@@ -135,3 +139,62 @@ def test_remote_timings_split_each_round_trip_at_the_workers_timestamps() -> Non
     timings.add(9.0, re_pb2.ExecutedActionMetadata(worker="silent"))  # no timestamps: not counted
     assert timings.line() == "; per action beyond its command (median ms): 60 on the worker, 250 in the server " \
         "and the network"
+
+
+def _capabilities(stores: list[int], executes: list[int]) -> re_pb2.ServerCapabilities:
+    answer = re_pb2.ServerCapabilities()
+    answer.cache_capabilities.digest_functions.extend(stores)  # type: ignore[arg-type]
+    answer.execution_capabilities.exec_enabled = True
+    answer.execution_capabilities.digest_functions.extend(executes)  # type: ignore[arg-type]
+    answer.execution_capabilities.digest_function = executes[0]  # type: ignore[assignment]
+    return answer
+
+
+# What BuildGrid 0.4.4 answers GetCapabilities (scripts/buildgrid.py's server), as text.
+_BUILDGRID_CAPABILITIES = """
+cache_capabilities {
+  digest_functions: SHA256
+  action_cache_update_capabilities { update_enabled: true }
+  max_batch_total_size_bytes: 4193280
+  symlink_absolute_path_strategy: DISALLOWED
+}
+execution_capabilities { digest_function: SHA256 exec_enabled: true digest_functions: SHA256 }
+low_api_version { major: 2 }
+high_api_version { major: 2 minor: 2 }
+"""
+
+
+def test_digest_choice_is_sha256_for_capabilities_as_buildgrid_answers() -> None:
+    from google.protobuf import text_format
+
+    answer = text_format.Parse(_BUILDGRID_CAPABILITIES, re_pb2.ServerCapabilities())
+    choice = capabilities.choose(answer)
+    assert choice.function == re_pb2.DigestFunction.SHA256 == capabilities.SHA256
+    assert choice.said() == "digests SHA-256"
+    # Asked to prefer BLAKE3, it still gets SHA-256: BuildGrid offers nothing else.
+    assert capabilities.choose(answer, spoken=(capabilities.BLAKE3, capabilities.SHA256)).name == "SHA-256"
+    # An older server that sets only the single field of its executor is understood the same way.
+    answer.execution_capabilities.ClearField("digest_functions")
+    assert capabilities.choose(answer).function == capabilities.SHA256
+
+
+def test_digest_choice_takes_the_first_spoken_function_that_the_server_stores_and_executes_with() -> None:
+    both = _capabilities([re_pb2.DigestFunction.SHA256, re_pb2.DigestFunction.BLAKE3],
+                         [re_pb2.DigestFunction.BLAKE3, re_pb2.DigestFunction.SHA256])
+    assert capabilities.BLAKE3 == re_pb2.DigestFunction.BLAKE3
+    assert capabilities.choose(both, spoken=(capabilities.BLAKE3, capabilities.SHA256)).function == capabilities.BLAKE3
+    # mk sends SHA-256 today: offered BLAKE3 too, it says it uses SHA-256.
+    assert capabilities.choose(both).said() == "digests SHA-256 (also offered: BLAKE3)"
+    # A function the CAS stores but the executor does not take is not offered.
+    cas_only = _capabilities([re_pb2.DigestFunction.SHA256, re_pb2.DigestFunction.BLAKE3],
+                             [re_pb2.DigestFunction.SHA256])
+    assert capabilities.choose(cas_only, spoken=(capabilities.BLAKE3, capabilities.SHA256)).said() == "digests SHA-256"
+
+
+def test_a_server_without_a_digest_function_mk_sends_is_refused_with_what_it_offers() -> None:
+    blake3_only = _capabilities([re_pb2.DigestFunction.BLAKE3], [re_pb2.DigestFunction.BLAKE3])
+    with pytest.raises(capabilities.NoCommonDigest, match="it names blobs by BLAKE3, and mk sends SHA-256"):
+        capabilities.choose(blake3_only)
+    md5 = _capabilities([], [re_pb2.DigestFunction.MD5])  # an empty CAS list: what the executor takes
+    with pytest.raises(capabilities.NoCommonDigest, match="by MD5,"):
+        capabilities.choose(md5)

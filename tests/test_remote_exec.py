@@ -100,6 +100,8 @@ def test_a_200_genrule_graph_built_remotely_gives_the_bytes_of_a_local_build(
     summary = parse_summary(built.out)
     assert (summary.executed, summary.cached) == (GENRULES + LOCAL_ACTIONS, 0), built.out
     assert f": {GENRULES} actions executed, 0 from its action cache" in remote_line(built.err)
+    # BuildGrid offers SHA-256 only (GetCapabilities): mk says that is what blobs travel under.
+    assert f", digests SHA-256: {GENRULES} actions executed" in remote_line(built.err)
     # The workers said when they started, ran and finished each action: the report splits the time.
     assert re.search(r"; per action beyond its command \(median ms\): \d+ on the worker, \d+ in the server "
                      r"and the network$", remote_line(built.err)), built.err

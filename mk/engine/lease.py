@@ -70,9 +70,11 @@ def run(context: LeaseContext, action: re_pb2.Action, processes: RunningProcesse
     timing = re_pb2.ExecutedActionMetadata(worker=context.worker_name)
     timing.worker_start_timestamp.GetCurrentTime()
     timing.input_fetch_start_timestamp.GetCurrentTime()
-    command = remote.read_message(from_proto(action.command_digest), re_pb2.Command())
     directories = context.directories
-    root = directories(from_proto(action.input_root_digest))
+    command, root = re_pb2.Command(), re_pb2.Directory()
+    # One BatchReadBlobs for both: each call to a busy server costs more than the bytes.
+    remote.read_messages({from_proto(action.command_digest): command, from_proto(action.input_root_digest): root})
+    directories.keep(from_proto(action.input_root_digest), root)
     subtrees = {d.name: from_proto(d.digest) for d in root.directories}
     if TOOLCHAIN not in subtrees or EXECROOT not in subtrees or command.working_directory != EXECROOT:
         raise LeaseRefused(f"mk worker runs actions laid out as mk lays them out (an input root of '{EXECROOT}/' "
@@ -129,6 +131,12 @@ class _DirectoryReader:
         self._lock = threading.Lock()
         self._read: dict[Sha256, re_pb2.Directory] = {}
 
+    def keep(self, digest: Sha256, directory: re_pb2.Directory) -> None:
+        with self._lock:
+            if len(self._read) >= _DIRECTORIES_KEPT:
+                self._read.clear()
+            self._read[digest] = directory
+
     def __call__(self, digest: Sha256) -> re_pb2.Directory:
         from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
@@ -136,10 +144,7 @@ class _DirectoryReader:
             found = self._read.get(digest)
         if found is None:
             found = self.remote.read_message(digest, re_pb2.Directory())
-            with self._lock:
-                if len(self._read) >= _DIRECTORIES_KEPT:
-                    self._read.clear()
-                self._read[digest] = found
+            self.keep(digest, found)
         return found
 
 

@@ -36,7 +36,10 @@ from mk.cache.action_cache import ActionCache, ActionResult, OutputFile
 from mk.cache.cas import ContentStore
 from mk.cache.local import LocalCache
 from mk.cache.parts import REMOTE_RESULTS
+from mk.cache.reapi import capabilities
+from mk.cache.reapi.capabilities import DigestChoice
 from mk.cache.reapi.cas_client import (
+    SMALL_BLOB,
     BlobSource,
     MissingRemoteBlob,
     RemoteCas,
@@ -100,6 +103,7 @@ class RemoteExecutor:
         self.fallback_slots = threading.BoundedSemaphore(max(1, local_jobs))
         self.executed = self.cached = 0
         self.timings = RemoteTimings()
+        self.digests: DigestChoice | None = None  # known once the server has been asked
 
     # ---- what runs where ----------------------------------------------------------------------
 
@@ -122,13 +126,14 @@ class RemoteExecutor:
         with self._lock:
             if self._remote is None:
                 channel = self.endpoint.channel()
-                self._check_capabilities(channel)
+                self.digests = self._check_capabilities(channel)
                 self._channel = channel
-                self._remote = RemoteCas(self.endpoint, channel, self.config.timeout)
+                self._remote = RemoteCas(self.endpoint, channel, self.config.timeout,
+                                         digest_function=self.digests.function)
             return self._remote
 
-    def _check_capabilities(self, channel: grpc.Channel) -> None:
-        """The server executes, and names blobs by SHA-256 (BLAKE3, where offered, is not used yet)."""
+    def _check_capabilities(self, channel: grpc.Channel) -> DigestChoice:
+        """The server executes, and takes a digest function mk sends (see `capabilities`)."""
         import grpc
 
         from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -141,11 +146,14 @@ class RemoteExecutor:
         except grpc.RpcError as e:
             channel.close()
             raise RemoteExecutionFailed(str(rpc_error(self.endpoint, "GetCapabilities", e))) from None
-        offered = set(answer.cache_capabilities.digest_functions) | {answer.execution_capabilities.digest_function}
-        if not answer.execution_capabilities.exec_enabled or re_pb2.DigestFunction.SHA256 not in offered:
+        if not answer.execution_capabilities.exec_enabled:
             channel.close()
-            raise RemoteExecutionFailed(f"the remote executor {self.endpoint.shown()} does not execute actions "
-                                        "named by SHA-256, which mk sends")
+            raise RemoteExecutionFailed(f"the remote executor {self.endpoint.shown()} does not execute actions")
+        try:
+            return capabilities.choose(answer)
+        except capabilities.NoCommonDigest as e:
+            channel.close()
+            raise RemoteExecutionFailed(f"the remote executor {self.endpoint.shown()} cannot be used: {e}") from None
 
     def close(self) -> None:
         self.cancel_all()
@@ -294,8 +302,9 @@ class RemoteExecutor:
         assert self._channel is not None
         stub = re_grpc.ExecutionStub(self._channel)
         metadata = self.endpoint.metadata()
+        assert self.digests is not None
         request = re_pb2.ExecuteRequest(instance_name=self.endpoint.instance, action_digest=proto_digest(digest),
-                                        skip_cache_lookup=skip_cache)
+                                        skip_cache_lookup=skip_cache, digest_function=self.digests.function)
         stream = stub.Execute(request, metadata=metadata)
         name, lost_since = "", None
         while True:
@@ -399,9 +408,19 @@ class RemoteExecutor:
         return True
 
     def fetch_many(self, digests: Iterable[str]) -> None:
+        """Many blobs into the build's store: the small ones in BatchReadBlobs calls, the others
+        (and any small one the batch did not bring) read alone, 8 at a time."""
         import concurrent.futures as cf
 
         wanted = [d for d in dict.fromkeys(digests) if not self.cas.has(d)]
+        small = {d: sha256 for d in wanted if (sha256 := self.index.known_sha256(d)) is not None
+                 and sha256.size <= SMALL_BLOB}
+        if len(small) > 1 and self.unusable is None:
+            with contextlib.suppress(RemoteError):  # each is read alone below, which says what failed
+                got = self._client().read_batch(small.values())
+                for blake3, sha256 in small.items():
+                    if sha256 in got and self.cas.put_bytes(got[sha256]) == blake3:
+                        wanted.remove(blake3)
         if len(wanted) <= 1:
             for d in wanted:
                 self.fetch(d)
@@ -431,7 +450,8 @@ class RemoteExecutor:
         if not (self.executed or self.cached or self.unusable):
             return None
         gave_up = f"; stopped using it: {self.unusable}" if self.unusable else ""
-        return (f"mk: remote executor {self.endpoint.shown()}: {self.executed} actions executed, "
+        digests = f", {self.digests.said()}" if self.digests is not None else ""
+        return (f"mk: remote executor {self.endpoint.shown()}{digests}: {self.executed} actions executed, "
                 f"{self.cached} from its action cache{gave_up}{self.timings.line()}")
 
 
@@ -439,7 +459,11 @@ class RemoteTimings:
     """Where the time of the actions executed remotely went, from the timestamps each worker puts
     in its ActionResult (REAPI's ExecutedActionMetadata): the worker's own work around the command
     (reading inputs, storing and uploading outputs) and the rest of the round trip (the server's
-    queueing and assignment, the network, the client's stream). Each is a median over the build."""
+    queueing and assignment, the network, the client's stream). Each is a median over the build.
+
+    The worker's part runs from its input fetch's start to its output upload's end: BuildGrid
+    replaces `worker_start` and `worker_completed` with its own clock (the lease assigned, the
+    lease reported done), which would count the Bots API's round trips as the worker's."""
 
     def __init__(self) -> None:
         self.worker: list[float] = []  # seconds a worker spent on an action beyond its command
@@ -447,9 +471,11 @@ class RemoteTimings:
 
     def add(self, waited: float, metadata: re_pb2.ExecutedActionMetadata) -> None:
         """`waited`: the seconds the Execute call took, as the client saw them."""
-        if not (metadata.HasField("worker_start_timestamp") and metadata.HasField("worker_completed_timestamp")):
+        if not (metadata.HasField("input_fetch_start_timestamp")
+                and metadata.HasField("output_upload_completed_timestamp")):
             return  # a worker that does not say: nothing to tell
-        on_worker = _seconds(metadata.worker_completed_timestamp) - _seconds(metadata.worker_start_timestamp)
+        on_worker = _seconds(metadata.output_upload_completed_timestamp) - _seconds(
+            metadata.input_fetch_start_timestamp)
         command = _seconds(metadata.execution_completed_timestamp) - _seconds(metadata.execution_start_timestamp)
         self.worker.append(max(0.0, on_worker - command))
         self.beyond_worker.append(max(0.0, waited - on_worker))

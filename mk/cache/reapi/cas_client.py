@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mk.cache.cas import BlobReader, ContentStore
-from mk.cache.reapi.digests import Sha256
+from mk.cache.reapi.capabilities import SHA256, Function
+from mk.cache.reapi.digests import Sha256, sha256_bytes
 from mk.cache.reapi.endpoint import Endpoint
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ _CHUNK = 1 << 20
 _BATCH_BYTES = 2 << 20  # below every server's limit (BuildGrid: 4 MiB), headers included
 _FIND_BATCH = 5000
 _DIRECT_BLOBS, _DIRECT_BYTES = 16, 256 << 10  # at most this many small blobs are sent without asking
+SMALL_BLOB = 64 << 10  # read with others in one BatchReadBlobs rather than a ByteStream Read of its own
 
 
 class RemoteError(Exception):
@@ -71,10 +73,12 @@ def in_memory(data: bytes) -> BlobSource:
 
 
 class RemoteCas:
-    def __init__(self, endpoint: Endpoint, channel: grpc.Channel, timeout: float, remember: bool = True) -> None:
+    def __init__(self, endpoint: Endpoint, channel: grpc.Channel, timeout: float, remember: bool = True,
+                 digest_function: Function = SHA256) -> None:
         """`remember`: blobs uploaded, or known to be there, are not sent again by this object. A
         build's client remembers; a long-lived worker does not, since the server may lose a blob
-        between two leases that make it."""
+        between two leases that make it. `digest_function`: what requests say their digests are
+        (the client's choice from the server's capabilities; a worker's leases are SHA-256)."""
         from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc as re_grpc
         from mk.cache.reapi.protos.google.bytestream import bytestream_pb2_grpc as bs_grpc
 
@@ -85,6 +89,7 @@ class RemoteCas:
         self._lock = threading.Lock()
         self._present: set[Sha256] = set()
         self._remember = remember
+        self.digest_function = digest_function
 
     def _call(self, what: str, method: Callable[..., Any], request: object, timeout: float | None = None) -> Any:
         import grpc
@@ -101,7 +106,7 @@ class RemoteCas:
         missing: set[Sha256] = set()
         for start in range(0, len(wanted), _FIND_BATCH):
             request = re_pb2.FindMissingBlobsRequest(
-                instance_name=self.endpoint.instance,
+                instance_name=self.endpoint.instance, digest_function=self.digest_function,
                 blob_digests=[proto_digest(d) for d in wanted[start:start + _FIND_BATCH]])
             answer = self._call("FindMissingBlobs", self._cas.FindMissingBlobs, request)
             missing.update(Sha256(d.hash, d.size_bytes) for d in answer.missing_blob_digests)
@@ -141,7 +146,8 @@ class RemoteCas:
     def _batch_update(self, batch: list[tuple[Sha256, bytes]]) -> None:
         from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
-        request = re_pb2.BatchUpdateBlobsRequest(instance_name=self.endpoint.instance, requests=[
+        request = re_pb2.BatchUpdateBlobsRequest(instance_name=self.endpoint.instance,
+                                                 digest_function=self.digest_function, requests=[
             re_pb2.BatchUpdateBlobsRequest.Request(digest=proto_digest(d), data=data) for d, data in batch])
         answer = self._call("BatchUpdateBlobs", self._cas.BatchUpdateBlobs, request)
         for response in answer.responses:
@@ -172,12 +178,45 @@ class RemoteCas:
         """A small blob (a Directory, a log), verified."""
         return b"".join(self._read(digest))
 
+    def read_batch(self, digests: Iterable[Sha256]) -> dict[Sha256, bytes]:
+        """Small blobs in as few BatchReadBlobs calls as fit: those the server sent whole and
+        right. A blob it lacks, or sent wrong, is left out, for the caller to read alone (where
+        what went wrong is said)."""
+        from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+
+        found: dict[Sha256, bytes] = {}
+        batches: list[list[Sha256]] = [[]]
+        for digest in sorted(set(digests)):
+            if batches[-1] and sum(d.size for d in batches[-1]) + digest.size > _BATCH_BYTES:
+                batches.append([])
+            batches[-1].append(digest)
+        for batch in batches:
+            request = re_pb2.BatchReadBlobsRequest(instance_name=self.endpoint.instance,
+                                                   digest_function=self.digest_function,
+                                                   digests=[proto_digest(d) for d in batch])
+            answer = self._call("BatchReadBlobs", self._cas.BatchReadBlobs, request)
+            for response in answer.responses:
+                digest = from_proto(response.digest)
+                if response.status.code == 0 and digest in batch and sha256_bytes(response.data) == digest:
+                    found[digest] = response.data
+        return found
+
     def read_message(self, digest: Sha256, message: Any) -> Any:
         """Parse the blob `digest` into `message` (a fresh protobuf message), which is returned."""
+        return self._parse(digest, self.read_bytes(digest), message)
+
+    def read_messages(self, wanted: Mapping[Sha256, Any]) -> None:
+        """Parse each small blob into its message, all read in one call (any the call did not
+        bring is read alone, which says what went wrong)."""
+        got = self.read_batch(wanted)
+        for digest, message in wanted.items():
+            self._parse(digest, got[digest] if digest in got else self.read_bytes(digest), message)
+
+    def _parse(self, digest: Sha256, data: bytes, message: Any) -> Any:
         from google.protobuf.message import DecodeError
 
         try:
-            message.ParseFromString(self.read_bytes(digest))
+            message.ParseFromString(data)
         except DecodeError:
             raise RemoteError(f"blob {digest.hash[:16]}… from {self.endpoint.shown()} is not a "
                               f"{type(message).__name__}") from None
