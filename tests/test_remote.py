@@ -40,6 +40,10 @@ from mk.cache.cas import ContentStore
 from mk.cache.signing import SecretKey, generate, parse_public_key, sign, write_key_pair
 from mk.engine.placed import RECORD
 
+# The actions of //examples below: 3 write_file and genrule outputs, the layer, the root, the cpio,
+# the tar, and the OCI image's one layer and its archive.
+ACTIONS = 10
+
 # A copy of the repository's small examples (a macro, genrules, a layer, a root filesystem and the
 # three archive writers), kept here so the tests need no network and follow no later edit there.
 EXAMPLES = {
@@ -228,7 +232,7 @@ def test_second_machine_gets_everything_from_the_remote(
 ) -> None:
     out, err = build(examples, tmp_path / "A", writer(remote.url, keys))
     a = parse_summary(out)
-    assert a.executed == a.actions == 9
+    assert a.executed == a.actions == ACTIONS
     assert "uploaded" in err and f"and {a.actions} results" in err
     assert len(remote.names("ac")) == a.actions  # every result is on the server once A has finished
     built = outputs(examples)
@@ -312,7 +316,7 @@ def test_read_only_uploads_nothing(
     args = ["build", "//examples"] + (["--no-remote-upload"] if how == "flag" else [])
     result = ws.mk(*args, env={"MK_CACHE_DIR": str(tmp_path / "A"), **env})
     assert result.code == 0, result.err
-    assert parse_summary(result.out).executed == 9
+    assert parse_summary(result.out).executed == ACTIONS
     assert remote.names("ac") == set() and remote.names("cas") == set()
     assert "uploaded 0 blobs (0 B) and 0 results" in result.err
     if remote.log is not None and remote.log.name == "access.log":  # nginx: not even tried
@@ -393,7 +397,7 @@ def test_forged_unsigned_and_replayed_results_are_rejected(
     out, err = build(examples, tmp_path / "B", reader(remote.url, keys), events=events_b)
     ran = sorted(str(e["label"]) for e in read_events(events_b) if e["status"] == "executed")
     assert ran == sorted(forgeries)  # each forged result was ignored and the action ran locally
-    assert parse_summary(out).remote == 9 - len(forgeries)
+    assert parse_summary(out).remote == ACTIONS - len(forgeries)
     assert outputs(examples) == built  # a poisoned cache never changes the output
     assert err.count(UNTRUSTED) == 1, err  # one warning per build
     assert f"{len(forgeries)} rejected" in err
@@ -418,11 +422,11 @@ def test_corrupt_or_missing_blob_on_the_server_is_rebuilt_locally(
     assert outputs(examples) == built
     assert ("is missing" if damage == "missing" else "has the wrong bytes") in err, err
     summary = parse_summary(out)
-    assert (summary.executed, summary.remote) == (9, 0), out  # the retry used no remote result at all
+    assert (summary.executed, summary.remote) == (ACTIONS, 0), out  # the retry used no remote result at all
     # Nothing bad was remembered as a local result: every one names blobs that B has, intact.
     assert_cache_is_sound(tmp_path / "B", logs=True)
     results = local_results(tmp_path / "B", events)
-    assert sorted(results) == sorted({str(e["label"]) for e in read_events(events)})  # all 9 ran on B
+    assert sorted(results) == sorted({str(e["label"]) for e in read_events(events)})  # all of them ran on B
     assert [(o.path, o.digest) for o in results["//examples:initramfs"].outputs] == [
         ("examples/initramfs.cpio.zst", blake3.blake3(built["examples/initramfs.cpio.zst"]).hexdigest())]
 
@@ -482,7 +486,7 @@ def test_server_dying_while_a_build_reads_from_it(examples: Workspace, keys: Key
     assert err.count(GAVE_UP) == 1, err
     assert_cache_is_sound(tmp_path / "B", logs=True)
     summary = parse_summary(out)
-    assert (summary.executed, summary.remote) == (9, 0), out  # the retry used no remote result at all
+    assert (summary.executed, summary.remote) == (ACTIONS, 0), out  # the retry used no remote result at all
 
 
 @pytest.mark.parametrize("mode", ["500", "hang"])
@@ -494,7 +498,7 @@ def test_failing_server_on_a_cold_build(examples: Workspace, keys: Keys, tmp_pat
         out, err = build(examples, tmp_path / "A", writer(server.url, keys, MK_REMOTE_TIMEOUT="1"), jobs=2)
         took = time.monotonic() - started
     assert outputs(examples) == expected
-    assert parse_summary(out).executed == 9
+    assert parse_summary(out).executed == ACTIONS
     assert err.count(GAVE_UP) == 1, err
     assert ("HTTP 500" if mode == "500" else "timed out") in err
     # The breaker: the two lookups in flight when the first one failed, then nothing (no upload either).
@@ -522,7 +526,7 @@ def test_failing_server_on_a_build_that_reads_from_it(
 def test_unreachable_server(examples: Workspace, keys: Keys, tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     out, err = build(examples, tmp_path / "A", writer(url, keys))
-    assert parse_summary(out).executed == 9
+    assert parse_summary(out).executed == ACTIONS
     assert err.count(GAVE_UP) == 1 and "connection failed" in err, err
 
 
@@ -538,7 +542,7 @@ def test_token_auth_and_credentials_never_shown(examples: Workspace, keys: Keys,
 
         out, err = build(examples, tmp_path / "B", reader(server.url, keys, MK_REMOTE_TOKEN="wrong-3b8e2d"))
         assert "HTTP 401" in err and "wrong-3b8e2d" not in out + err
-        assert parse_summary(out).executed == 9
+        assert parse_summary(out).executed == ACTIONS
 
         host = urlsplit(server.url).netloc
         for cache, env in [
@@ -547,7 +551,7 @@ def test_token_auth_and_credentials_never_shown(examples: Workspace, keys: Keys,
         ]:
             fresh_outputs(examples)
             out, err = build(examples, tmp_path / cache, env)
-            assert parse_summary(out).remote == 9, err
+            assert parse_summary(out).remote == ACTIONS, err
             assert token not in out + err
             assert f"remote cache http://{host}:" in err  # the URL is shown without its credentials
 
@@ -561,7 +565,7 @@ def test_token_auth_and_credentials_never_shown(examples: Workspace, keys: Keys,
 def test_read_only_server_refuses_uploads(examples: Workspace, keys: Keys, tmp_path: Path) -> None:
     with serve_process(tmp_path / "store", "--read-only") as server:
         out, err = build(examples, tmp_path / "A", writer(server.url, keys))
-    assert parse_summary(out).executed == 9
+    assert parse_summary(out).executed == ACTIONS
     assert err.count("refuses uploads") == 1 and "HTTP 403" in err, err
     assert server.names("ac") == set() and server.names("cas") == set()
 
@@ -596,7 +600,7 @@ def test_remembered_results_in_cache_maintenance(
     env = {"MK_CACHE_DIR": str(tmp_path / "B")}
     verify = examples.mk("cache", "verify", env=env)
     assert verify.code == 0, verify.out  # results whose blobs are only remote are not "broken"
-    assert cache_stats(examples, tmp_path / "B")["remote-ac/"][1] == 9
+    assert cache_stats(examples, tmp_path / "B")["remote-ac/"][1] == ACTIONS
     assert examples.mk("cache", "gc", "--max-size", "0", env=env).code == 0
     assert cache_stats(examples, tmp_path / "B")["remote-ac/"][1] == 0
 
