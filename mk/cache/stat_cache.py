@@ -83,8 +83,8 @@ class StatCache:
         Raises IsADirectoryError for a directory: only regular files (or links to them) count.
         """
         key = str(path)
-        if self.trusted is not None and key in self.trusted:
-            trusted = self._entries[key]
+        trusted = self._trusted_entry(key)
+        if trusted is not None:
             return FileDigest(str(trusted[5]), bool(trusted[6]))
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
@@ -114,10 +114,15 @@ class StatCache:
     def holds(self, path: str, want: FileDigest) -> bool:
         """Whether `path` is known, without a look at it, to hold `want`: it is trusted (see
         `digest`) with that digest. False says nothing; ask `digest` then."""
-        if self.trusted is None or path not in self.trusted:
-            return False
-        entry = self._entries[path]
-        return bool(entry[5] == want.digest and bool(entry[6]) == want.executable)
+        entry = self._trusted_entry(path)
+        return entry is not None and entry[5] == want.digest and bool(entry[6]) == want.executable
+
+    def _trusted_entry(self, key: str) -> _Entry | None:
+        """The entry of a path the watcher vouches for (see `digest`), else None. `holds` asks this
+        without building a FileDigest: the server asks it for every kept output."""
+        if self.trusted is None or key not in self.trusted:
+            return None
+        return self._entries[key]
 
     def record_written(self, path: str | Path, digest: FileDigest) -> None:
         """Remember a file mk itself just wrote, so the next build need not read it back."""
