@@ -573,7 +573,7 @@ def test_read_only_server_refuses_uploads(examples: Workspace, keys: Keys, tmp_p
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"MK_REMOTE_CACHE": "ftp://cache.invalid/"}, "must be an http:// or https:// URL"),
+        ({"MK_REMOTE_CACHE": "ftp://cache.invalid/"}, "must be an http://, https://, grpc:// or grpcs:// URL"),
         ({"MK_REMOTE_CACHE": "ftp://u:hunter2@cache.invalid/"}, "(an URL with credentials)"),
         ({"MK_REMOTE_CACHE": "http://127.0.0.1:1", "MK_TRUSTED_KEYS": "nonsense"}, "MK_TRUSTED_KEYS: trusted key"),
         ({"MK_REMOTE_CACHE": "http://127.0.0.1:1", "MK_SIGNING_KEY": "/nonexistent/ci.key"}, "MK_SIGNING_KEY"),

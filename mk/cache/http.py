@@ -30,19 +30,13 @@ from typing import Any, BinaryIO
 
 import urllib3
 
+from mk.cache.cache_transport import TransportError
+
 _CHUNK = 1 << 20
 BLOB_SIZE_HEADER = "X-Mk-Blob-Size"  # an uploaded blob's uncompressed size (see cache.server)
 _MIN_RATE = 256 << 10  # bytes a second: a transfer slower than this on average is cut
 _WATCH_EVERY = 0.1  # seconds between the watchdog's rounds
 _ERRORS = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
-
-
-class TransportError(Exception):
-    """The request did not give a usable answer (network, timeout, 5xx, truncated body...)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Transfer:

@@ -1,4 +1,5 @@
-"""The shared remote cache: signed action results and blobs over HTTP, never trusted blindly.
+"""The shared remote cache: signed action results and blobs over HTTP or REAPI (gRPC; see
+cache_transport), never trusted blindly.
 
 What the build sees:
 
@@ -53,7 +54,8 @@ from mk.cache.units import human_size
 if TYPE_CHECKING:
     import concurrent.futures as cf
 
-    from mk.cache.http import HttpStore
+    from mk.cache.cache_transport import CacheTransport
+    from mk.cache.reapi.endpoint import Endpoint
 
 # Blobs smaller than this are PUT without asking first (a HEAD costs as much as the upload).
 _HEAD_FIRST_BYTES = 256 << 10
@@ -78,6 +80,7 @@ class RemoteConfig:
     """Where the remote cache is and how to talk to it; credentials are kept out of `url`."""
 
     url: str  # base URL without credentials, no trailing slash
+    endpoint: Endpoint | None = None  # a REAPI server's ActionCache and CAS instead of HTTP (grpc:// URLs)
     upload: bool = True  # read-write (with a signing key) or read-only
     token: str | None = None  # bearer token
     basic_auth: tuple[str, str] | None = None  # user, password
@@ -109,7 +112,8 @@ class RemoteConfig:
 
     def namespace(self) -> str:
         """Names the folder of remembered results: changing the remote or the keys starts afresh."""
-        material = [self.url, *sorted(k.line() for k in self.trusted_keys)]
+        instance = [f"instance {self.endpoint.instance}"] if self.endpoint is not None else []
+        material = [self.url, *instance, *sorted(k.line() for k in self.trusted_keys)]
         if self.signing_key is not None:
             material.append(blake3.blake3(self.signing_key.line().encode()).hexdigest())
         return blake3.blake3("\n".join(material).encode()).hexdigest()[:16]
@@ -168,7 +172,7 @@ class RemoteCache:
         self.stats = TransferStats()
         self._trusted: tuple[PublicKey, ...] | None = None
         self._lock = threading.Lock()
-        self._http: HttpStore | None = None
+        self._transport: CacheTransport | None = None
         self._warned: set[str] = set()
         self._dead = False  # the circuit breaker: no more requests of any kind
         self._halted = False  # Ctrl-C: everything stops, quietly
@@ -211,8 +215,8 @@ class RemoteCache:
         and cut what is under way with it (no thread waits out its own deadline)."""
         with self._lock:
             first, self._dead = not self._dead, True
-        if self._http is not None:
-            self._http.abort(reason)
+        if self._transport is not None:
+            self._transport.abort(reason)
         if not first or self._interrupted():
             return  # (the transfers cut here, or by Ctrl-C, fail too: that says nothing new)
         self._gave_up = self._gave_up or reason
@@ -233,14 +237,22 @@ class RemoteCache:
         self._warn("blob", f"{reason}; not using its results for the rest of this build "
                            "(what needed them is rebuilt locally)")
 
-    def _client(self) -> HttpStore:
+    def _client(self) -> CacheTransport:
         with self._lock:
-            if self._http is None:
-                from mk.cache.http import HttpStore
+            if self._transport is None:
+                self._transport = self._connect()
+            return self._transport
 
-                self._http = HttpStore(self.config.url, self.config.headers(), self.config.timeout,
-                                       self.config.connections, self.config.redact, stop=self._interrupted)
-            return self._http
+    def _connect(self) -> CacheTransport:
+        if self.config.endpoint is not None:
+            from mk.cache.reapi.cache import ReapiCache
+
+            return ReapiCache(self.config.endpoint, self.local.root, self.config.timeout, stop=self._interrupted)
+        from mk.cache.cache_transport import HttpCache
+        from mk.cache.http import HttpStore
+
+        return HttpCache(HttpStore(self.config.url, self.config.headers(), self.config.timeout,
+                                   self.config.connections, self.config.redact, stop=self._interrupted))
 
     def _pool(self, name: str) -> cf.ThreadPoolExecutor:
         import concurrent.futures as cf  # (a build that needs no transfer never loads it)
@@ -281,10 +293,10 @@ class RemoteCache:
         and misses of action results (an index entry of a pinned download is not one)."""
         if not self.reading:
             return None
-        from mk.cache.http import TransportError
+        from mk.cache.cache_transport import TransportError
 
         try:
-            envelope = self._client().get("ac", key, MAX_RESULT_BYTES)
+            envelope = self._client().get_result(key, MAX_RESULT_BYTES)
         except TransportError as e:
             self._trip(str(e))
             return None
@@ -340,14 +352,13 @@ class RemoteCache:
             return self._download(digest)
 
     def _download(self, digest: str) -> bool:
-        from mk.cache.http import TransportError
+        from mk.cache.cache_transport import TransportError
 
         try:
-            with self._client().stream("cas", digest) as chunks:
-                if chunks is None:
-                    self._lose_reads(f"blob {digest[:16]}… is missing")
-                    return False
-                size = self.local.cas.put_compressed_stream(digest, chunks)
+            size = self._client().get_blob(digest, self.local.cas)
+            if size is None:
+                self._lose_reads(f"blob {digest[:16]}… is missing")
+                return False
         except TransportError as e:
             self._trip(str(e))
             return False
@@ -396,19 +407,16 @@ class RemoteCache:
         return future
 
     def _put_blob(self, digest: str) -> bool:
-        from mk.cache.http import TransportError
+        from mk.cache.cache_transport import TransportError
 
         if not self.uploading:
             return self._not_uploaded("blob")
         path = self._store.path(digest)
         try:
-            client = self._client()
-            if (os.stat(path).st_size >= _HEAD_FIRST_BYTES and digest not in self._bad_remote_blobs
-                    and client.head("cas", digest)):
+            ask_first = os.stat(path).st_size >= _HEAD_FIRST_BYTES and digest not in self._bad_remote_blobs
+            size = self._client().put_blob(digest, self._store, ask_first)
+            if size is None:
                 return True
-            with self._store.compressed(digest) as (body, blob_size):  # verified, or raises
-                size = os.fstat(body.fileno()).st_size
-                client.put("cas", digest, body, size, blob_size)
         except TransportError as e:
             self._upload_failed(e)
             return self._not_uploaded("blob", str(e))
@@ -426,7 +434,7 @@ class RemoteCache:
         return True
 
     def _put_result(self, key: str, result: ActionResult, blobs: list[cf.Future[bool]]) -> None:
-        from mk.cache.http import TransportError
+        from mk.cache.cache_transport import TransportError
 
         if not all([f.result() for f in blobs]) or not self.uploading:  # (a list: every blob is done)
             self._not_uploaded("result")  # never a result whose blobs the remote may lack
@@ -434,7 +442,7 @@ class RemoteCache:
         assert self.config.signing_key is not None
         envelope = sign(self.config.signing_key, key, result)
         try:
-            self._client().put("ac", key, envelope, len(envelope))
+            self._client().put_result(key, envelope)
         except TransportError as e:
             self._upload_failed(e)
             self._not_uploaded("result", str(e))
@@ -482,14 +490,14 @@ class RemoteCache:
         finally:
             if not wait:
                 self._halted = self._dead = True
-                if self._http is not None:
-                    self._http.abort("interrupted")
+                if self._transport is not None:
+                    self._transport.abort("interrupted")
             with self._lock:
                 pools, self._pools = list(self._pools.values()), {}
             for pool in pools:
                 pool.shutdown(wait=wait, cancel_futures=not wait)
-            if self._http is not None:
-                self._http.close()
+            if self._transport is not None:
+                self._transport.close()
             if self.events is not None and (event := self.stats.event(self.config.url)) is not None:
                 self.events.write(self.config.redact(json.dumps(event, sort_keys=True)) + "\n")
 

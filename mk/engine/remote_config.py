@@ -2,11 +2,13 @@
 
 | Variable | Setting | Meaning |
 |---|---|---|
-| MK_REMOTE_CACHE | remote_cache | base URL (http or https); empty turns the remote off |
+| MK_REMOTE_CACHE | remote_cache | base URL (http, https), or a REAPI server (grpc://host:port, grpcs://); empty: none |
+| MK_REMOTE_INSTANCE | remote_instance | a REAPI server's instance name (the remote executor's too) |
+| MK_REMOTE_CACHE_CA | - | PEM file of the TLS roots a grpcs:// remote cache's certificate chains to |
 | MK_REMOTE_UPLOAD | remote_upload | `0` makes the remote read-only (`mk build --no-remote-upload` too) |
 | MK_SIGNING_KEY | - | path of the secret key that signs uploaded results (needed to upload) |
 | MK_TRUSTED_KEYS | trusted_keys | public keys (`NAME:BASE64`) whose signed results are accepted |
-| MK_REMOTE_TOKEN | - | bearer token |
+| MK_REMOTE_TOKEN | - | bearer token (HTTP or gRPC) |
 | MK_REMOTE_USER, MK_REMOTE_PASSWORD | - | basic auth (or `https://user:password@host/` in the URL) |
 | MK_REMOTE_TIMEOUT | - | seconds allowed for connecting and for each read (default 10) |
 
@@ -38,7 +40,12 @@ def resolve(settings: Settings, env: Mapping[str, str], upload: bool | None = No
     raw_url = env.get("MK_REMOTE_CACHE", settings.remote_cache or "").strip()
     if not raw_url:
         return None
-    url, basic_auth = _split_credentials(raw_url)
+    endpoint = None
+    if raw_url.startswith(("grpc://", "grpcs://")):
+        endpoint = _cache_endpoint(raw_url, settings, env)
+        url, basic_auth = endpoint.url, None
+    else:
+        url, basic_auth = _split_credentials(raw_url)
     if upload is None:
         upload = _flag(env["MK_REMOTE_UPLOAD"], "MK_REMOTE_UPLOAD") if "MK_REMOTE_UPLOAD" in env \
             else settings.remote_upload
@@ -65,6 +72,7 @@ def resolve(settings: Settings, env: Mapping[str, str], upload: bool | None = No
         raise MkError(f"MK_REMOTE_TIMEOUT must be a number of seconds, got '{timeout}'")
     return RemoteConfig(
         url=url,
+        endpoint=endpoint,
         upload=upload,
         token=env.get("MK_REMOTE_TOKEN") or None,
         basic_auth=basic_auth,
@@ -72,6 +80,18 @@ def resolve(settings: Settings, env: Mapping[str, str], upload: bool | None = No
         trusted_keys=trusted_keys,
         timeout=seconds,
     )
+
+
+def _cache_endpoint(url: str, settings: Settings, env: Mapping[str, str]) -> Endpoint:
+    """A REAPI server as the remote cache: its instance is the remote executor's (one cluster
+    serves both), its token MK_REMOTE_TOKEN, its TLS roots MK_REMOTE_CACHE_CA."""
+    try:
+        return Endpoint.parse(url, env.get("MK_REMOTE_INSTANCE", settings.remote_instance or ""),
+                              env.get("MK_REMOTE_TOKEN") or None, env.get("MK_REMOTE_CACHE_CA") or None,
+                              role="remote cache")
+    except EndpointError as e:
+        where = "MK_REMOTE_CACHE" if "MK_REMOTE_CACHE" in env else "remote_cache in mk.toml"
+        raise MkError(f"{where}: {e}") from None
 
 
 def _flag(value: str, name: str) -> bool:
@@ -87,7 +107,7 @@ def _split_credentials(raw: str) -> tuple[str, tuple[str, str] | None]:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         shown = raw if "@" not in raw else "(an URL with credentials)"
-        raise MkError(f"the remote cache must be an http:// or https:// URL, got '{shown}'")
+        raise MkError(f"the remote cache must be an http://, https://, grpc:// or grpcs:// URL, got '{shown}'")
     if parts.query or parts.fragment:
         raise MkError("the remote cache URL may not have a query or a fragment")
     basic_auth = None

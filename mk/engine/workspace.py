@@ -58,7 +58,8 @@ ENGINE_SETTINGS = (
             maximum=(1 << 32) - 1),
     Setting("cache_dir", "string", "Local cache directory, relative to the workspace; default "
             "`$XDG_CACHE_HOME/mk`.", env="MK_CACHE_DIR"),
-    Setting("remote_cache", "string", "Base URL of the shared remote cache (http or https).", env="MK_REMOTE_CACHE"),
+    Setting("remote_cache", "string", "The shared remote cache: a base URL (http or https), or a REAPI server's "
+            "ActionCache and CAS (`grpc://host:port`, `grpcs://` for TLS).", env="MK_REMOTE_CACHE"),
     Setting("remote_upload", "bool", "`false` (or `MK_REMOTE_UPLOAD=0`) only reads the remote cache.",
             env="MK_REMOTE_UPLOAD", default=True),
     Setting("trusted_keys", "list of strings", "Public keys (`NAME:BASE64`) whose signed remote results are "
@@ -79,7 +80,8 @@ ENGINE_SETTINGS = (
     Setting("remote_executor", "string", "A Remote Execution API (REAPI v2) server that runs command actions: "
             "`grpc://host:port`, or `grpcs://host:port` for TLS (see docs/remote-execution.md).",
             env="MK_REMOTE_EXECUTOR"),
-    Setting("remote_instance", "string", "The remote executor's instance name.", env="MK_REMOTE_INSTANCE",
+    Setting("remote_instance", "string", "The REAPI instance name of the remote executor and of a `grpc://` "
+            "remote cache.", env="MK_REMOTE_INSTANCE",
             default=""),
     Setting("server_idle_seconds", "int", "Seconds the workspace's resident build server waits for a command "
             "before it exits (`mk shutdown` stops it at once).", env="MK_SERVER_IDLE_SECONDS", default=3 * 3600),
@@ -91,6 +93,8 @@ ENGINE_SETTINGS = (
     Setting(None, "string", "Path of the secret key that signs uploaded results (needed to upload).",
             env="MK_SIGNING_KEY"),
     Setting(None, "string", "Bearer token for the remote cache.", env="MK_REMOTE_TOKEN"),
+    Setting(None, "string", "PEM file of the TLS roots a `grpcs://` remote cache's certificate must chain to "
+            "(default: the system's).", env="MK_REMOTE_CACHE_CA"),
     Setting(None, "string", "Basic-auth user and password for the remote cache (or `https://user:password@host/`).",
             env="MK_REMOTE_USER, MK_REMOTE_PASSWORD"),
     Setting(None, "int", "Seconds allowed for connecting to the remote cache and for each read (default 10).",

@@ -52,11 +52,11 @@ def rpc_error(endpoint: Endpoint, what: str, error: grpc.RpcError) -> RemoteErro
     name = code.name if code is not None else "UNKNOWN"
     details = (error.details() if hasattr(error, "details") else None) or str(error)
     if name == "UNAVAILABLE":
-        said = f"cannot reach the remote executor {endpoint.shown()} ({details})"
+        said = f"cannot reach the {endpoint.role} {endpoint.shown()} ({details})"
     elif name == "DEADLINE_EXCEEDED":
-        said = f"the remote executor {endpoint.shown()} did not answer {what} in time"
+        said = f"the {endpoint.role} {endpoint.shown()} did not answer {what} in time"
     else:
-        said = f"the remote executor {endpoint.shown()} refused {what}: {name}: {details}"
+        said = f"the {endpoint.role} {endpoint.shown()} refused {what}: {name}: {details}"
     return RemoteError(said, name)
 
 
@@ -152,7 +152,7 @@ class RemoteCas:
         answer = self._call("BatchUpdateBlobs", self._cas.BatchUpdateBlobs, request)
         for response in answer.responses:
             if response.status.code != 0:
-                raise RemoteError(f"the remote executor {self.endpoint.shown()} refused blob "
+                raise RemoteError(f"the {self.endpoint.role} {self.endpoint.shown()} refused blob "
                                   f"{response.digest.hash[:16]}…: {response.status.message}")
 
     def _write(self, digest: Sha256, source: BlobSource) -> None:
@@ -171,7 +171,7 @@ class RemoteCas:
         timeout = self.timeout + digest.size / (1 << 20)  # a second per MiB beyond the usual deadline
         answer = self._call("a ByteStream Write", self._bytestream.Write, requests(), timeout)
         if answer.committed_size not in (digest.size, -1):
-            raise RemoteError(f"the remote executor {self.endpoint.shown()} kept {answer.committed_size} of the "
+            raise RemoteError(f"the {self.endpoint.role} {self.endpoint.shown()} kept {answer.committed_size} of the "
                               f"{digest.size} bytes of blob {digest.hash[:16]}…")
 
     def read_bytes(self, digest: Sha256) -> bytes:
@@ -254,7 +254,7 @@ class RemoteCas:
                 raise MissingRemoteBlob(self.endpoint, digest) from None
             raise error from None
         if size != digest.size or hasher.hexdigest() != digest.hash:
-            raise RemoteError(f"the remote executor {self.endpoint.shown()} sent wrong bytes for blob "
+            raise WrongRemoteBytes(f"the {self.endpoint.role} {self.endpoint.shown()} sent wrong bytes for blob "
                               f"{digest.hash[:16]}… ({size} bytes, SHA-256 {hasher.hexdigest()[:16]}…); "
                               "they were not used")
         if ahead:
@@ -264,9 +264,13 @@ class RemoteCas:
         return f"{self.endpoint.instance}/" if self.endpoint.instance else ""
 
 
+class WrongRemoteBytes(RemoteError):
+    """The server sent other bytes than those of the digest asked for (none were used)."""
+
+
 class MissingRemoteBlob(RemoteError):
     def __init__(self, endpoint: Endpoint, digest: Sha256) -> None:
-        super().__init__(f"the remote executor {endpoint.shown()} does not have blob {digest.hash[:16]}… "
+        super().__init__(f"the {endpoint.role} {endpoint.shown()} does not have blob {digest.hash[:16]}… "
                          f"({digest.size} bytes)", "NOT_FOUND")
         self.digest = digest
 

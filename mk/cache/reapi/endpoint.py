@@ -27,22 +27,25 @@ class Endpoint:
     instance: str = ""
     token: str | None = None
     ca_file: str | None = None  # PEM roots for TLS; None: the system's
+    role: str = "remote executor"  # what messages call the server: mk also uses one as its cache
 
     @staticmethod
-    def parse(url: str, instance: str = "", token: str | None = None, ca_file: str | None = None) -> Endpoint:
+    def parse(url: str, instance: str = "", token: str | None = None, ca_file: str | None = None,
+              role: str = "remote executor") -> Endpoint:
         parts = urlsplit(url.strip())
         if parts.scheme not in ("grpc", "grpcs") or not parts.hostname or parts.path not in ("", "/") \
                 or parts.query or parts.fragment or "@" in parts.netloc:
-            raise EndpointError(f"a remote executor is grpc://host:port or grpcs://host:port, got '{url}'")
+            raise EndpointError(f"a {role} over gRPC is grpc://host:port or grpcs://host:port, got '{url}'")
         try:
             port = parts.port or (443 if parts.scheme == "grpcs" else None)
         except ValueError:
             port = None
         if port is None:
-            raise EndpointError(f"the remote executor '{url}' names no port (grpc://host:port)")
+            raise EndpointError(f"the {role} '{url}' names no port (grpc://host:port)")
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         target = f"{host}:{port}"
-        return Endpoint(f"{parts.scheme}://{target}", target, parts.scheme == "grpcs", instance, token, ca_file)
+        return Endpoint(f"{parts.scheme}://{target}", target, parts.scheme == "grpcs", instance, token, ca_file,
+                        role)
 
     def shown(self) -> str:
         return f"{self.url} (instance '{self.instance}')" if self.instance else self.url

@@ -94,7 +94,8 @@ def _fetch(url: str, out: Path) -> tuple[str, int]:
             except FileNotFoundError:
                 raise DownloadError(f"{url}: no such file", not_found=True) from None
         elif scheme in ("http", "https"):
-            from mk.cache.http import TransportError, get_chunks  # only when something is downloaded
+            from mk.cache.cache_transport import TransportError
+            from mk.cache.http import get_chunks  # only when something is downloaded
 
             try:
                 for chunk in get_chunks(url, redact(url)):
