@@ -2,7 +2,8 @@
 """Remote cache benchmark: a build from an empty local cache with a warm remote on loopback,
 against a cold build, in the same run.
 
-In a temporary copy of the workspace (mk.toml + examples/), with `mk cache serve` on 127.0.0.1:
+In a temporary copy of the workspace (mk.toml + examples/), with `mk cache serve` on 127.0.0.1
+(or, with `--cache buildgrid`, a REAPI ActionCache and CAS: BuildGrid, as scripts/buildgrid.py runs it):
 
 1. cold:         the target from an empty local cache, no remote (median of --runs);
 2. warm-up:      the target from an empty local cache, uploading and signing (fills the remote;
@@ -20,16 +21,19 @@ cold / remote-hit pair is also measured on `//slow`, --slow genrules that each s
 --slow-seconds (0 turns it off).
 
 Bytes transferred are measured exactly: the blobs that land in the (initially empty) local
-cache, plus the signed action results fetched (their sizes on the server). mk's own report line
-(`mk: remote cache ...`) is printed for the last run of each phase.
+cache, plus the signed action results fetched (their sizes on the server; not counted with
+BuildGrid, whose store is not files). mk's own report line (`mk: remote cache ...`) is printed
+for the last run of each phase.
 
     .venv/bin/python bench/remote.py
     .venv/bin/python bench/remote.py --target //examples --image //examples:initramfs --runs 5
+    .venv/bin/python bench/remote.py --cache buildgrid
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -40,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +82,7 @@ def _tree_size(root: Path) -> tuple[int, int]:
 
 
 class Bench:
-    def __init__(self, work: Path, url: str, store: Path, runs: int) -> None:
+    def __init__(self, work: Path, url: str, store: Path | None, runs: int) -> None:
         self.mk = _mk()
         self.work = work
         self.ws = work / "ws"
@@ -107,7 +111,7 @@ class Bench:
         blob_count, blob_bytes = _tree_size(cache / "cas")
         # Results fetched over the network: the remote hits, unless remembered from an earlier build.
         fetched = [e["key"] for e in map(json.loads, events.read_text().splitlines()) if e["origin"] == "remote"]
-        result_bytes = 0 if "hits" not in proc.stderr else sum(
+        result_bytes = 0 if "hits" not in proc.stderr or self.store is None else sum(
             (self.store / "ac" / key[:2] / key).stat().st_size for key in fetched)
         report = next((line for line in proc.stderr.splitlines() if line.startswith("mk: remote cache")), "")
         if "warning" in proc.stderr:
@@ -116,8 +120,12 @@ class Bench:
                    report)
 
     def outputs(self) -> dict[str, bytes]:
+        """The files placed under mk-out, less mk's record of what it placed there."""
+        from mk.engine.placed import RECORD
+
         root = self.ws / "mk-out"
-        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != RECORD}
 
     def clean(self) -> None:
         shutil.rmtree(self.ws / "mk-out", ignore_errors=True)
@@ -140,6 +148,40 @@ def _row(name: str, runs: Sequence[Run], bytes_down: bool = True) -> str:
             f"{last.remote:>6}  {down}")
 
 
+@contextlib.contextmanager
+def _served(work: Path) -> Iterator[tuple[str, Path | None]]:
+    """`mk cache serve` on loopback: its URL and its store folder."""
+    store = work / "store"
+    server = subprocess.Popen([_mk(), "cache", "serve", str(store), "--port", "0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        found = re.search(r"(http://\S+)/ ", line)
+        if not found:
+            sys.exit(f"bench/remote.py: mk cache serve did not start: {line}")
+        yield found[1], store
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@contextlib.contextmanager
+def _buildgrid() -> Iterator[tuple[str, Path | None]]:
+    """BuildGrid (with its PostgreSQL) on loopback, as scripts/buildgrid.py runs it; no store folder."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import buildgrid
+
+    try:
+        with buildgrid.running() as grid:
+            yield grid.url, None
+    except buildgrid.BuildGridUnavailable as e:
+        sys.exit(f"bench/remote.py: {e}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="//examples", help="what to build (default: //examples)")
@@ -148,10 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the temporary directory in place")
     parser.add_argument("--slow", type=int, default=16, help="genrules in the synthetic //slow package")
     parser.add_argument("--slow-seconds", type=float, default=0.25, help="how long each of them sleeps")
+    parser.add_argument("--cache", choices=("serve", "buildgrid"), default="serve",
+                        help="the remote: `mk cache serve` (HTTP) or BuildGrid (REAPI over gRPC)")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="mk-bench-remote-"))
-    server: subprocess.Popen[str] | None = None
+    stack = contextlib.ExitStack()
     try:
         (work / "ws").mkdir()
         shutil.copy(REPO / "mk.toml", work / "ws" / "mk.toml")
@@ -164,15 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (work / "ws" / "slow" / "BUILD").write_text(f'{rules}filegroup(name = "slow", srcs = [{srcs}])\n')
         mk = _mk()
         subprocess.run([mk, "cache", "keygen", str(work / "ci")], check=True, capture_output=True)
-        store = work / "store"
-        server = subprocess.Popen([mk, "cache", "serve", str(store), "--port", "0"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        found = re.search(r"(http://\S+)/ ", line)
-        if not found:
-            sys.exit(f"bench/remote.py: mk cache serve did not start: {line}")
-        url = found[1]
+        url, store = stack.enter_context(_served(work) if args.cache == "serve" else _buildgrid())
         public = (work / "ci.pub").read_text().strip()
         reader = {"MK_REMOTE_CACHE": url, "MK_TRUSTED_KEYS": public}
         writer = {**reader, "MK_SIGNING_KEY": str(work / "ci.key")}
@@ -213,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench.clean()
                 slow_hits.append(bench.build("//slow", bench.fresh_cache(), reader))
 
-        print(f"target {args.target} ({cold[-1].actions} actions), image {args.image}; remote: mk cache serve on "
+        remote = "mk cache serve (HTTP)" if args.cache == "serve" else "BuildGrid (REAPI over gRPC)"
+        print(f"target {args.target} ({cold[-1].actions} actions), image {args.image}; remote: {remote} on "
               f"loopback; {args.runs} runs per phase\n")
         print(f"{'phase':<28} {'median':>9}  {'min':>9}  {'exec':>4}  {'remote':>6}  {'blobs':>5}  {'bytes down':>10}")
         print(_row("cold (no remote)", cold, bytes_down=False))
@@ -249,12 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok = ok and passed
         return 0 if ok else 1
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        stack.close()  # the server
         if args.keep:
             print(f"kept {work}")
         else:
