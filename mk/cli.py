@@ -307,7 +307,8 @@ def _events_file(path: Path | None) -> Iterator[TextIO | None]:
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--output", type=click.Choice(["label", "json", "dot", "svg"]), default="label", show_default=True,
               help="label: one per line (graph: one edge per line); json: see README.md; svg needs graphviz's `dot`.")
-def query(kind: str, targets: tuple[str, ...], output: str) -> None:
+@_ONE_PLATFORM
+def query(kind: str, targets: tuple[str, ...], output: str, target_platform: str | None) -> None:
     """Print the dependencies (deps), dependents (rdeps) or dependency edges (graph) of TARGETS.
 
     Each of TARGETS is a label, a pattern (//..., //pkg:all, //pkg/...) or, for rdeps, a source
@@ -318,7 +319,9 @@ def query(kind: str, targets: tuple[str, ...], output: str) -> None:
 
     session = Session(REGISTRY)
     loader, analyzer = session.analyzer()
-    answer = q.ask(loader, analyzer, kind, tuple(_from_here(session, t) for t in targets))
+    # As `mk build` would: the command line's platform, else the workspace's setting, else the host's.
+    (platform,) = requested((target_platform,) if target_platform else (), session.workspace.settings.platform)
+    answer = q.ask(loader, analyzer, kind, tuple(_from_here(session, t) for t in targets), platform)
     for file in answer.unused_files():
         print(f"mk query: no target uses {file}", file=sys.stderr)
     if output == "label":

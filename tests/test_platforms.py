@@ -390,3 +390,21 @@ def test_mk_ls_lists_the_tree_built_for_the_platform_asked(workspace: WorkspaceF
     digest = blake3.blake3(b"app for arm64\n").hexdigest()[:12]
     assert arm64.out.split()[3] == digest != host.out.split()[3]
     assert arm64.err.splitlines()[-1].endswith(", for linux/arm64")
+
+
+def test_query_answers_for_the_platform_a_build_would_use(workspace: WorkspaceFactory, repo: Repo) -> None:
+    """Each package set reads the lockfile of its platform: `mk query` must say which, as `mk build` uses it."""
+    base_only = BUILD[:BUILD.index('deb_packages(\n    name = "amd64_only"')]
+    build = base_only + 'rootfs(name = "root", layers = [":base"])\n'
+    ws = locked(workspace({"os/BUILD": build.format(keyring=repo.keyring)}, toml=f'debian_mirror = "{repo.url}"\n'))
+    host = ws.mk("query", "rdeps", "os/base.arm64.lock.json")
+    assert host.code == 0, host
+    assert host.err == "mk query: no target uses os/base.arm64.lock.json\n"
+    arm64 = ws.mk("query", "rdeps", "os/base.arm64.lock.json", "--platform", ARM64)
+    assert arm64.code == 0, arm64
+    assert "//os:base" in arm64.out.splitlines() and "//os:root" in arm64.out.splitlines(), arm64.out
+    assert ws.mk("query", "rdeps", "os/base.lock.json", "--platform", ARM64).err == \
+        "mk query: no target uses os/base.lock.json\n"
+    # The workspace's platform setting is the default, as for `mk build`.
+    (ws.root / "mk.toml").write_text((ws.root / "mk.toml").read_text() + 'platform = "linux/arm64"\n')
+    assert ws.mk("query", "rdeps", "os/base.arm64.lock.json").out == arm64.out

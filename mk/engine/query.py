@@ -15,6 +15,7 @@ from mk.engine.analysis import Analyzer
 from mk.engine.errors import MkError, did_you_mean
 from mk.engine.labels import Label, LabelError, Pattern
 from mk.engine.loader import Loader
+from mk.engine.platforms import Platform
 from mk.engine.targets import ConfiguredTarget
 
 Edges = dict[Label, tuple[Label, ...]]
@@ -46,14 +47,17 @@ class Answer:
         return [f for f in self.roots.files if f not in used]
 
 
-def ask(loader: Loader, analyzer: Analyzer, kind: str, texts: Sequence[str]) -> Answer:
+def ask(loader: Loader, analyzer: Analyzer, kind: str, texts: Sequence[str],
+        platform: Platform | None = None) -> Answer:
+    """The answer for the targets as a build for `platform` (the host's by default) has them: which
+    lockfile a package set reads, say, follows the platform."""
     roots = resolve(loader, texts)
     if roots.files and kind != "rdeps":
         file = roots.files[0]
         raise MkError(f"'{file}' is a source file, which depends on nothing; `mk query rdeps {file}` lists the "
                       "targets that use it")
     universe = loader.expand("//...") if kind == "rdeps" else list(roots.targets)
-    edges = dependency_edges(loader, analyzer, universe)
+    edges = dependency_edges(loader, analyzer, universe, platform)
     closure = {c.target.label: c for c in analyzer.closure()}
     if kind == "rdeps":
         users = [label for label, c in closure.items() if set(c.source_files()) & set(roots.files)]
@@ -121,9 +125,10 @@ def _files_in(loader: Loader, folder: str) -> list[str]:
     return sorted(entry.name for entry in base.iterdir() if entry.is_file())
 
 
-def dependency_edges(loader: Loader, analyzer: Analyzer, roots: Iterable[Label]) -> Edges:
+def dependency_edges(loader: Loader, analyzer: Analyzer, roots: Iterable[Label],
+                     platform: Platform | None = None) -> Edges:
     for label in roots:
-        analyzer.analyze(label)
+        analyzer.analyze(label, platform)
     return {c.target.label: c.deps for c in analyzer.closure()}
 
 
