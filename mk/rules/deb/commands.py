@@ -43,6 +43,7 @@ def lock(registry: object, targets: tuple[str, ...], update: bool, security_only
     targets are locked."""
     from mk.engine.registry import Registry
     from mk.rules.deb.lock import lock as write_lock
+    from mk.rules.deb.lock import lockfile
 
     assert isinstance(registry, Registry)
     if security_only and not (update or check):
@@ -58,10 +59,11 @@ def lock(registry: object, targets: tuple[str, ...], update: bool, security_only
     # Unless told which, every lockfile a target has: a check or an update that left out another
     # architecture's lockfile would keep quiet about its security updates.
     for target, arch in ((t, a) for t in found for a in (wanted if platforms else _locked(session, t, wanted))):
-        report = write_lock(session.workspace, target, session.cache.root, mode, check, arch)
-        if report.path in done:  # a set with an architecture of its own, or a source: one lockfile
+        path = lockfile(session.workspace, target, arch)
+        if path in done:  # a set with an architecture of its own, or a source: one lockfile, resolved once
             continue
-        done.add(report.path)
+        done.add(path)
+        report = write_lock(session.workspace, target, session.cache.root, mode, check, arch)
         click.echo(_summary(report, check))
         for change in report.changes:
             click.echo(f"  {change.line()}")

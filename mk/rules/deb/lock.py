@@ -94,12 +94,24 @@ def lock(workspace: Workspace, target: Target, cache_root: Path, mode: Mode = "k
         raise MkError(f"{rule} {target.label}: {e.message}", e.location or target.location) from None
 
 
+def lockfile(workspace: Workspace, target: Target, platform_arch: str) -> Path:
+    """The lockfile `lock` writes for `target` and `platform_arch`: a set with an `architecture` of
+    its own, and a source, have one for every platform."""
+    return workspace.root / target.label.package / lock_path(target.label.name, target.attrs,
+                                                             _architecture(target, platform_arch))
+
+
+def _architecture(target: Target, platform_arch: str) -> str:
+    # A source package has no architecture: its one lockfile is named as the first one's.
+    return "amd64" if target.rule.name == "deb_source" else architecture(target.attrs, platform_arch)
+
+
 def _lock(workspace: Workspace, target: Target, cache_root: Path, mode: Mode, check: bool,
           platform_arch: str) -> LockReport:
     attrs = target.attrs
     source = target.rule.name == "deb_source"
-    arch = "amd64" if source else architecture(attrs, platform_arch)  # a source package has no architecture
-    path = workspace.root / target.label.package / lock_path(target.label.name, attrs, arch)
+    arch = _architecture(target, platform_arch)
+    path = lockfile(workspace, target, platform_arch)
     keyring = Path(str(attrs["keyring"]))
     if not keyring.is_absolute():
         keyring = workspace.root / keyring
