@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,11 +19,12 @@ import blake3
 import grpc
 import pytest
 from buildgrid_fixtures import BuildGrid, buildgrid_server, free_port
-from conftest import Workspace, WorkspaceFactory, parse_summary, read_events
+from conftest import MK, Workspace, WorkspaceFactory, assert_cache_is_sound, mk_env, parse_summary, read_events
 from test_remote import (
     ACTIONS,
     EXAMPLES,
     GAVE_UP,
+    SLOW,
     UNTRUSTED,
     Keys,
     blobs,
@@ -182,3 +185,29 @@ def test_a_bad_reapi_cache_url_is_a_usage_error(examples: Workspace, url: str, s
     result = examples.mk("build", "//examples", env={"MK_REMOTE_CACHE": url})
     assert result.code == 2, result
     assert "MK_REMOTE_CACHE" in result.err and said in result.err, result.err
+
+
+def test_a_reapi_cache_killed_mid_build_costs_one_warning_and_nothing_else(
+    workspace: WorkspaceFactory, grid: BuildGrid, server: Server, keys: Keys, tmp_path: Path
+) -> None:
+    ws = workspace(SLOW, toml=f"source_date_epoch = {next(_epochs)}\n")
+    env = mk_env(tmp_path / "A", writer(grid.url, keys))
+    proc = subprocess.Popen([MK, "build", "//pkg:last", "-j", "1"], cwd=ws.root, env=env, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not server.has(b"first\n") and time.monotonic() < deadline:  # :first's output is uploaded...
+            time.sleep(0.02)
+        assert server.has(b"first\n"), "the first output was never uploaded"
+        grid.stop_server()  # ...and the server dies while :slow runs
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        grid.start_server()  # for the tests after this one
+    assert proc.returncode == 0, err
+    assert parse_summary(out).executed == 3
+    assert ws.read("mk-out/pkg/last.txt") == "first\nslow\nlast\n"
+    assert err.count(GAVE_UP) == 1, err
+    assert_cache_is_sound(tmp_path / "A", logs=True)
