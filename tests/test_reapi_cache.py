@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import blake3
 import grpc
 import pytest
 from buildgrid_fixtures import BuildGrid, buildgrid_server, free_port
-from conftest import MK, Workspace, WorkspaceFactory, assert_cache_is_sound, mk_env, parse_summary, read_events
+from conftest import Workspace, WorkspaceFactory, assert_cache_is_sound, mk_env, parse_summary, read_events
 from test_remote import (
     ACTIONS,
     EXAMPLES,
@@ -29,6 +27,7 @@ from test_remote import (
     Keys,
     blobs,
     build,
+    build_killing_the_server,
     fresh_outputs,
     outputs,
     reader,
@@ -192,21 +191,11 @@ def test_a_reapi_cache_killed_mid_build_costs_one_warning_and_nothing_else(
 ) -> None:
     ws = workspace(SLOW, toml=f"source_date_epoch = {next(_epochs)}\n")
     env = mk_env(tmp_path / "A", writer(grid.url, keys))
-    proc = subprocess.Popen([MK, "build", "//pkg:last", "-j", "1"], cwd=ws.root, env=env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not server.has(b"first\n") and time.monotonic() < deadline:  # :first's output is uploaded...
-            time.sleep(0.02)
-        assert server.has(b"first\n"), "the first output was never uploaded"
-        grid.stop_server()  # ...and the server dies while :slow runs
-        out, err = proc.communicate(timeout=60)
+        code, out, err = build_killing_the_server(ws, env, lambda: server.has(b"first\n"), grid.stop_server)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
         grid.start_server()  # for the tests after this one
-    assert proc.returncode == 0, err
+    assert code == 0, err
     assert parse_summary(out).executed == 3
     assert ws.read("mk-out/pkg/last.txt") == "first\nslow\nlast\n"
     assert err.count(GAVE_UP) == 1, err

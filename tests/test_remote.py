@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -443,23 +443,31 @@ SLOW = {
 }
 
 
-def test_server_killed_mid_build(workspace: WorkspaceFactory, served: Remote, keys: Keys, tmp_path: Path) -> None:
-    ws = workspace(SLOW)
-    env = mk_env(tmp_path / "A", writer(served.url, keys))
+def build_killing_the_server(ws: Workspace, env: dict[str, str], first_uploaded: Callable[[], bool],
+                             kill: Callable[[], None]) -> tuple[int, str, str]:
+    """`mk build //pkg:last -j 1` of SLOW, the server killed once :first went up, while :slow runs:
+    (exit status, stdout, stderr)."""
     proc = subprocess.Popen([MK, "build", "//pkg:last", "-j", "1"], cwd=ws.root, env=env, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
-        while not served.names("ac") and time.monotonic() < deadline:  # :first is uploaded...
+        while not first_uploaded() and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert served.names("ac"), "the first result was never uploaded"
-        served.kill()  # ...and the server dies while :slow runs
+        assert first_uploaded(), "the first output or result was never uploaded"
+        kill()
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, err
+    return proc.returncode, out, err
+
+
+def test_server_killed_mid_build(workspace: WorkspaceFactory, served: Remote, keys: Keys, tmp_path: Path) -> None:
+    ws = workspace(SLOW)
+    env = mk_env(tmp_path / "A", writer(served.url, keys))
+    code, out, err = build_killing_the_server(ws, env, lambda: bool(served.names("ac")), served.kill)
+    assert code == 0, err
     assert parse_summary(out).executed == 3
     assert ws.read("mk-out/pkg/last.txt") == "first\nslow\nlast\n"
     assert err.count(GAVE_UP) == 1, err
