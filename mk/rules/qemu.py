@@ -9,12 +9,18 @@ answer is remembered until the host reboots; mk says which accelerator it picked
 Published host ports are checked free before QEMU starts, so a port in use is named, not left to
 QEMU's "Could not set up host forwarding rule". Ctrl-A X (QEMU's console), Ctrl-C or `poweroff`
 in the guest stops the VM; nothing is left running.
+
+Under `mk watch --run` a VM booted from the kernel and initrd can soft-reboot onto a rebuilt image
+(`VirtualMachine.reload`): its kernel keeps running and the image's userspace starts again on the
+new root (see mk/rules/init.py and vm_agent.py). Anything else needs a full reboot, and says why.
 """
 
 from __future__ import annotations
 
 import base64
 import errno
+import hashlib
+import os
 import platform
 import shutil
 import socket
@@ -35,6 +41,8 @@ from mk.rules.cache_parts import VM
 from mk.rules.formats.compression import decompressed
 from mk.rules.init import FW_CFG_KEY
 from mk.rules.providers import Boot, ImageInfo
+from mk.rules.soft_reboot import Entry, difference, kernel_side, read_index
+from mk.rules.vm_agent import Agent
 
 QEMU = "qemu-system-x86_64"
 
@@ -157,9 +165,10 @@ def read_ssh_key(path: Path) -> str:
 
 
 def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: str,
-            machine: str = "x86_64") -> list[str]:
+            machine: str = "x86_64", agent: Agent | None = None) -> list[str]:
     """QEMU's command line for `boot`, whose files (by role, see `Boot`) are at `files`, on an
-    emulated `machine` (what the image's `uname -m` says)."""
+    emulated `machine` (what the image's `uname -m` says); with the devices of `agent`, and the
+    word that starts it in the guest, for soft reboots."""
     forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in options.publish)
     args = [
         qemu_binary(machine), *MACHINES[machine].args, "-accel", accel, "-m", options.mem, "-smp", str(options.cpus),
@@ -183,6 +192,9 @@ def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: st
         cmdline = files["cmdline"].read_text(encoding="utf-8").strip()
         if key:
             cmdline += f" mk.authorized_key={key}"
+        if agent is not None:
+            cmdline += " mk.watch"
+            args += agent.qemu_args()
         args += ["-kernel", str(files["kernel"]), "-initrd", str(files["initrd"]), "-append", cmdline]
         return args
     if boot.firmware == "uefi":
@@ -275,14 +287,32 @@ def _kvm_boots(image: Path) -> bool:
     return b"Linux version" in seen
 
 
-def uncompressed_initrd(initrd: Path, scratch: Path) -> Path:
+def uncompressed_initrd(initrd: Path, scratch: Path, name: str = "initrd.cpio") -> Path:
     """`initrd` with its archives decompressed, written in `scratch`: for a TCG guest, whose
     emulated CPU took 1-2 s to decompress the sshd image's 16 MB of zstd at boot, where the host
-    takes a fifth of a second (bench/boot.py)."""
-    plain = scratch / "initrd.cpio"
+    takes a fifth of a second (bench/boot.py); and to compare with the next one (soft reboots)."""
+    plain = scratch / name
     with open(initrd, "rb") as source, decompressed(source) as reader, open(plain, "wb") as out:
         shutil.copyfileobj(reader, out, 1 << 20)
     return plain
+
+
+def _digest(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+@dataclass
+class _Booted:
+    """What a soft reboot compares the next image with: the files the VM booted."""
+
+    format: str
+    output_dir: Path
+    kernel: bytes  # its digest
+    cmdline: str
+    initrd: Path  # uncompressed, in the scratch folder
+    entries: dict[str, Entry]
+    agent: Agent
 
 
 class VirtualMachine:
@@ -290,11 +320,13 @@ class VirtualMachine:
 
     In the foreground (`mk run`) the serial console is the terminal, and the terminal's Ctrl-C
     reaches QEMU too. In the background (`mk watch --run`) it runs in its own session, so Ctrl-C
-    reaches only mk, which then stops it.
+    reaches only mk, which then stops it; and when it boots the kernel itself, its soft-reboot
+    agent runs (`format` and `output_dir` say where its next image will be).
     """
 
     def __init__(self, boot: Boot, files: Mapping[str, Path], options: VmOptions, state_dir: Path,
-                 foreground: bool, machine: str = "x86_64") -> None:
+                 foreground: bool, machine: str = "x86_64", format: str = DEFAULT_FORMAT,
+                 output_dir: Path | None = None) -> None:
         for path in files.values():
             if not path.is_file():
                 raise MkError(f"{path} is missing; build the image first (mk image)")
@@ -304,8 +336,11 @@ class VirtualMachine:
         accel = choose_accel(options.accel, files["kernel"].parent if "kernel" in files else None, state_dir,
                              machine)
         print(accel, file=sys.stderr, flush=True)
-        unpack = accel.name == "tcg" and "initrd" in files
+        soft = not foreground and boot.firmware == "direct" and output_dir is not None
+        unpack = (accel.name == "tcg" or soft) and "initrd" in files
         self.scratch = Path(tempfile.mkdtemp(prefix="mk-vm-")) if "firmware_vars" in files or unpack else None
+        self.booted: _Booted | None = None
+        self.no_soft_reboot = f"--format {format} boots through firmware, whose kernel mk cannot keep"
         try:
             if self.scratch is not None and "firmware_vars" in files:
                 # UEFI firmware writes its variable store: each run gets a fresh copy, never mk-out's file.
@@ -313,9 +348,15 @@ class VirtualMachine:
                 files = {**files, "firmware_vars": vars_copy}
             if self.scratch is not None and unpack:
                 files = {**files, "initrd": uncompressed_initrd(files["initrd"], self.scratch)}
-            self.process = subprocess.Popen(command(boot, files, options, accel.name, machine),
+            if soft and self.scratch is not None and output_dir is not None:
+                self.booted = _Booted(format, output_dir, _digest(files["kernel"]), files["cmdline"].read_text(),
+                                      files["initrd"], read_index(files["initrd"]), Agent(self.scratch))
+            agent = self.booted.agent if self.booted is not None else None
+            self.process = subprocess.Popen(command(boot, files, options, accel.name, machine, agent),
                                             stdin=None if foreground else subprocess.DEVNULL,
                                             start_new_session=not foreground)
+            if agent is not None:
+                agent.listen()
         except BaseException:
             self._remove_scratch()
             raise
@@ -329,6 +370,33 @@ class VirtualMachine:
             raise
         self._remove_scratch()
         return status
+
+    def reload(self, info: Provider) -> str | None:
+        """Soft-reboots onto the rebuilt image `info`: None once its system runs, else why the VM
+        needs a full reboot instead."""
+        booted = self.booted
+        if booted is None or self.scratch is None:
+            return self.no_soft_reboot
+        assert isinstance(info, ImageInfo)
+        boot = info.boots.get(booted.format)
+        if boot is None:
+            return f"the image no longer boots from --format {booted.format}"
+        files = {role: booted.output_dir / artifact.path for role, artifact in boot.files.items()}
+        if _digest(files["kernel"]) != booted.kernel:
+            return "the kernel changed"
+        if files["cmdline"].read_text() != booted.cmdline:
+            return "the kernel command line changed"
+        plain = uncompressed_initrd(files["initrd"], self.scratch, "next.cpio")
+        entries = read_index(plain)
+        update = difference(booted.entries, entries, plain)
+        if (path := kernel_side(update)) is not None:
+            return f"the kernel's modules changed (/{path})"
+        print("mk watch: restarting the image's userspace in place (soft reboot)", file=sys.stderr, flush=True)
+        reason = booted.agent.send(update)
+        if reason is None:
+            os.replace(plain, booted.initrd)
+            booted.entries = entries
+        return reason
 
     def stop(self, grace: float = 10) -> None:
         if self.process.poll() is None:
@@ -390,7 +458,7 @@ def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[st
               "at boot (set ssh_key_user, e.g. to \"root\", on the image target)", file=sys.stderr)
         options = replace(options, ssh_key=None)
     qemu_binary(info.machine)
-    return VirtualMachine(boot, files, options, cache_root / VM.name, foreground, info.machine)
+    return VirtualMachine(boot, files, options, cache_root / VM.name, foreground, info.machine, name, output_dir)
 
 
 def _check() -> None:
