@@ -47,6 +47,7 @@ _AGENT = f"""soft_reboot_agent() {{
     while :; do
         mount -t tmpfs -o mode=0755 tmpfs /run/mk/rw
         mkdir /run/mk/rw/upper /run/mk/rw/work
+        chmod "$(stat -c %a /run/mk/image)" /run/mk/rw/upper  # the root's own mode
         mount -t overlay -o lowerdir=/run/mk/image,upperdir=/run/mk/rw/upper,workdir=/run/mk/rw/work overlay \\
             /run/mk/root
         (

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import base64
 import errno
-import hashlib
-import os
 import platform
 import shutil
 import socket
@@ -41,7 +39,7 @@ from mk.rules.cache_parts import VM
 from mk.rules.formats.compression import decompressed
 from mk.rules.init import FW_CFG_KEY
 from mk.rules.providers import Boot, ImageInfo
-from mk.rules.soft_reboot import Entry, difference, kernel_side, read_index
+from mk.rules.soft_reboot import Booted
 from mk.rules.vm_agent import Agent
 
 QEMU = "qemu-system-x86_64"
@@ -297,21 +295,11 @@ def uncompressed_initrd(initrd: Path, scratch: Path, name: str = "initrd.cpio") 
     return plain
 
 
-def _digest(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
-
-
-@dataclass
-class _Booted:
-    """What a soft reboot compares the next image with: the files the VM booted."""
-
-    format: str
+@dataclass(frozen=True)
+class _SoftReboots:
+    format: str  # where the next image's files are: its format's, in output_dir
     output_dir: Path
-    kernel: bytes  # its digest
-    cmdline: str
-    initrd: Path  # uncompressed, in the scratch folder
-    entries: dict[str, Entry]
+    booted: Booted
     agent: Agent
 
 
@@ -339,7 +327,7 @@ class VirtualMachine:
         soft = not foreground and boot.firmware == "direct" and output_dir is not None
         unpack = (accel.name == "tcg" or soft) and "initrd" in files
         self.scratch = Path(tempfile.mkdtemp(prefix="mk-vm-")) if "firmware_vars" in files or unpack else None
-        self.booted: _Booted | None = None
+        self.soft: _SoftReboots | None = None
         self.no_soft_reboot = f"--format {format} boots through firmware, whose kernel mk cannot keep"
         try:
             if self.scratch is not None and "firmware_vars" in files:
@@ -349,9 +337,9 @@ class VirtualMachine:
             if self.scratch is not None and unpack:
                 files = {**files, "initrd": uncompressed_initrd(files["initrd"], self.scratch)}
             if soft and self.scratch is not None and output_dir is not None:
-                self.booted = _Booted(format, output_dir, _digest(files["kernel"]), files["cmdline"].read_text(),
-                                      files["initrd"], read_index(files["initrd"]), Agent(self.scratch))
-            agent = self.booted.agent if self.booted is not None else None
+                booted = Booted.of(files["kernel"], files["cmdline"], files["initrd"])
+                self.soft = _SoftReboots(format, output_dir, booted, Agent(self.scratch))
+            agent = self.soft.agent if self.soft is not None else None
             self.process = subprocess.Popen(command(boot, files, options, accel.name, machine, agent),
                                             stdin=None if foreground else subprocess.DEVNULL,
                                             start_new_session=not foreground)
@@ -374,29 +362,26 @@ class VirtualMachine:
     def reload(self, info: Provider) -> str | None:
         """Soft-reboots onto the rebuilt image `info`: None once its system runs, else why the VM
         needs a full reboot instead."""
-        booted = self.booted
-        if booted is None or self.scratch is None:
+        soft = self.soft
+        if soft is None or self.scratch is None:
             return self.no_soft_reboot
         assert isinstance(info, ImageInfo)
-        boot = info.boots.get(booted.format)
+        boot = info.boots.get(soft.format)
         if boot is None:
-            return f"the image no longer boots from --format {booted.format}"
-        files = {role: booted.output_dir / artifact.path for role, artifact in boot.files.items()}
-        if _digest(files["kernel"]) != booted.kernel:
-            return "the kernel changed"
-        if files["cmdline"].read_text() != booted.cmdline:
-            return "the kernel command line changed"
+            return f"the image no longer boots from --format {soft.format}"
+        files = {role: soft.output_dir / artifact.path for role, artifact in boot.files.items()}
+        if (why := soft.booted.kernel_change(files["kernel"], files["cmdline"])) is not None:
+            return why
         plain = uncompressed_initrd(files["initrd"], self.scratch, "next.cpio")
-        entries = read_index(plain)
-        update = difference(booted.entries, entries, plain)
-        if (path := kernel_side(update)) is not None:
-            return f"the kernel's modules changed (/{path})"
+        planned = soft.booted.update(plain)
+        if isinstance(planned, str):
+            return planned
+        update, entries = planned
         print("mk watch: restarting the image's userspace in place (soft reboot)", file=sys.stderr, flush=True)
-        reason = booted.agent.send(update)
-        if reason is None:
-            os.replace(plain, booted.initrd)
-            booted.entries = entries
-        return reason
+        if (why := soft.agent.send(update)) is not None:
+            return why
+        soft.booted.now(plain, entries)
+        return None
 
     def stop(self, grace: float = 10) -> None:
         if self.process.poll() is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
+import os
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -132,6 +133,43 @@ def _archive(new: Mapping[str, Entry], written: Iterable[str], source: Path) -> 
     return b"".join(parts)
 
 
-def kernel_side(update: Update) -> str | None:
-    """The first path of the update that belongs to the kernel (its modules), if any."""
-    return next((p for p in (*update.removed, *update.written) if p.startswith(_KERNEL_PATHS)), None)
+def file_digest(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
+@dataclass
+class Booted:
+    """What a VM booted, which the next image is compared with."""
+
+    kernel: bytes  # its digest
+    cmdline: str
+    initrd: Path  # uncompressed
+    entries: dict[str, Entry]
+
+    @staticmethod
+    def of(kernel: Path, cmdline: Path, initrd: Path) -> Booted:
+        return Booted(file_digest(kernel), cmdline.read_text(encoding="utf-8"), initrd, read_index(initrd))
+
+    def kernel_change(self, kernel: Path, cmdline: Path) -> str | None:
+        """Why the image at `kernel` and `cmdline` needs the kernel booted again, if it does."""
+        if file_digest(kernel) != self.kernel:
+            return "the kernel changed"
+        if cmdline.read_text(encoding="utf-8") != self.cmdline:
+            return "the kernel command line changed"
+        return None
+
+    def update(self, initrd: Path) -> tuple[Update, dict[str, Entry]] | str:
+        """The update to the uncompressed `initrd` and its entries; or why it needs the kernel
+        booted again (its modules changed)."""
+        entries = read_index(initrd)
+        update = difference(self.entries, entries, initrd)
+        touched = (*update.removed, *update.written)
+        if (path := next((p for p in touched if p.startswith(_KERNEL_PATHS)), None)) is not None:
+            return f"the kernel's modules changed (/{path})"
+        return update, entries
+
+    def now(self, initrd: Path, entries: dict[str, Entry]) -> None:
+        """The VM runs the image of `initrd` (which takes the booted one's place) now."""
+        os.replace(initrd, self.initrd)
+        self.entries = entries
