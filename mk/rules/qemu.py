@@ -378,9 +378,13 @@ class VirtualMachine:
             return planned
         update, entries = planned
         print("mk watch: restarting the image's userspace in place (soft reboot)", file=sys.stderr, flush=True)
+        started = time.monotonic()
         if (why := soft.agent.send(update)) is not None:
             return why
         soft.booted.now(plain, entries)
+        print(f"mk watch: soft reboot done in {time.monotonic() - started:.2f} s ({len(update.removed)} paths "
+              f"removed, {len(update.written)} written); the image's services are starting", file=sys.stderr,
+              flush=True)
         return None
 
     def stop(self, grace: float = 10) -> None:
