@@ -344,7 +344,9 @@ def _from_here(session: Session, text: str) -> str:
 @cli.command(cls=_WithRunnerOptions)
 @click.argument("targets", nargs=-1, required=True)
 @_JOBS
-@click.option("--run", "run_it", is_flag=True, help="Start the target (boot the image) after each successful rebuild.")
+@click.option("--run", "run_it", is_flag=True,
+              help="Start the target (boot the image) after each successful rebuild: a running VM soft-reboots "
+                   "(its kernel stays) unless the kernel side changed.")
 @click.pass_context
 def watch(ctx: click.Context, /, targets: tuple[str, ...], jobs: int, run_it: bool, **runner_options: object) -> None:
     """Build TARGETS, then rebuild whenever a file they depend on changes (Ctrl-C stops)."""
