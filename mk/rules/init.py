@@ -53,7 +53,7 @@ _AGENT = f"""soft_reboot_agent() {{
         (
             MK_SOFT_REBOOT=1 unshare -m -p -f chroot /run/mk/root /init 3>&- &
             echo $! > /run/mk/system
-            wait $!
+            wait $! 2> /dev/null  # (killed: nothing to say)
             # Powered off or rebooted from inside (its namespace ended), not stopped for an update:
             [ -e /run/mk/stopping ] || poweroff -f
         ) 3>&- &
