@@ -1,10 +1,12 @@
 """The soft reboot's update (mk/rules/soft_reboot.py), offline: the difference between two initrds
 written by mk's cpio writer, applied as the guest's agent applies it, gives the new tree; and
-what makes a soft reboot fall back to a full one."""
+what makes a soft reboot fall back to a full one; the host's end of the agent's exchange."""
 
 from __future__ import annotations
 
+import socket
 import stat
+import threading
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -15,6 +17,7 @@ from mk.rules.formats.cpio import write_cpio
 from mk.rules.init import UPDATE_BLOCK
 from mk.rules.soft_reboot import Booted, Update, difference, read_index
 from mk.rules.soft_reboot import Entry as Indexed
+from mk.rules.vm_agent import READY_SECONDS, UPDATE_DRIVE_BYTES, Agent
 
 MTIME = 1700000000
 
@@ -155,3 +158,90 @@ def test_a_userspace_change_is_a_soft_reboot_and_becomes_the_booted_image(cas: C
     booted.now(new, entries)
     assert not new.exists() and booted.entries == read_index(booted.initrd)
     assert stat.S_ISREG(booted.entries["etc/motd"].meta[0])
+
+
+class _Guest:
+    """The guest's end of the agent's serial port: QEMU's listening socket, played by the test."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(str(agent.socket_path))
+        self.server.listen(1)
+        agent.listen()
+        self.conn, _ = self.server.accept()
+        self.lines = self.conn.makefile("rb")
+
+    def say(self, *lines: str) -> None:
+        self.conn.sendall("".join(f"{line}\r\n" for line in lines).encode())  # \r: the tty's
+
+    def close(self) -> None:
+        self.lines.close()
+        self.conn.close()
+        self.server.close()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Agent:
+    scratch = tmp_path / "vm"
+    scratch.mkdir(mode=0o700)
+    return Agent(scratch)
+
+
+def _answering(guest: _Guest, requests: list[str], *answers: str) -> threading.Thread:
+    """The guest reading the host's next request into `requests`, then answering."""
+    def answer() -> None:
+        requests.append(guest.lines.readline().decode())
+        guest.say(*answers)
+    thread = threading.Thread(target=answer)
+    thread.start()
+    return thread
+
+
+def test_the_agent_writes_the_update_then_asks_and_waits_for_the_new_system(agent: Agent) -> None:
+    guest = _Guest(agent)
+    requests: list[str] = []
+    try:
+        guest.say("mk-agent ready")
+        update = Update(("etc/gone",), ("etc/motd",), b"070701" + b"0" * 200)
+        answered = _answering(guest, requests, "mk-agent took 1", "mk-agent done 1")
+        assert agent.send(update) is None
+        answered.join()
+        payload, removed, archive = update.payload()
+        assert requests == [f"mk-update 1 {removed} {archive}\n"]
+        assert agent.drive.read_bytes()[:len(payload)] == payload
+        guest.say("mk-agent ready")  # (a line the next update must not take for its answer)
+        answered = _answering(guest, requests, "mk-agent took 2", "mk-agent failed 2")
+        assert agent.send(update) == "the VM's soft-reboot agent could not apply the update"
+        answered.join()
+    finally:
+        guest.close()
+
+
+def test_an_agent_that_cannot_run_or_does_not_answer_means_a_full_reboot(agent: Agent, tmp_path: Path) -> None:
+    update = Update((), (), b"")
+    guest = _Guest(agent)
+    try:
+        guest.say("mk-agent unable")
+        assert agent.send(update) == ("the image cannot soft-reboot (its kernel rule needs the overlay and "
+                                      "virtio_blk modules)")
+    finally:
+        guest.close()
+    scratch = tmp_path / "silent"
+    scratch.mkdir(mode=0o700)
+    silent = Agent(scratch)
+    guest = _Guest(silent)
+    try:
+        assert silent.send(update) == f"the VM's soft-reboot agent did not answer within {READY_SECONDS:.0f} s " \
+                                      "(still booting?)"
+    finally:
+        guest.close()
+
+
+def test_an_update_larger_than_the_drive_means_a_full_reboot(agent: Agent) -> None:
+    guest = _Guest(agent)
+    try:
+        guest.say("mk-agent ready")
+        huge = Update((), (), b"\0" * (UPDATE_DRIVE_BYTES + 1))
+        assert agent.send(huge) == "the update is 256 MB, more than the update drive's 256 MB"
+    finally:
+        guest.close()
