@@ -21,6 +21,34 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.qemu, pytest.mark.mirror]
 SOFT = "mk watch: restarting the image's userspace in place (soft reboot)"
 REBUILD_SECONDS = 120  # an edit to the rebuilt image, and the soft reboot
+# Every entry of the root filesystem (sshd's container sees the VM's root, without its mounts),
+# and every file's md5.
+LISTING = ("cd / && find . -xdev -exec stat -c '%n %f %u %g %Y %s' {} + | sort; "
+           "find . -xdev -type f | sort | xargs md5sum")
+
+
+def _root(listing: str) -> dict[str, list[str]]:
+    """Path: mode, owner, group, mtime, size (of a file), md5 (of a file)."""
+    entries: dict[str, list[str]] = {}
+    for line in listing.splitlines():
+        words = line.split()
+        if len(words) == 6:
+            path, mode, uid, gid, mtime, size = words
+            entries[path] = [mode, uid, gid, mtime, size if mode.startswith("8") else ""]
+        else:
+            entries[words[1]].append(words[0])
+    return entries
+
+
+def _same_roots(soft: dict[str, list[str]], full: dict[str, list[str]]) -> None:
+    """The root after soft reboots against the root after a full boot of the same tree: entry
+    for entry, but for what each boot wrote (its mtime is the boot's, the image's is 0) and the
+    root folder itself (its mtime is the boot's)."""
+    assert sorted(soft) == sorted(full)
+    differ = [path for path in full if path != "." and soft[path] != full[path]
+              and not (soft[path][3] != "0" and full[path][3] != "0")]
+    assert differ == [], [(path, soft[path], full[path]) for path in differ]
+    assert soft["."][:3] == full["."][:3]
 
 
 @pytest.mark.timeout(MIRROR_SECONDS + 3 * TCG_BOOT_SECONDS + 4 * REBUILD_SECONDS + 12 * SSH_SECONDS + MARGIN)
@@ -92,6 +120,7 @@ def test_an_edit_soft_reboots_the_vm_and_a_kernel_change_reboots_it(tmp_path: Pa
         wait_for_banner(port, console, REBUILD_SECONDS)
         assert in_vm("test -e /usr/share/soft-reboot || echo gone") == "gone\n"
         assert in_vm("stat -c %Y /usr/share") == in_vm("stat -c %Y /usr/lib")
+        soft_root = _root(in_vm(LISTING))
 
         # A change on the kernel side (its command line): a full reboot, which says why.
         build.write_text(original.replace('    kernel = ":kernel",\n    # The disk formats',
@@ -103,6 +132,7 @@ def test_an_edit_soft_reboots_the_vm_and_a_kernel_change_reboots_it(tmp_path: Pa
         assert in_vm("cat /proc/sys/kernel/random/boot_id") != boot_id
         assert re.search(r"\bmk\.test\b", in_vm("cat /proc/cmdline"))
         assert said.read_text().count(SOFT) == 2
+        _same_roots(soft_root, _root(in_vm(LISTING)))  # the command line is not in the root
     finally:
         os.killpg(watch.pid, signal.SIGINT)
         watch.wait(timeout=60)
