@@ -324,11 +324,13 @@ class VirtualMachine:
         accel = choose_accel(options.accel, files["kernel"].parent if "kernel" in files else None, state_dir,
                              machine)
         print(accel, file=sys.stderr, flush=True)
-        soft = not foreground and boot.firmware == "direct" and output_dir is not None
+        # The agent's serial port is the PC's second: QEMU's arm64 board has one UART.
+        soft = not foreground and boot.firmware == "direct" and output_dir is not None and machine == "x86_64"
         unpack = (accel.name == "tcg" or soft) and "initrd" in files
         self.scratch = Path(tempfile.mkdtemp(prefix="mk-vm-")) if "firmware_vars" in files or unpack else None
         self.soft: _SoftReboots | None = None
-        self.no_soft_reboot = f"--format {format} boots through firmware, whose kernel mk cannot keep"
+        self.no_soft_reboot = (f"--format {format} boots through firmware, whose kernel mk cannot keep"
+                               if boot.firmware != "direct" else f"no soft reboots for {machine} images yet")
         try:
             if self.scratch is not None and "firmware_vars" in files:
                 # UEFI firmware writes its variable store: each run gets a fresh copy, never mk-out's file.
