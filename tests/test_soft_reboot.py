@@ -15,7 +15,7 @@ from mk.cache.cas import ContentStore
 from mk.cache.tree import Entry, Kind, Tree
 from mk.rules.formats.cpio import write_cpio
 from mk.rules.init import UPDATE_BLOCK
-from mk.rules.soft_reboot import Booted, Update, difference, read_index
+from mk.rules.soft_reboot import ArchiveError, Booted, Update, difference, read_index
 from mk.rules.soft_reboot import Entry as Indexed
 from mk.rules.vm_agent import READY_SECONDS, UPDATE_DRIVE_BYTES, Agent
 
@@ -245,3 +245,12 @@ def test_an_update_larger_than_the_drive_means_a_full_reboot(agent: Agent) -> No
         assert agent.send(huge) == "the update is 256 MB, more than the update drive's 256 MB"
     finally:
         guest.close()
+
+
+def test_an_initrd_with_junk_between_its_archives_is_refused(cas: ContentStore, tmp_path: Path) -> None:
+    archive = _write(tmp_path / "one.cpio", cas, [_file(cas, "etc/motd", b"one\n")])
+    padded = _write_bytes(tmp_path / "padded.cpio", archive.read_bytes() + b"\0" * 512 + archive.read_bytes())
+    assert list(read_index(padded)) == ["etc", "etc/motd"]
+    junk = _write_bytes(tmp_path / "junk.cpio", archive.read_bytes() + b"\0\0\0\0junk")
+    with pytest.raises(ArchiveError, match="neither padding nor an archive at byte"):
+        read_index(junk)

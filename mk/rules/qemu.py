@@ -39,7 +39,7 @@ from mk.rules.cache_parts import VM
 from mk.rules.formats.compression import decompressed
 from mk.rules.init import FW_CFG_KEY
 from mk.rules.providers import Boot, ImageInfo
-from mk.rules.soft_reboot import Booted
+from mk.rules.soft_reboot import ArchiveError, Booted
 from mk.rules.vm_agent import Agent
 
 QEMU = "qemu-system-x86_64"
@@ -375,7 +375,10 @@ class VirtualMachine:
         if (why := soft.booted.kernel_change(files["kernel"], files["cmdline"])) is not None:
             return why
         plain = uncompressed_initrd(files["initrd"], self.scratch, "next.cpio")
-        planned = soft.booted.update(plain)
+        try:
+            planned = soft.booted.update(plain)
+        except ArchiveError as e:
+            return f"the new initrd cannot be compared with the booted one: {e}"
         if isinstance(planned, str):
             return planned
         update, entries = planned

@@ -54,9 +54,11 @@ def read_index(path: Path) -> dict[str, Entry]:
         pos, archive = 0, 0
         groups: dict[tuple[int, int], str] = {}
         while pos < len(data):
-            if data[pos] == 0:  # padding between archives
+            if data[pos] == 0:  # padding between archives, or after the last
                 found = data.find(_MAGIC, pos)
-                if found < 0 or any(data[pos:found]):
+                if any(data[pos:found if found >= 0 else len(data)]):
+                    raise ArchiveError(f"{path}: bytes that are neither padding nor an archive at byte {pos}")
+                if found < 0:
                     break
                 pos = found
             if data[pos:pos + 6] != _MAGIC or pos + _HEADER > len(data):
