@@ -67,7 +67,7 @@ _AGENT = f"""soft_reboot_agent() {{
         kill -KILL $(cat /proc/$(cat /run/mk/system)/task/*/children)  # the namespace's init: all of it goes
         wait $running
         rm /run/mk/stopping
-        umount /run/mk/root /run/mk/rw
+        umount -l /run/mk/root /run/mk/rw  # (detached now, freed once the namespace is gone)
         result=done
         dd if="$drive" bs={UPDATE_BLOCK} count="$removed" iflag=direct 2> /dev/null | while read -r path; do
             [ -z "$path" ] || rm -rf "/run/mk/image/$path"
