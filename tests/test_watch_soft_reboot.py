@@ -137,3 +137,28 @@ def test_an_edit_soft_reboots_the_vm_and_a_kernel_change_reboots_it(tmp_path: Pa
         os.killpg(watch.pid, signal.SIGINT)
         watch.wait(timeout=60)
     assert "mk watch: stopped" in said.read_text()
+
+
+@pytest.mark.timeout(MIRROR_SECONDS + TCG_BOOT_SECONDS + MARGIN)
+def test_a_power_off_inside_the_watched_vm_powers_it_off(tmp_path: Path) -> None:
+    """//examples:hello powers off from its last onboot step, inside the agent's namespace: the
+    agent then powers the machine off, as a power-off did before there was an agent."""
+    require("qemu-system-x86_64")
+    env = mk_env(tmp_path / "cache")
+    build_image("//examples:hello", env)
+    console = tmp_path / "console.log"
+    with open(console, "w") as out:
+        watch = subprocess.Popen([MK, "watch", "//examples:hello", "--run", "--accel", "tcg"], cwd=REPO, env=env,
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        deadline = time.monotonic() + TCG_BOOT_SECONDS
+        while "reboot: Power down" not in console.read_text(errors="replace"):
+            assert time.monotonic() < deadline, tail(console.read_text(errors="replace"))
+            time.sleep(0.2)
+    finally:
+        os.killpg(watch.pid, signal.SIGINT)
+        watch.wait(timeout=60)
+    text = console.read_text(errors="replace")
+    assert "Hello from an mk image!" in text
+    assert "mk-init: no soft reboots" not in text  # it ran inside the agent's namespace
