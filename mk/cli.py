@@ -347,7 +347,9 @@ def _from_here(session: Session, text: str) -> str:
 @cli.command(cls=_WithRunnerOptions)
 @click.argument("targets", nargs=-1, required=True)
 @_JOBS
-@click.option("--run", "run_it", is_flag=True, help="Start the target (boot the image) after each successful rebuild.")
+@click.option("--run", "run_it", is_flag=True,
+              help="Start the target (boot the image) after each successful rebuild: a running VM soft-reboots "
+                   "(its kernel stays) unless the kernel side changed.")
 @click.pass_context
 def watch(ctx: click.Context, /, targets: tuple[str, ...], jobs: int, run_it: bool, **runner_options: object) -> None:
     """Build TARGETS, then rebuild whenever a file they depend on changes (Ctrl-C stops)."""
@@ -365,13 +367,17 @@ def watch(ctx: click.Context, /, targets: tuple[str, ...], jobs: int, run_it: bo
             print("mk watch: --run needs exactly one target that can be run (an image); not starting", file=sys.stderr)
             return
         built = {path: file.digest for path, file in result.schedule.files.items()}
+        runner, provider = found
         if running is not None:
             if built == booted:  # a file saved again unchanged, say: nothing to reboot for
                 print("mk watch: the image did not change; the VM keeps running", file=sys.stderr, flush=True)
                 return
+            if (why := running.reload(provider)) is None:
+                booted = built
+                return
+            print(f"mk watch: a full reboot: {why}", file=sys.stderr, flush=True)
             running.stop()
         booted = built
-        runner, provider = found
         print("mk watch: starting the image", file=sys.stderr, flush=True)
         running = runner.start(provider, session.workspace.output_dir, session.cache.root, ctx.params, False)
 

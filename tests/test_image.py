@@ -26,6 +26,7 @@ from mk.rules import qemu as vm
 from mk.rules.images.programs import with_libraries
 from mk.rules.kernel import modinfo_depends
 from mk.rules.providers import Boot
+from mk.rules.vm_agent import UPDATE_DRIVE_BYTES, Agent
 
 RELEASE = "6.1.0-1-test"
 
@@ -472,6 +473,25 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     import base64
 
     assert base64.urlsafe_b64decode(append.split("=", 2)[2]).decode() == "ssh-ed25519 AAAA key@host"
+    assert not {"-serial", "-chardev", "-drive"} & set(command)  # `mk run`: no soft-reboot agent
+
+
+def test_qemu_command_line_with_the_soft_reboot_agent(tmp_path: Path) -> None:
+    """`mk watch --run`: the agent's serial port and update drive, private to the user, and the
+    word that starts it."""
+    (tmp_path / "cmdline").write_text("console=ttyS0\n")
+    require(vm.QEMU)
+    files = {role: tmp_path / role for role in ("kernel", "initrd", "cmdline")}
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o700)
+    command = vm.command(Boot("direct", "kernel", {}), files, vm.VmOptions(), "tcg", agent=Agent(scratch))
+    assert command[command.index("-append") + 1] == "console=ttyS0 mk.watch"
+    serials = [command[i + 1] for i, arg in enumerate(command) if arg == "-serial"]
+    assert serials == ["mon:stdio", "chardev:mk-agent"]  # the console stays the first port
+    assert f"socket,id=mk-agent,path={scratch}/agent.sock,server=on,wait=off" in command
+    assert f"file={scratch}/update.img,if=none,id=mk-update,format=raw" in command
+    assert (scratch / "update.img").stat().st_size == UPDATE_DRIVE_BYTES
+    assert (scratch / "update.img").stat().st_blocks == 0  # sparse
 
 
 def test_qemu_boots_the_uefi_formats_with_their_firmware_and_the_key_in_fw_cfg(tmp_path: Path) -> None:

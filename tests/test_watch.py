@@ -196,10 +196,13 @@ def test_run_reboots_the_vm_after_each_good_rebuild(workspace: WorkspaceFactory,
     try:
         wait_for(lambda: len(starts()) == 1)
         assert "-kernel" in starts()[0] and "pkg/vm/kernel" in starts()[0]
+        assert " mk.watch" in starts()[0] and "serial=mk-update" in starts()[0]  # its soft-reboot agent's
         ws.write("pkg/motd", "two\n")
         wait_for(lambda: len(starts()) == 2)
         first_pid = starts()[0].split()[1]
         assert f"stop {first_pid}" in log.read_text()  # the old VM was stopped before the new one
+        # Its kernel is the motd: no soft reboot (the kernel stays running in one) stands for it.
+        assert "mk watch: a full reboot: the kernel changed" in said.read_text()
         ws.write("pkg/motd", "two\n")  # saved again unchanged, as editors do: rebuilt, not rebooted
         wait_for(lambda: "mk watch: the image did not change; the VM keeps running" in said.read_text())
         assert len(starts()) == 2

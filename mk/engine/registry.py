@@ -32,6 +32,10 @@ class Running(Protocol):
 
     def stop(self) -> None: ...
 
+    def reload(self, provider: Provider) -> str | None:
+        """Restarts onto what a rebuild of the same target provides, without stopping (a soft
+        reboot): None when done, else why it cannot (then it is stopped and started again)."""
+
 
 @dataclass(frozen=True)
 class Runner:

@@ -9,6 +9,10 @@ answer is remembered until the host reboots; mk says which accelerator it picked
 Published host ports are checked free before QEMU starts, so a port in use is named, not left to
 QEMU's "Could not set up host forwarding rule". Ctrl-A X (QEMU's console), Ctrl-C or `poweroff`
 in the guest stops the VM; nothing is left running.
+
+Under `mk watch --run` a VM booted from the kernel and initrd can soft-reboot onto a rebuilt image
+(`VirtualMachine.reload`): its kernel keeps running and the image's userspace starts again on the
+new root (see mk/rules/init.py and vm_agent.py). Anything else needs a full reboot, and says why.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from mk.rules.cache_parts import VM
 from mk.rules.formats.compression import decompressed
 from mk.rules.init import FW_CFG_KEY
 from mk.rules.providers import Boot, ImageInfo
+from mk.rules.soft_reboot import ArchiveError, Booted
+from mk.rules.vm_agent import Agent
 
 QEMU = "qemu-system-x86_64"
 
@@ -157,9 +163,10 @@ def read_ssh_key(path: Path) -> str:
 
 
 def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: str,
-            machine: str = "x86_64") -> list[str]:
+            machine: str = "x86_64", agent: Agent | None = None) -> list[str]:
     """QEMU's command line for `boot`, whose files (by role, see `Boot`) are at `files`, on an
-    emulated `machine` (what the image's `uname -m` says)."""
+    emulated `machine` (what the image's `uname -m` says); with the devices of `agent`, and the
+    word that starts it in the guest, for soft reboots."""
     forwards = "".join(f",hostfwd=tcp:127.0.0.1:{host}-:{guest}" for host, guest in options.publish)
     args = [
         qemu_binary(machine), *MACHINES[machine].args, "-accel", accel, "-m", options.mem, "-smp", str(options.cpus),
@@ -183,6 +190,9 @@ def command(boot: Boot, files: Mapping[str, Path], options: VmOptions, accel: st
         cmdline = files["cmdline"].read_text(encoding="utf-8").strip()
         if key:
             cmdline += f" mk.authorized_key={key}"
+        if agent is not None:
+            cmdline += " mk.watch"
+            args += agent.qemu_args()
         args += ["-kernel", str(files["kernel"]), "-initrd", str(files["initrd"]), "-append", cmdline]
         return args
     if boot.firmware == "uefi":
@@ -275,14 +285,22 @@ def _kvm_boots(image: Path) -> bool:
     return b"Linux version" in seen
 
 
-def uncompressed_initrd(initrd: Path, scratch: Path) -> Path:
+def uncompressed_initrd(initrd: Path, scratch: Path, name: str = "initrd.cpio") -> Path:
     """`initrd` with its archives decompressed, written in `scratch`: for a TCG guest, whose
     emulated CPU took 1-2 s to decompress the sshd image's 16 MB of zstd at boot, where the host
-    takes a fifth of a second (bench/boot.py)."""
-    plain = scratch / "initrd.cpio"
+    takes a fifth of a second (bench/boot.py); and to compare with the next one (soft reboots)."""
+    plain = scratch / name
     with open(initrd, "rb") as source, decompressed(source) as reader, open(plain, "wb") as out:
         shutil.copyfileobj(reader, out, 1 << 20)
     return plain
+
+
+@dataclass(frozen=True)
+class _SoftReboots:
+    format: str  # where the next image's files are: its format's, in output_dir
+    output_dir: Path
+    booted: Booted
+    agent: Agent
 
 
 class VirtualMachine:
@@ -290,11 +308,13 @@ class VirtualMachine:
 
     In the foreground (`mk run`) the serial console is the terminal, and the terminal's Ctrl-C
     reaches QEMU too. In the background (`mk watch --run`) it runs in its own session, so Ctrl-C
-    reaches only mk, which then stops it.
+    reaches only mk, which then stops it; and when it boots the kernel itself, its soft-reboot
+    agent runs (`format` and `output_dir` say where its next image will be).
     """
 
     def __init__(self, boot: Boot, files: Mapping[str, Path], options: VmOptions, state_dir: Path,
-                 foreground: bool, machine: str = "x86_64") -> None:
+                 foreground: bool, machine: str = "x86_64", format: str = DEFAULT_FORMAT,
+                 output_dir: Path | None = None) -> None:
         for path in files.values():
             if not path.is_file():
                 raise MkError(f"{path} is missing; build the image first (mk image)")
@@ -304,8 +324,13 @@ class VirtualMachine:
         accel = choose_accel(options.accel, files["kernel"].parent if "kernel" in files else None, state_dir,
                              machine)
         print(accel, file=sys.stderr, flush=True)
-        unpack = accel.name == "tcg" and "initrd" in files
+        # The agent's serial port is the PC's second: QEMU's arm64 board has one UART.
+        soft = not foreground and boot.firmware == "direct" and output_dir is not None and machine == "x86_64"
+        unpack = (accel.name == "tcg" or soft) and "initrd" in files
         self.scratch = Path(tempfile.mkdtemp(prefix="mk-vm-")) if "firmware_vars" in files or unpack else None
+        self.soft: _SoftReboots | None = None
+        self.no_soft_reboot = (f"--format {format} boots through firmware, whose kernel mk cannot keep"
+                               if boot.firmware != "direct" else f"no soft reboots for {machine} images yet")
         try:
             if self.scratch is not None and "firmware_vars" in files:
                 # UEFI firmware writes its variable store: each run gets a fresh copy, never mk-out's file.
@@ -313,9 +338,15 @@ class VirtualMachine:
                 files = {**files, "firmware_vars": vars_copy}
             if self.scratch is not None and unpack:
                 files = {**files, "initrd": uncompressed_initrd(files["initrd"], self.scratch)}
-            self.process = subprocess.Popen(command(boot, files, options, accel.name, machine),
+            if soft and self.scratch is not None and output_dir is not None:
+                booted = Booted.of(files["kernel"], files["cmdline"], files["initrd"])
+                self.soft = _SoftReboots(format, output_dir, booted, Agent(self.scratch))
+            agent = self.soft.agent if self.soft is not None else None
+            self.process = subprocess.Popen(command(boot, files, options, accel.name, machine, agent),
                                             stdin=None if foreground else subprocess.DEVNULL,
                                             start_new_session=not foreground)
+            if agent is not None:
+                agent.listen()
         except BaseException:
             self._remove_scratch()
             raise
@@ -329,6 +360,37 @@ class VirtualMachine:
             raise
         self._remove_scratch()
         return status
+
+    def reload(self, info: Provider) -> str | None:
+        """Soft-reboots onto the rebuilt image `info`: None once its system runs, else why the VM
+        needs a full reboot instead."""
+        soft = self.soft
+        if soft is None or self.scratch is None:
+            return self.no_soft_reboot
+        assert isinstance(info, ImageInfo)
+        boot = info.boots.get(soft.format)
+        if boot is None:
+            return f"the image no longer boots from --format {soft.format}"
+        files = {role: soft.output_dir / artifact.path for role, artifact in boot.files.items()}
+        if (why := soft.booted.kernel_change(files["kernel"], files["cmdline"])) is not None:
+            return why
+        plain = uncompressed_initrd(files["initrd"], self.scratch, "next.cpio")
+        try:
+            planned = soft.booted.update(plain)
+        except ArchiveError as e:
+            return f"the new initrd cannot be compared with the booted one: {e}"
+        if isinstance(planned, str):
+            return planned
+        update, entries = planned
+        print("mk watch: restarting the image's userspace in place (soft reboot)", file=sys.stderr, flush=True)
+        started = time.monotonic()
+        if (why := soft.agent.send(update)) is not None:
+            return why
+        soft.booted.now(plain, entries)
+        print(f"mk watch: soft reboot done in {time.monotonic() - started:.2f} s ({len(update.removed)} paths "
+              f"removed, {len(update.written)} written); the image's services are starting", file=sys.stderr,
+              flush=True)
+        return None
 
     def stop(self, grace: float = 10) -> None:
         if self.process.poll() is None:
@@ -390,7 +452,7 @@ def start(info: Provider, output_dir: Path, cache_root: Path, values: Mapping[st
               "at boot (set ssh_key_user, e.g. to \"root\", on the image target)", file=sys.stderr)
         options = replace(options, ssh_key=None)
     qemu_binary(info.machine)
-    return VirtualMachine(boot, files, options, cache_root / VM.name, foreground, info.machine)
+    return VirtualMachine(boot, files, options, cache_root / VM.name, foreground, info.machine, name, output_dir)
 
 
 def _check() -> None:
