@@ -128,13 +128,14 @@ class Bench:
 
 
 @contextmanager
-def _workers(url: str, folder: Path, count: int, start: int = 0) -> Iterator[None]:
+def _workers(url: str, folder: Path, count: int, start: int = 0, prefetch: int = 0) -> Iterator[None]:
     processes = []
     for i in range(start, start + count):
         cache = folder / f"worker{i}"
         cache.mkdir(exist_ok=True)
         log = open(folder / f"worker{i}.log", "wb")  # noqa: SIM115 (closed with the process)
-        processes.append((subprocess.Popen([MK, "worker", "--remote", url, "--capacity", "1"], stdout=log,
+        processes.append((subprocess.Popen([MK, "worker", "--remote", url, "--capacity", "1",
+                                           "--prefetch", str(prefetch)], stdout=log,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            env=_env(cache)), log))
     try:
