@@ -323,12 +323,13 @@ class RemoteExecutor:
         assert self.digests is not None
         request = re_pb2.ExecuteRequest(instance_name=self.endpoint.instance, action_digest=proto_digest(digest),
                                         skip_cache_lookup=skip_cache, digest_function=self.digests.function)
-        creating = self._creating  # held until the server has made the operation (its first message)
-        creating.acquire()
+        # Held until the server has made the operation (its first message).
+        creating: threading.BoundedSemaphore | None = self._creating
+        self._creating.acquire()
         try:
             stream = stub.Execute(request, metadata=metadata)
         except BaseException:
-            creating.release()
+            self._creating.release()
             raise
         name, lost_since = "", None
         while True:
