@@ -162,8 +162,8 @@ def test_a_worker_killed_or_stopped_mid_build_leaves_the_build_to_finish(
 
 def test_a_worker_holding_a_lease_ready_still_runs_one_at_a_time(
         workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
-    """`--capacity 1 --prefetch 1`: two leases taken, one command at a time (a lease's scratch
-    folder exists only while it runs); the held one starts when the other ends."""
+    """`--capacity 1 --prefetch 1`: two leases taken, one command (one bubblewrap child of the
+    worker) at a time; the held one starts when the other's command ends."""
     sleepers = 4
     with buildgrid_server() as own:
         ws = remote_workspace(workspace, repo, "ws", graph="\n".join(SLEEPY.splitlines()[:sleepers]) + "\n",
@@ -177,7 +177,7 @@ def test_a_worker_holding_a_lease_ready_still_runs_one_at_a_time(
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=mk_env(tmp_path / "client-cache")) as build:
                 while build.poll() is None:
-                    most = max(most, len(list((holder.cache / "tmp").glob("*lease-*"))))
+                    most = max(most, _sandboxes(holder.process.pid))
                     time.sleep(0.01)
                 out, err = build.communicate()
             assert build.returncode == 0, err
@@ -188,6 +188,19 @@ def test_a_worker_holding_a_lease_ready_still_runs_one_at_a_time(
                 assert ws.read(f"mk-out/g/s{i}.txt") == f"seed\n{i}\n"
         finally:
             holder.stop()
+
+
+def _sandboxes(pid: int) -> int:
+    """How many bubblewrap processes `pid` has started that run now."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, _, rest = stat.read_text().rpartition(")")
+        except OSError:
+            continue  # (gone meanwhile)
+        fields = rest.split()
+        count += name.endswith("(bwrap") and fields[1] == str(pid) and fields[0] != "Z"
+    return count
 
 
 def _wait_for_a_lease(worker: WorkerProcess, seconds: float = 60) -> None:

@@ -70,8 +70,10 @@ class LeaseContext:
         return self.cache.cas
 
 
-def run(context: LeaseContext, action: re_pb2.Action, processes: RunningProcesses) -> re_pb2.ActionResult:
-    """Run `action`; its ActionResult, once every blob it names is on the server."""
+def run(context: LeaseContext, action: re_pb2.Action, processes: RunningProcesses,
+        ran: Callable[[], None] = lambda: None) -> re_pb2.ActionResult:
+    """Run `action`; its ActionResult, once every blob it names is on the server. `ran` is called
+    when the command has ended, before its outputs are stored and sent."""
     from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
     remote = context.remote
@@ -103,6 +105,7 @@ def run(context: LeaseContext, action: re_pb2.Action, processes: RunningProcesse
         timing.execution_start_timestamp.GetCurrentTime()
         code = run_sandboxed(list(command.arguments), env, layout, stdout, stderr, processes)
         timing.execution_completed_timestamp.GetCurrentTime()
+        ran()
         timing.output_upload_start_timestamp.GetCurrentTime()
         if processes.cancelled.is_set():
             raise InterruptedError("the worker is stopping")

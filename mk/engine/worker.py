@@ -256,6 +256,15 @@ class Worker:
             self._take_slot(run)
         except InterruptedError:
             return  # cancelled, or handed back, while it waited: nothing ran
+        held = [True]
+
+        def free_slot() -> None:
+            """Once the command has ended: a held lease's command starts while this one's outputs
+            are stored and sent."""
+            if held[0]:
+                held[0] = False
+                self._slots.release()
+
         try:
             action = re_pb2.Action()
             if run.lease.payload.Is(re_pb2.Action.DESCRIPTOR):
@@ -264,7 +273,7 @@ class Worker:
                 digest = re_pb2.Digest()
                 run.lease.payload.Unpack(digest)
                 action = self._context.remote.read_message(from_proto(digest), re_pb2.Action())
-            run.result = leases.run(self._context, action, run.processes)
+            run.result = leases.run(self._context, action, run.processes, free_slot)
         except leases.LeaseRefused as e:
             run.error = (code_pb2.FAILED_PRECONDITION, str(e))
         except InterruptedError:
@@ -276,7 +285,7 @@ class Worker:
         except Exception as e:  # reported to the client, which says what failed where
             run.error = (code_pb2.INTERNAL, f"mk worker {self.bot_id}: {type(e).__name__}: {e}")
         finally:
-            self._slots.release()
+            free_slot()
         with self._lock:
             if self._running.pop(run.lease.id, None) is None:
                 return  # cancelled meanwhile: nothing to report
