@@ -1,12 +1,10 @@
 #!/usr/bin/env python3
 """A bot of BuildGrid's Bots API that does no work: BuildGrid's own floor per remote action.
 
-It opens one bot session, as `mk worker --capacity 1 --prefetch 1` does (same platform, room for
-two leases: BuildGrid then always finds it free for the next job, rather than set the job aside
-for its 5 s `failure-backoff` when it is between two calls), and answers every lease at once
-with one precomputed ActionResult: exit code 0, each path given on the command line as an empty
-output file (with the `mk.blake3` property an mk worker sets), and every timestamp of REAPI's
-ExecutedActionMetadata the same instant. It reads nothing from the
+It opens one bot session, as `mk worker` does (same platform, one lease at a time), and answers
+every lease at once with one precomputed ActionResult: exit code 0, each path given on the
+command line as an empty output file (with the `mk.blake3` property an mk worker sets), and
+every timestamp of REAPI's ExecutedActionMetadata the same instant. It reads nothing from the
 CAS and writes nothing to it (the empty blob needs no bytes). What a client's action costs with
 this bot is what BuildGrid, PostgreSQL, the network and the client cost, without any worker.
 
@@ -68,8 +66,7 @@ def serve(endpoint: Endpoint, paths: list[str]) -> None:
         worker_pb2.Device.Property(key=k, value=v) for k, v in platform_properties()])
     session = bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(
         parent=endpoint.instance, bot_session=bots_pb2.BotSession(
-            bot_id=bot_id, status=bots_pb2.OK, worker=worker_pb2.Worker(devices=[device], configs=[
-                worker_pb2.Worker.Config(key="capacity", value="2")]))), timeout=_POLL_SECONDS)
+            bot_id=bot_id, status=bots_pb2.OK, worker=worker_pb2.Worker(devices=[device]))), timeout=_POLL_SECONDS)
     result = empty_result(paths)
     print("floor bot: serving", flush=True)
     try:
