@@ -327,6 +327,8 @@ class RemoteExecutor:
         creating: threading.BoundedSemaphore | None = self._creating
         self._creating.acquire()
         try:
+            if self._cancelled.is_set():  # Ctrl-C while it waited its turn: nothing is sent
+                raise ActionFailed(f"{action.describe()} was interrupted")
             stream = stub.Execute(request, metadata=metadata)
         except BaseException:
             self._creating.release()
