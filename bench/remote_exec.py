@@ -7,8 +7,8 @@ scripts/buildgrid.py:
 
 1. sleep graph: --actions genrules that each `sleep 1` (CPU-free waiting), built
    - locally at -j 2;
-   - remotely with 4 workers, then with 8 workers (each takes one lease at a time; -j 2,
-     --remote-jobs 64).
+   - remotely with 4 workers, then with 8 workers (each runs one lease at a time and holds one
+     more ready, `--capacity 1 --prefetch 1`; -j 2, --remote-jobs 64).
    Target: at least 3.5x faster than local -j 2 with 8 workers.
 2. per-action overhead: a chain of --chain trivial genrules (each reads the one before it, so
    they run one after another), locally and remotely; (remote - local) / chain is what
@@ -128,13 +128,14 @@ class Bench:
 
 
 @contextmanager
-def _workers(url: str, folder: Path, count: int, start: int = 0) -> Iterator[None]:
+def _workers(url: str, folder: Path, count: int, start: int = 0, prefetch: int = 1) -> Iterator[None]:
     processes = []
     for i in range(start, start + count):
         cache = folder / f"worker{i}"
         cache.mkdir(exist_ok=True)
         log = open(folder / f"worker{i}.log", "wb")  # noqa: SIM115 (closed with the process)
-        processes.append((subprocess.Popen([MK, "worker", "--remote", url, "--capacity", "1"], stdout=log,
+        processes.append((subprocess.Popen([MK, "worker", "--remote", url, "--capacity", "1",
+                                           "--prefetch", str(prefetch)], stdout=log,
                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                            env=_env(cache)), log))
     try:

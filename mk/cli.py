@@ -561,7 +561,9 @@ def _diffoscope_changed(session: Session, cas: ContentStore, changes: list[Chang
 @click.option("--instance", envvar="MK_REMOTE_INSTANCE", default="", help="The instance name (or MK_REMOTE_INSTANCE).")
 @click.option("--capacity", type=click.IntRange(min=1), default=1, show_default=True,
               help="Leases (actions) run at once.")
-def worker(url: str, instance: str, capacity: int) -> None:
+@click.option("--prefetch", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Leases taken beyond --capacity, each started as soon as a running one ends.")
+def worker(url: str, instance: str, capacity: int, prefetch: int) -> None:
     """Run actions for a BuildGrid server (its Bots API) in mk's sandbox, until Ctrl-C.
 
     Inputs and toolchains are kept in the local cache (MK_CACHE_DIR), so a warm worker downloads
@@ -576,7 +578,7 @@ def worker(url: str, instance: str, capacity: int) -> None:
     except EndpointError as e:
         raise click.BadParameter(str(e), param_hint="--remote") from None
     try:
-        Worker(endpoint, cache_for(_optional_workspace()), capacity).serve()
+        Worker(endpoint, cache_for(_optional_workspace()), capacity, prefetch=prefetch).serve()
     except WorkerError as e:
         raise MkError(f"mk worker: {e}") from None
 

@@ -77,6 +77,11 @@ schedulers:
       - !priority-age-assigner
         interval: 0.01
         jitter-factor: 0.001
+        # Each job to the bot with the most free capacity (of all, up to 64, not the first found):
+        # an idle bot before one that holds a lease it has not started (`mk worker --prefetch`).
+        bot-assignment-strategy: !assign-by-capacity
+          sampling: !sampling-config
+            sample-size: 64
 
 instances:
   - name: '{instance}'

@@ -72,13 +72,14 @@ class WorkerProcess:
 
 
 def start_worker(url: str, folder: Path, name: str, capacity: int = 2, instance: str = "",
-                 env: dict[str, str] | None = None) -> WorkerProcess:
+                 env: dict[str, str] | None = None, prefetch: int = 0) -> WorkerProcess:
     cache = folder / f"{name}-cache"
     cache.mkdir(parents=True, exist_ok=True)
     log = folder / f"{name}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([MK, "worker", "--remote", url, "--instance", instance, "--capacity",
-                                    str(capacity)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    str(capacity), "--prefetch", str(prefetch)],
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    env=mk_env(cache, env), start_new_session=True)
     return WorkerProcess(process, log, cache)
 

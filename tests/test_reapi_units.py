@@ -4,12 +4,17 @@ index, and a toolchain tree as a Directory tree."""
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import grpc
 import pytest
 
 from mk.cache.cas import ContentStore
 from mk.cache.reapi import capabilities
+from mk.cache.reapi.cas_client import RemoteCas, RemoteError, _Together
 from mk.cache.reapi.digests import DigestIndex, Sha256, sha256_bytes
 from mk.cache.reapi.endpoint import Endpoint, EndpointError
 from mk.cache.reapi.merkle import DirectoryBuilder, MerkleError, walk
@@ -198,3 +203,102 @@ def test_a_server_without_a_digest_function_mk_sends_is_refused_with_what_it_off
     md5 = _capabilities([], [re_pb2.DigestFunction.MD5])  # an empty CAS list: what the executor takes
     with pytest.raises(capabilities.NoCommonDigest, match="by MD5,"):
         capabilities.choose(md5)
+
+
+def test_uploads_of_threads_side_by_side_go_together_and_each_returns_once_its_own_are_sent() -> None:
+    """While one BatchUpdateBlobs is under way, what other threads bring waits and goes in one
+    next call; nobody returns before the call carrying its blobs ended."""
+    calls: list[set[Sha256]] = []
+    first_under_way, let_go = threading.Event(), threading.Event()
+
+    def send(blobs: Mapping[Sha256, bytes]) -> None:
+        calls.append(set(blobs))
+        if len(calls) == 1:
+            first_under_way.set()
+            assert let_go.wait(10)
+
+    together = _Together(send)
+    digests = [sha256_bytes(bytes([i])) for i in range(6)]
+    returned: list[Sha256] = []
+
+    def upload(digest: Sha256) -> None:
+        together.send({digest: b"x"})
+        returned.append(digest)
+
+    threads = [threading.Thread(target=upload, args=(d,)) for d in digests]
+    threads[0].start()
+    assert first_under_way.wait(10)
+    for thread in threads[1:]:
+        thread.start()
+    time.sleep(0.2)  # all five wait behind the first call
+    assert returned == []
+    let_go.set()
+    for thread in threads:
+        thread.join(10)
+    assert calls == [{digests[0]}, set(digests[1:])]
+    assert sorted(returned) == sorted(digests)
+
+
+def test_a_failed_upload_sent_together_fails_every_thread_whose_blobs_it_carried() -> None:
+    failing = threading.Event()
+    failing.set()
+    started, let_go = threading.Event(), threading.Event()
+
+    def send(blobs: Mapping[Sha256, bytes]) -> None:
+        if A in blobs:
+            started.set()
+            assert let_go.wait(10)
+            return
+        if failing.is_set():
+            raise RemoteError("the server refused", "INTERNAL")
+
+    together = _Together(send)
+    errors: list[str] = []
+
+    def upload(digest: Sha256) -> None:
+        try:
+            together.send({digest: b"x"})
+        except RemoteError as e:
+            errors.append(f"{digest.hash[:4]}: {e}")
+
+    first = threading.Thread(target=upload, args=(A,))
+    first.start()
+    assert started.wait(10)
+    others = [threading.Thread(target=upload, args=(sha256_bytes(bytes([i])),)) for i in range(3)]
+    for thread in others:
+        thread.start()
+    time.sleep(0.2)
+    let_go.set()
+    for thread in [first, *others]:
+        thread.join(10)
+    assert len(errors) == 3 and all(e.endswith(": the server refused") for e in errors), errors
+    failing.clear()
+    together.send({B: b"bb"})  # the next call is sent afresh
+
+
+class _Cas:
+    """A CAS stub whose GetTree answers with the Directories it was given, whatever they are."""
+
+    def __init__(self, directories: list[re_pb2.Directory]) -> None:
+        self.directories = directories
+
+    def GetTree(self, request: re_pb2.GetTreeRequest, **_: object) -> Iterator[re_pb2.GetTreeResponse]:
+        yield re_pb2.GetTreeResponse(directories=self.directories)
+
+
+def test_a_tree_read_in_one_call_files_each_directory_under_the_digest_of_its_own_bytes() -> None:
+    """A worker reads an input root's Directories with one GetTree: one the server sends otherwise
+    than it was stored (here, a file swapped) is filed under no digest the tree names, so it is
+    never taken for the Directory asked for (the worker reads that one alone, verified)."""
+    builder = DirectoryBuilder()
+    builder.add_file("c/a.txt", A, False)
+    root, stored = builder.finish()
+    sub = next(d for d in stored if d != root)
+    swapped = re_pb2.Directory()
+    swapped.ParseFromString(stored[sub])
+    swapped.files[0].digest.hash = B.hash
+    remote = RemoteCas(Endpoint.parse("grpc://127.0.0.1:1"), grpc.insecure_channel("127.0.0.1:1"), 5)
+    remote._cas = _Cas([re_pb2.Directory.FromString(stored[root]), swapped])  # type: ignore[assignment]
+    found = remote.read_tree(root)
+    assert root in found and sub not in found
+    assert found[root].SerializeToString(deterministic=True) == stored[root]

@@ -128,13 +128,15 @@ def test_a_second_build_from_an_empty_cache_executes_nothing(
     assert "remote executor" not in noop.err
 
 
-@pytest.mark.parametrize("how", ["killed", "stopped"])
+@pytest.mark.parametrize("how", ["killed", "stopped", "stopped-holding"])
 def test_a_worker_killed_or_stopped_mid_build_leaves_the_build_to_finish(
         workspace: WorkspaceFactory, repo: Repo, grid: BuildGrid, tmp_path: Path, how: str) -> None:
     """Killed outright, its leases go to the other worker when its session expires; stopped
-    (SIGTERM, as Ctrl-C), it kills its commands and hands their leases back at once."""
+    (SIGTERM, as Ctrl-C), it kills its commands and hands their leases back at once, those it
+    holds ready too (`--prefetch`)."""
     ws = remote_workspace(workspace, repo, "ws", graph=SLEEPY.replace("echo", f"echo {how}"), executor=grid.url)
-    doomed = start_worker(grid.url, tmp_path, "doomed", capacity=4)
+    doomed = start_worker(grid.url, tmp_path, "doomed", capacity=1, prefetch=1) if how == "stopped-holding" \
+        else start_worker(grid.url, tmp_path, "doomed", capacity=4)
     survivor = start_worker(grid.url, tmp_path, "survivor", capacity=4)
     try:
         doomed.wait_ready()
@@ -149,13 +151,56 @@ def test_a_worker_killed_or_stopped_mid_build_leaves_the_build_to_finish(
         assert parse_summary(out).executed == SLEEPERS + LOCAL_ACTIONS, out
         for i in range(SLEEPERS):
             assert ws.read(f"mk-out/g/s{i}.txt") == f"seed\n{how} {i}\n"
-        if how == "stopped":
+        if how != "killed":
             assert code == 0 and re.search(r"stopped; [1-9]\d* running leases? handed back", doomed.text()), \
                 doomed.text()
             assert not list((doomed.cache / "tmp").glob("*lease-*"))  # no half-made sandbox left behind
     finally:
         doomed.stop(signal.SIGKILL)
         survivor.stop()
+
+
+def test_a_worker_holding_a_lease_ready_still_runs_one_at_a_time(
+        workspace: WorkspaceFactory, repo: Repo, tmp_path: Path) -> None:
+    """`--capacity 1 --prefetch 1`: two leases taken, one command (one bubblewrap child of the
+    worker) at a time; the held one starts when the other's command ends."""
+    sleepers = 4
+    with buildgrid_server() as own:
+        ws = remote_workspace(workspace, repo, "ws", graph="\n".join(SLEEPY.splitlines()[:sleepers]) + "\n",
+                              executor=own.url)
+        holder = start_worker(own.url, tmp_path, "holder", capacity=1, prefetch=1)
+        try:
+            holder.wait_ready()
+            assert "1 lease at a time, 1 more held ready" in holder.text()
+            most, started = 0, time.monotonic()
+            with subprocess.Popen([MK, "build", "//g:all", "-j", "1"], cwd=ws.root, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=mk_env(tmp_path / "client-cache")) as build:
+                while build.poll() is None:
+                    most = max(most, _sandboxes(holder.process.pid))
+                    time.sleep(0.01)
+                out, err = build.communicate()
+            assert build.returncode == 0, err
+            assert most == 1
+            assert time.monotonic() - started >= sleepers  # one sleep after another
+            assert parse_summary(out).executed == sleepers + LOCAL_ACTIONS, out
+            for i in range(sleepers):
+                assert ws.read(f"mk-out/g/s{i}.txt") == f"seed\n{i}\n"
+        finally:
+            holder.stop()
+
+
+def _sandboxes(pid: int) -> int:
+    """How many bubblewrap processes `pid` has started that run now."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, _, rest = stat.read_text().rpartition(")")
+        except OSError:
+            continue  # (gone meanwhile)
+        fields = rest.split()
+        count += name.endswith("(bwrap") and fields[1] == str(pid) and fields[0] != "Z"
+    return count
 
 
 def _wait_for_a_lease(worker: WorkerProcess, seconds: float = 60) -> None:

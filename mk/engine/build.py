@@ -124,17 +124,24 @@ def build(
         return analyse(workspace, registry, graph_cache, patterns, options.output_groups,
                        cache if options.isolated_loading else None, options.platforms)
 
-    if memory is None:
-        graph = load()
-        recent = RecentResults(graph_cache.results_file)
-        stats = cache.stat_cache(workspace.root)
-    else:
-        graph = memory.graph(graph_cache.file, load, graph_cache.observed)
-        recent = memory.recent_results(graph_cache.results_file, lambda: RecentResults(graph_cache.results_file))
-        stats = memory.stat_cache(cache.root, lambda: cache.stat_cache(workspace.root))
-    cache.sweep_stale_scratch()
-    remote = _open_remote(cache, options)
     executor = _open_executor(workspace, cache, options)
+    if executor is not None:
+        executor.connect_soon()  # while the graph loads
+    try:
+        if memory is None:
+            graph = load()
+            recent = RecentResults(graph_cache.results_file)
+            stats = cache.stat_cache(workspace.root)
+        else:
+            graph = memory.graph(graph_cache.file, load, graph_cache.observed)
+            recent = memory.recent_results(graph_cache.results_file, lambda: RecentResults(graph_cache.results_file))
+            stats = memory.stat_cache(cache.root, lambda: cache.stat_cache(workspace.root))
+        cache.sweep_stale_scratch()
+        remote = _open_remote(cache, options)
+    except BaseException:
+        if executor is not None:
+            executor.close()
+        raise
     with cache.lock():
         try:
             for attempt in range(1, _ATTEMPTS + 1):

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING
 
 from mk.cache.cas import ContentStore
 from mk.cache.local import LocalCache
-from mk.cache.reapi.cas_client import BlobSource, RemoteCas, from_proto, in_memory, local_blob, proto_digest
+from mk.cache.reapi.cas_client import (
+    SMALL_BLOB,
+    BlobSource,
+    RemoteCas,
+    from_proto,
+    in_memory,
+    local_blob,
+    proto_digest,
+)
 from mk.cache.reapi.digests import DigestIndex, Sha256, sha256_bytes
 from mk.cache.reapi.merkle import walk
 from mk.cache.toolchains import Toolchains
@@ -62,8 +70,10 @@ class LeaseContext:
         return self.cache.cas
 
 
-def run(context: LeaseContext, action: re_pb2.Action, processes: RunningProcesses) -> re_pb2.ActionResult:
-    """Run `action`; its ActionResult, once every blob it names is on the server."""
+def run(context: LeaseContext, action: re_pb2.Action, processes: RunningProcesses,
+        ran: Callable[[], None] = lambda: None) -> re_pb2.ActionResult:
+    """Run `action`; its ActionResult, once every blob it names is on the server. `ran` is called
+    when the command has ended, before its outputs are stored and sent."""
     from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
     remote = context.remote
@@ -95,6 +105,7 @@ def run(context: LeaseContext, action: re_pb2.Action, processes: RunningProcesse
         timing.execution_start_timestamp.GetCurrentTime()
         code = run_sandboxed(list(command.arguments), env, layout, stdout, stderr, processes)
         timing.execution_completed_timestamp.GetCurrentTime()
+        ran()
         timing.output_upload_start_timestamp.GetCurrentTime()
         if processes.cancelled.is_set():
             raise InterruptedError("the worker is stopping")
@@ -137,6 +148,14 @@ class _DirectoryReader:
                 self._read.clear()
             self._read[digest] = directory
 
+    def keep_all(self, found: dict[Sha256, re_pb2.Directory]) -> None:
+        for digest, directory in found.items():
+            self.keep(digest, directory)
+
+    def has(self, digest: Sha256) -> bool:
+        with self._lock:
+            return digest in self._read
+
     def __call__(self, digest: Sha256) -> re_pb2.Directory:
         from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
@@ -152,6 +171,8 @@ def _toolchain_root(context: LeaseContext, digest: Sha256, directories: _Directo
     """The toolchain written out, once per Directory digest, with the files it needs downloaded."""
 
     def tree() -> Tree:
+        if not directories.has(digest):
+            directories.keep_all(context.remote.read_tree(digest))
         nodes = list(walk(digest, directories))
         blake3 = _download(context, [n.digest for n in nodes if n.digest is not None])
         entries = []
@@ -171,6 +192,8 @@ def _toolchain_root(context: LeaseContext, digest: Sha256, directories: _Directo
 
 def _write_execroot(context: LeaseContext, digest: Sha256, directories: _DirectoryReader, execroot: Path) -> list[str]:
     """The inputs written under `execroot`, read-only; their paths."""
+    if not directories.has(digest):  # new inputs: their Directories in one call, not one per folder
+        directories.keep_all(context.remote.read_tree(digest))
     nodes = list(walk(digest, directories))
     blake3 = _download(context, [n.digest for n in nodes if n.digest is not None])
     files = []
@@ -209,7 +232,13 @@ def _download(context: LeaseContext, digests: Sequence[Sha256]) -> dict[Sha256, 
         with lock:
             found[digest] = blake3
 
-    _parallel(fetch, wanted)
+    small = [d for d in wanted if d.size <= SMALL_BLOB]
+    if small:  # in one BatchReadBlobs (each verified), not one call each
+        for digest, data in context.remote.read_batch(small).items():
+            blake3 = context.cas.put_bytes(data)
+            context.index.remember(blake3, digest)
+            found[digest] = blake3
+    _parallel(fetch, [d for d in wanted if d not in found])  # the others, and any the batch did not bring
     return found
 
 

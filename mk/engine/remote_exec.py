@@ -68,6 +68,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 _STDERR_TAIL = 4000
 _FAILED_PRECONDITION = 9  # google.rpc.Code
+# Execute calls whose operation the server has not made yet. A server makes a job in database
+# transactions (BuildGrid): 64 at once make the first jobs wait for all of them, and the first
+# workers with them, while a few at a time queue the first jobs at once and the rest while they run.
+_CREATING = 8
 _RECONNECT_SECONDS = 30.0  # how long a lost operation stream is waited for again (a server restart)
 
 
@@ -91,6 +95,7 @@ class RemoteExecutor:
         self.mirror = ActionCache(cache.root / REMOTE_RESULTS.name, f"exec-{namespace}")
         self.cas = ContentStore(cache.root)  # filled by `fetch` and by what the build stores
         self._lock = threading.Lock()
+        self._connecting = threading.Lock()  # held while the channel is opened and the server asked
         self._channel: grpc.Channel | None = None
         self._remote: RemoteCas | None = None
         self._toolchains: dict[str, Sha256] = {}  # blake3 of the tree -> its Directory, uploaded this build
@@ -104,6 +109,7 @@ class RemoteExecutor:
         self.executed = self.cached = 0
         self.timings = RemoteTimings()
         self.digests: DigestChoice | None = None  # known once the server has been asked
+        self._creating = threading.BoundedSemaphore(_CREATING)
 
     # ---- what runs where ----------------------------------------------------------------------
 
@@ -122,8 +128,19 @@ class RemoteExecutor:
 
     # ---- connection ---------------------------------------------------------------------------
 
+    def connect_soon(self) -> None:
+        """Open the channel and read the server's capabilities on a thread of its own, while the
+        build loads its graph, so that the first action does not wait for them. A failure is the
+        first action's to meet: it asks again, and says what went wrong."""
+
+        def connect() -> None:
+            with contextlib.suppress(Exception):
+                self._client()
+
+        threading.Thread(target=connect, name="mk-remote-connect", daemon=True).start()
+
     def _client(self) -> RemoteCas:
-        with self._lock:
+        with self._connecting:
             if self._remote is None:
                 channel = self.endpoint.channel()
                 self.digests = self._check_capabilities(channel)
@@ -157,8 +174,9 @@ class RemoteExecutor:
 
     def close(self) -> None:
         self.cancel_all()
-        if self._channel is not None:
-            self._channel.close()
+        with self._connecting:  # (a connection under way is closed once made)
+            if self._channel is not None:
+                self._channel.close()
 
     def cancel_all(self) -> None:
         """Ctrl-C: every operation under way is cancelled on the server (whose workers then stop
@@ -305,13 +323,25 @@ class RemoteExecutor:
         assert self.digests is not None
         request = re_pb2.ExecuteRequest(instance_name=self.endpoint.instance, action_digest=proto_digest(digest),
                                         skip_cache_lookup=skip_cache, digest_function=self.digests.function)
-        stream = stub.Execute(request, metadata=metadata)
+        # Held until the server has made the operation (its first message).
+        creating: threading.BoundedSemaphore | None = self._creating
+        self._creating.acquire()
+        try:
+            if self._cancelled.is_set():  # Ctrl-C while it waited its turn: nothing is sent
+                raise ActionFailed(f"{action.describe()} was interrupted")
+            stream = stub.Execute(request, metadata=metadata)
+        except BaseException:
+            self._creating.release()
+            raise
         name, lost_since = "", None
         while True:
             with self._lock:
                 self._calls[stream] = name
             try:
                 for operation in stream:
+                    if creating is not None:
+                        creating.release()
+                        creating = None
                     if operation.name and operation.name != name:
                         name = operation.name
                         with self._lock:
@@ -337,6 +367,9 @@ class RemoteExecutor:
             finally:
                 with self._lock:
                     self._calls.pop(stream, None)
+                if creating is not None:  # (a retry below is not held back)
+                    creating.release()
+                    creating = None
 
     def _response(self, action: Action, operation: object) -> re_pb2.ExecuteResponse:
         from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -497,5 +530,6 @@ def _ms(values: list[float]) -> str:
 
 def _is_hex(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
 
 

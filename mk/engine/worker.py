@@ -62,10 +62,14 @@ class _Running:
 
 class Worker:
     def __init__(self, endpoint: Endpoint, cache: LocalCache, capacity: int, stream: TextIO = sys.stderr,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, prefetch: int = 0) -> None:
+        """`capacity` leases run at once; `prefetch` more are taken and wait for a free slot, so
+        that one starts as soon as another ends, not a round trip to the server later."""
         self.endpoint = endpoint
         self.cache = cache
         self.capacity = capacity
+        self.prefetch = prefetch
+        self._slots = threading.BoundedSemaphore(capacity)
         self.stream = stream
         self.timeout = timeout
         self.bot_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -92,8 +96,9 @@ class Worker:
                                             Toolchains(self.cache, self.cache.cas), self.bot_id)
         stop = stop or threading.Event()
         session = self._create(stop)
+        held = f", {self.prefetch} more held ready" if self.prefetch else ""
         self.say(f"bot {self.bot_id} serving {self.endpoint.shown()} with {self.capacity} "
-                 f"lease{'s' if self.capacity > 1 else ''} at a time")
+                 f"lease{'s' if self.capacity > 1 else ''} at a time{held}")
         try:
             while not stop.is_set() and session is not None:
                 session = self._update(session, stop)
@@ -111,7 +116,7 @@ class Worker:
         device = worker_pb2.Device(handle=self.bot_id, properties=[
             worker_pb2.Device.Property(key=k, value=v) for k, v in platform_properties()])
         worker = worker_pb2.Worker(devices=[device], configs=[
-            worker_pb2.Worker.Config(key="capacity", value=str(self.capacity))])
+            worker_pb2.Worker.Config(key="capacity", value=str(self.capacity + self.prefetch))])
         return bots_pb2.BotSession(bot_id=self.bot_id, status=bots_pb2.OK, worker=worker)
 
     def _create(self, stop: threading.Event) -> bots_pb2.BotSession | None:
@@ -182,7 +187,7 @@ class Worker:
         wake = threading.Event()
         with self._lock:
             self._wake = wake
-            if len(self._running) < self.capacity or self._finished:
+            if len(self._running) < self.capacity + self.prefetch or self._finished:
                 return
         wake.wait(_HEARTBEAT_SECONDS)
 
@@ -248,6 +253,19 @@ class Worker:
         from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
 
         try:
+            self._take_slot(run)
+        except InterruptedError:
+            return  # cancelled, or handed back, while it waited: nothing ran
+        held = [True]
+
+        def free_slot() -> None:
+            """Once the command has ended: a held lease's command starts while this one's outputs
+            are stored and sent."""
+            if held[0]:
+                held[0] = False
+                self._slots.release()
+
+        try:
             action = re_pb2.Action()
             if run.lease.payload.Is(re_pb2.Action.DESCRIPTOR):
                 run.lease.payload.Unpack(action)
@@ -255,7 +273,7 @@ class Worker:
                 digest = re_pb2.Digest()
                 run.lease.payload.Unpack(digest)
                 action = self._context.remote.read_message(from_proto(digest), re_pb2.Action())
-            run.result = leases.run(self._context, action, run.processes)
+            run.result = leases.run(self._context, action, run.processes, free_slot)
         except leases.LeaseRefused as e:
             run.error = (code_pb2.FAILED_PRECONDITION, str(e))
         except InterruptedError:
@@ -266,12 +284,21 @@ class Worker:
             run.error = (code_pb2.UNAVAILABLE if e.unavailable else code_pb2.INTERNAL, str(e))
         except Exception as e:  # reported to the client, which says what failed where
             run.error = (code_pb2.INTERNAL, f"mk worker {self.bot_id}: {type(e).__name__}: {e}")
+        finally:
+            free_slot()
         with self._lock:
             if self._running.pop(run.lease.id, None) is None:
                 return  # cancelled meanwhile: nothing to report
             self._finished[run.lease.id] = run
             wake = self._wake
         wake.set()
+
+    def _take_slot(self, run: _Running) -> None:
+        """Wait until fewer than `capacity` leases run (a held lease waits here); InterruptedError
+        if the lease is stopped meanwhile."""
+        while not self._slots.acquire(timeout=0.05):
+            if run.processes.cancelled.is_set():
+                raise InterruptedError("the lease was stopped before it ran")
 
     def _abandon_all(self) -> None:
         with self._lock:

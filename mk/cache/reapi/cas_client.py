@@ -90,6 +90,7 @@ class RemoteCas:
         self._present: set[Sha256] = set()
         self._remember = remember
         self.digest_function = digest_function
+        self._together = _Together(self._batch_updates)
 
     def _call(self, what: str, method: Callable[..., Any], request: object, timeout: float | None = None) -> Any:
         import grpc
@@ -122,7 +123,11 @@ class RemoteCas:
         with self._lock:
             unknown = [d for d in blobs if ask or d not in self._present]
         small = sum(d.size for d in unknown) <= _DIRECT_BYTES and len(unknown) <= _DIRECT_BLOBS and not ask
-        missing = set(unknown) if small else self.find_missing(unknown)
+        if small:
+            self._together.send({d: b"".join(blobs[d]()) for d in unknown})
+            self.mark_present(unknown)
+            return len(unknown)
+        missing = self.find_missing(unknown)
         batch: list[tuple[Sha256, bytes]] = []
         for digest in sorted(missing):
             if digest.size > _BATCH_BYTES // 2:
@@ -142,6 +147,17 @@ class RemoteCas:
         if self._remember:
             with self._lock:
                 self._present.update(digests)
+
+    def _batch_updates(self, blobs: Mapping[Sha256, bytes]) -> None:
+        """Small blobs in as few BatchUpdateBlobs calls as fit."""
+        batch: list[tuple[Sha256, bytes]] = []
+        for digest in sorted(blobs):
+            if batch and sum(d.size for d, _ in batch) + digest.size > _BATCH_BYTES:
+                self._batch_update(batch)
+                batch = []
+            batch.append((digest, blobs[digest]))
+        if batch:
+            self._batch_update(batch)
 
     def _batch_update(self, batch: list[tuple[Sha256, bytes]]) -> None:
         from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
@@ -199,6 +215,26 @@ class RemoteCas:
                 digest = from_proto(response.digest)
                 if response.status.code == 0 and digest in batch and sha256_bytes(response.data) == digest:
                     found[digest] = response.data
+        return found
+
+    def read_tree(self, root: Sha256) -> dict[Sha256, re_pb2.Directory]:
+        """The Directories under `root` (itself included) in one GetTree stream, each filed under
+        the digest of its own bytes: one the server sent otherwise than it was stored is filed
+        under no digest anyone asks for, so the caller reads it alone. A server that does not
+        answer GetTree gives an empty map."""
+        import grpc
+
+        from mk.cache.reapi.protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re_pb2
+
+        request = re_pb2.GetTreeRequest(instance_name=self.endpoint.instance, root_digest=proto_digest(root),
+                                        digest_function=self.digest_function)
+        found: dict[Sha256, re_pb2.Directory] = {}
+        try:
+            for page in self._cas.GetTree(request, timeout=self.timeout, metadata=self.endpoint.metadata()):
+                for directory in page.directories:
+                    found[sha256_bytes(directory.SerializeToString(deterministic=True))] = directory
+        except grpc.RpcError:
+            return {}  # (each is read alone, which says what went wrong)
         return found
 
     def read_message(self, digest: Sha256, message: Any) -> Any:
@@ -266,6 +302,52 @@ class RemoteCas:
 
 class WrongRemoteBytes(RemoteError):
     """The server sent other bytes than those of the digest asked for (none were used)."""
+
+
+class _Together:
+    """Small uploads of threads running side by side, sent in one call: while one call is under
+    way, what other threads bring waits and goes in the next. A build sends the first wave of its
+    actions' Commands, Actions and Directories in a few calls instead of one per action, which a
+    server handling each call in turn (BuildGrid) answers sooner. Each thread returns once its
+    own blobs are sent, and sees the error of the call that carried them."""
+
+    def __init__(self, send: Callable[[Mapping[Sha256, bytes]], None]) -> None:
+        self._send = send
+        self._changed = threading.Condition()
+        self._open = _Batch()
+        self._sending = False
+
+    def send(self, blobs: Mapping[Sha256, bytes]) -> None:
+        with self._changed:
+            batch = self._open
+            batch.blobs.update(blobs)
+            while self._sending and not batch.done:
+                self._changed.wait()
+            lead = not batch.done  # nothing under way: this thread sends the open batch, its own among them
+            if lead:
+                self._sending = True
+                self._open = _Batch()
+        if lead:
+            try:
+                self._send(batch.blobs)
+            except BaseException as e:
+                batch.error = e
+                raise
+            finally:
+                with self._changed:
+                    batch.done, self._sending = True, False
+                    self._changed.notify_all()
+        elif isinstance(batch.error, RemoteError):
+            raise RemoteError(str(batch.error), batch.error.code)
+        elif batch.error is not None:
+            raise RemoteError(f"the upload of blobs sent together failed: {batch.error!r}")
+
+
+class _Batch:
+    def __init__(self) -> None:
+        self.blobs: dict[Sha256, bytes] = {}
+        self.done = False
+        self.error: BaseException | None = None
 
 
 class MissingRemoteBlob(RemoteError):
