@@ -54,7 +54,7 @@ caches:
   - !lru-action-cache &main-action
     storage: *main-storage
     max-cached-refs: 100000
-    allow-updates: true
+    allow-updates: {allow_updates}
 
 schedulers:
   - !sql-scheduler &state-database
@@ -136,6 +136,7 @@ class BuildGrid:
     pg_port: int = field(default_factory=free_port)
     instance: str = ""
     keepalive_seconds: int = 30
+    allow_updates: bool = True  # clients may write to the action cache (False: a read-only cache)
     server: subprocess.Popen[bytes] | None = None
     postgres_started: bool = False
 
@@ -157,10 +158,14 @@ class BuildGrid:
                        "-c", "create database bgd;", program=Path("/usr/bin/psql"))
         database = f"postgresql+psycopg2://bgd@127.0.0.1:{self.pg_port}/bgd"  # BuildGrid's notifier needs psycopg2
         _run([str(self.bgd), "migrate", "apply", database], self.folder)
-        config = self.folder / "buildgrid.yml"
-        config.write_text(_CONFIG.format(port=self.port, pg_port=self.pg_port, cas=self.folder / "cas",
-                                         keepalive=self.keepalive_seconds, instance=self.instance), encoding="utf-8")
+        self.configure()
         self.start_server()
+
+    def configure(self) -> None:
+        """Write the server's configuration from the fields; a server started after reads it."""
+        (self.folder / "buildgrid.yml").write_text(_CONFIG.format(
+            port=self.port, pg_port=self.pg_port, cas=self.folder / "cas", keepalive=self.keepalive_seconds,
+            instance=self.instance, allow_updates="true" if self.allow_updates else "false"), encoding="utf-8")
 
     def start_server(self) -> None:
         """`bgd server start`, until the port answers (also after `stop_server`: a server restart)."""

@@ -200,3 +200,28 @@ def test_a_reapi_cache_killed_mid_build_costs_one_warning_and_nothing_else(
     assert ws.read("mk-out/pkg/last.txt") == "first\nslow\nlast\n"
     assert err.count(GAVE_UP) == 1, err
     assert_cache_is_sound(tmp_path / "A", logs=True)
+
+
+def test_a_reapi_cache_that_takes_no_results_stops_the_uploads_only(
+    examples: Workspace, grid: BuildGrid, keys: Keys, tmp_path: Path
+) -> None:
+    reference = tmp_path / "reference"
+    build(examples, reference, {})
+    built = outputs(examples)
+    fresh_outputs(examples)
+    grid.stop_server()
+    grid.allow_updates = False  # BuildGrid answers UpdateActionResult with UNIMPLEMENTED
+    grid.configure()
+    grid.start_server()
+    try:
+        out, err = build(examples, tmp_path / "A", writer(grid.url, keys))
+    finally:
+        grid.stop_server()
+        grid.allow_updates = True
+        grid.configure()
+        grid.start_server()
+    assert parse_summary(out).executed == ACTIONS
+    assert outputs(examples) == built
+    assert err.count("refuses uploads") == 1 and "UNIMPLEMENTED" in err, err
+    assert GAVE_UP not in err, err  # reading would have gone on
+    assert "uploaded 0 blobs (0 B) and 0 results; failed to upload" in err, err
