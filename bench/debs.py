@@ -13,8 +13,10 @@ held against:
   - mmdebstrap --variant=extract from a local copy:// repository of those .debs, to a tarball.
 
 Needs the Debian mirror once (for the first fetch) and, for the peers, dpkg-deb and mmdebstrap.
-The CPU time of the server row is the client's and the server's (from /proc: the server is no
-child of this script).
+`CPU s` counts every process of a case: for the server row the client's, and the server's and its
+workers' from /proc (they are no children of this script); for the others their children's,
+with the processes they leave behind (the fork server of mk's unpacking workers), which this
+script adopts as child subreaper and waits for.
 
 Usage: python3 bench/debs.py [--runs N] [--keep]
 """
@@ -73,14 +75,54 @@ def examples_copy(work: Path) -> tuple[Path, Path, dict[str, str]]:
 
 
 def server_cpu(cache: Path, ws: Path) -> float:
-    """The CPU time so far of the workspace's build server and the children it waited for."""
+    """The CPU time so far of the workspace's build server and every process under it (the
+    workers that unpack .debs), with the children each has waited for."""
     sys.path.insert(0, str(REPO))
     from mk.engine import resident
 
     folder = resident.run_dir(cache, ws.resolve())
-    pid = (Path(folder) / resident.PID).read_text(encoding="ascii").strip()
-    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    pending = [(Path(folder) / resident.PID).read_text(encoding="ascii").strip()]
+    seconds = 0.0
+    while pending:
+        pid = pending.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                pending += (task / "children").read_text(encoding="ascii").split()
+        except FileNotFoundError:  # gone meanwhile
+            continue
+        seconds += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+    return seconds
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def adopt_orphans() -> None:
+    """Become the child subreaper: processes that outlive their parent under this script (the fork
+    server a build's unpacking workers come from) are then this script's children, and their
+    CPU time reaches RUSAGE_CHILDREN once `reap_orphans` waits for them."""
+    import ctypes
+
+    pr_set_child_subreaper = 36
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
+
+
+def reap_orphans(quiet: float = 0.3) -> None:
+    """Wait for the adopted processes that end within `quiet` seconds of each other (a running
+    build server, adopted too, is left running)."""
+    deadline = time.monotonic() + quiet
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            deadline = time.monotonic() + quiet
+        else:
+            time.sleep(0.01)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -138,7 +180,9 @@ def bench(work: Path, runs: int) -> int:
 
     def mk_cold_ac() -> float:
         cold_ac()
-        return run([mk_exe(), "build", TARGET], ws, env)
+        elapsed = run([mk_exe(), "build", TARGET], ws, env)
+        reap_orphans()  # its unpacking workers' fork server, which ends after it
+        return elapsed
 
     server_cpu_used: list[float] = []
 
@@ -146,11 +190,12 @@ def bench(work: Path, runs: int) -> int:
         # A fresh server, which remembers no build of the target (an earlier one would answer from
         # memory with the action cache gone); started by a query, which analyses but runs nothing.
         run([mk_exe(), "shutdown"], ws, served)
+        reap_orphans()  # the last server and its processes, counted in none of the cases
         cold_ac()
         run([mk_exe(), "query", "deps", TARGET], ws, served)
-        before = server_cpu(cache, ws)
+        before, client = server_cpu(cache, ws), children_cpu()
         elapsed = run([mk_exe(), "build", TARGET], ws, served)
-        server_cpu_used.append(server_cpu(cache, ws) - before)
+        server_cpu_used.append(server_cpu(cache, ws) - before + children_cpu() - client)
         return elapsed
 
     largest_first = sorted(debs, key=lambda p: p.stat().st_size, reverse=True)
@@ -189,15 +234,17 @@ def bench(work: Path, runs: int) -> int:
         cases.append(("mmdebstrap --variant=extract", mmdebstrap))
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
     cpu: dict[str, list[float]] = {name: [] for name, _ in cases}  # user + system of the children
+    adopt_orphans()
+    reap_orphans()
     for _ in range(runs):
         for name, case in cases:
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            before = children_cpu()
             times[name].append(case())
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-            if name == SERVER_CASE:  # the client's share above was counted with the query's
+            cpu[name].append(children_cpu() - before)
+            if name == SERVER_CASE:  # the build's, without the shutdown's and query's
                 cpu[name][-1] = server_cpu_used[-1]
     run([mk_exe(), "shutdown"], ws, served)
+    reap_orphans()
     cold_ac()
     rss = peak_rss_mb([mk_exe(), "build", TARGET], ws, env)
     mk_time = statistics.median(times[SERVER_CASE])

@@ -13,11 +13,12 @@ from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
-from mk.rules.deb.debfile import MERGED_DIRS, DebError, read_deb
+from mk.rules.deb.debfile import MERGED_DIRS, DebError
 from mk.rules.deb.dpkg import InstalledPackage, database
 from mk.rules.deb.fetch import fetch
 from mk.rules.deb.lockfile import LockedPackage, Lockfile, Manifest
 from mk.rules.deb.sbom import spdx
+from mk.rules.deb.unpack import read_deb_in_worker
 from mk.rules.providers import SbomInfo, TreeInfo
 from mk.rules.write_file import write
 
@@ -61,8 +62,7 @@ def lock_path(name: str, attrs: dict[str, object], arch: str = _FIRST_ARCHITECTU
 def extract(io: ActionIO) -> None:
     (deb,) = io.inputs.values()
     try:
-        with open(deb, "rb") as f:
-            contents = read_deb(f, io.cas, os.path.basename(io.string("deb")))
+        contents = read_deb_in_worker(deb, io.cas, os.path.basename(io.string("deb")))
     except DebError as e:
         raise ValueError(str(e)) from None
     io.write_tree(contents.tree, 0)
