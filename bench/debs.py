@@ -13,10 +13,8 @@ held against:
   - mmdebstrap --variant=extract from a local copy:// repository of those .debs, to a tarball.
 
 Needs the Debian mirror once (for the first fetch) and, for the peers, dpkg-deb and mmdebstrap.
-`CPU s` counts every process of a case: for the server row the client's, and the server's and its
-workers' from /proc (they are no children of this script); for the others their children's,
-with the processes they leave behind (the fork server of mk's unpacking workers), which this
-script adopts as child subreaper and waits for.
+`CPU s` counts every process of a case: for the server row the client's, and the server's and
+its children's from /proc (they are no children of this script); for the others the children's.
 
 Usage: python3 bench/debs.py [--runs N] [--keep]
 """
@@ -75,8 +73,8 @@ def examples_copy(work: Path) -> tuple[Path, Path, dict[str, str]]:
 
 
 def server_cpu(cache: Path, ws: Path) -> float:
-    """The CPU time so far of the workspace's build server and every process under it (the
-    workers that unpack .debs), with the children each has waited for."""
+    """The CPU time so far of the workspace's build server and every process under it, with the
+    children each has waited for."""
     sys.path.insert(0, str(REPO))
     from mk.engine import resident
 
@@ -98,31 +96,6 @@ def server_cpu(cache: Path, ws: Path) -> float:
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def adopt_orphans() -> None:
-    """Become the child subreaper: processes that outlive their parent under this script (the fork
-    server a build's unpacking workers come from) are then this script's children, and their
-    CPU time reaches RUSAGE_CHILDREN once `reap_orphans` waits for them."""
-    import ctypes
-
-    pr_set_child_subreaper = 36
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
-
-
-def reap_orphans(quiet: float = 0.3) -> None:
-    """Wait for the adopted processes that end within `quiet` seconds of each other (a running
-    build server, adopted too, is left running)."""
-    deadline = time.monotonic() + quiet
-    while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid:
-            deadline = time.monotonic() + quiet
-        else:
-            time.sleep(0.01)
 
 
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -180,9 +153,7 @@ def bench(work: Path, runs: int) -> int:
 
     def mk_cold_ac() -> float:
         cold_ac()
-        elapsed = run([mk_exe(), "build", TARGET], ws, env)
-        reap_orphans()  # its unpacking workers' fork server, which ends after it
-        return elapsed
+        return run([mk_exe(), "build", TARGET], ws, env)
 
     server_cpu_used: list[float] = []
 
@@ -190,7 +161,6 @@ def bench(work: Path, runs: int) -> int:
         # A fresh server, which remembers no build of the target (an earlier one would answer from
         # memory with the action cache gone); started by a query, which analyses but runs nothing.
         run([mk_exe(), "shutdown"], ws, served)
-        reap_orphans()  # the last server and its processes, counted in none of the cases
         cold_ac()
         run([mk_exe(), "query", "deps", TARGET], ws, served)
         before, client = server_cpu(cache, ws), children_cpu()
@@ -234,8 +204,6 @@ def bench(work: Path, runs: int) -> int:
         cases.append(("mmdebstrap --variant=extract", mmdebstrap))
     times: dict[str, list[float]] = {name: [] for name, _ in cases}
     cpu: dict[str, list[float]] = {name: [] for name, _ in cases}  # user + system of the children
-    adopt_orphans()
-    reap_orphans()
     for _ in range(runs):
         for name, case in cases:
             before = children_cpu()
@@ -244,7 +212,6 @@ def bench(work: Path, runs: int) -> int:
             if name == SERVER_CASE:  # the build's, without the shutdown's and query's
                 cpu[name][-1] = server_cpu_used[-1]
     run([mk_exe(), "shutdown"], ws, served)
-    reap_orphans()
     cold_ac()
     rss = peak_rss_mb([mk_exe(), "build", TARGET], ws, env)
     mk_time = statistics.median(times[SERVER_CASE])

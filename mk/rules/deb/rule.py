@@ -12,12 +12,11 @@ from mk.engine import attrs
 from mk.engine.actions import Action, ActionIO, Artifact
 from mk.engine.errors import MkError
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
-from mk.rules.deb.debfile import MERGED_DIRS, DebError
+from mk.rules.deb.debfile import MERGED_DIRS, DebError, read_deb
 from mk.rules.deb.dpkg import InstalledPackage, database
 from mk.rules.deb.fetch import fetch_to
 from mk.rules.deb.lockfile import LockedPackage, Lockfile, Manifest
 from mk.rules.deb.sbom import spdx
-from mk.rules.deb.unpack import read_deb_in_worker
 from mk.rules.providers import SbomInfo, TreeInfo
 from mk.rules.write_file import write
 
@@ -67,7 +66,8 @@ def unpack(io: ActionIO) -> None:
     deb = io.scratch / name
     fetch_to(io, deb)
     try:
-        contents = read_deb_in_worker(deb, io.cas, name)
+        with open(deb, "rb") as f:
+            contents = read_deb(f, io.cas, name)
     except DebError as e:
         raise ValueError(str(e)) from None
     io.write_tree(contents.tree, 0)
