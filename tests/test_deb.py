@@ -86,7 +86,7 @@ def test_build_unpacks_into_a_merged_usr_tree_with_a_dpkg_database(workspace: Wo
     assert ws.mk("lock", "//os:base").code == 0
     result = ws.build("//os:base", "//os:base_tar")
     summary = parse_summary(result.out)
-    assert (summary.executed, summary.actions) == (13, 13)  # a cold cache: everything ran
+    assert (summary.executed, summary.actions) == (8, 8)  # a cold cache: everything ran (DebUnpack per package)
     tree = Tree.decode((ws.root / "mk-out/os/base.tree").read_bytes())
     entries = {e.path: e for e in tree.entries}
     assert entries["bin"].kind is Kind.SYMLINK and entries["bin"].target == "usr/bin"
@@ -197,7 +197,7 @@ def test_malicious_packages_are_refused(workspace: WorkspaceFactory, tmp_path: P
     assert ws.mk("lock", "//os:base").code == 0
     result = ws.mk("build", "//os:base")
     assert result.code == 1, result
-    assert "error: DebExtract //os:base failed: app_1.0_amd64.deb (data.tar.xz): " in result.err
+    assert "error: DebUnpack //os:base failed: app_1.0_amd64.deb (data.tar.xz): " in result.err
     assert message in result.err
     assert_nothing_imported(ws.cache_dir, b"x")
     assert not (ws.root / "mk-out/os/base.tree").exists()
@@ -218,7 +218,7 @@ def test_truncated_download_is_refused(workspace: WorkspaceFactory, tmp_path: Pa
     assert ws.mk("lock", "//os:base").code == 0
     result = ws.mk("build", "//os:base")
     assert result.code == 1
-    assert "error: DebFetch //os:base failed: app_1.0_amd64.deb (sha256 " in result.err
+    assert "error: DebUnpack //os:base failed: app_1.0_amd64.deb (sha256 " in result.err
     assert (f"  - the mirror: {deb.as_uri()}: got {size - 200} bytes, 200 fewer than the {size} expected: the "
             "download was cut short, or the file is not the one listed (gave up after 3 attempts)\n") in result.err
 
@@ -241,7 +241,7 @@ def test_truncated_deb_that_the_index_describes_is_refused_when_read(
     assert ws.mk("lock", "//os:base").code == 0
     result = ws.mk("build", "//os:base")
     assert result.code == 1
-    assert "error: DebExtract //os:base failed: app_1.0_amd64.deb: the file is truncated\n" in result.err
+    assert "error: DebUnpack //os:base failed: app_1.0_amd64.deb: the file is truncated\n" in result.err
 
 
 # ---- over HTTP -------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def test_packages_already_in_the_store_are_not_downloaded_again(
     (ws.root / "mk-out/os/base.tree").unlink()
     handler.drop_debs = True  # any download would now fail
     result = ws.build("//os:base", env=env)
-    assert parse_summary(result.out).executed == 12
+    assert parse_summary(result.out).executed == 7  # every DebUnpack again, none downloading
     assert (ws.root / "mk-out/os/base.tree").is_file()
 
 

@@ -197,7 +197,7 @@ def test_with_no_place_left_the_error_lists_every_place_tried(
             **env, "MK_REMOTE_CACHE": remote.url, "MK_TRUSTED_KEYS": public.line(),
             "MK_DEBIAN_SNAPSHOT": snapshots.url, "MK_DEBIAN_EXTRA_MIRRORS": extra.as_uri()})
     assert result.code == 1
-    assert (f"error: DebFetch //os:base failed: app_1.0_amd64.deb (sha256 {sha256}) is in none of the places tried:\n"
+    assert (f"error: DebUnpack //os:base failed: app_1.0_amd64.deb (sha256 {sha256}) is in none of the places tried:\n"
             "  - the local store: not there\n"
             f"  - the remote cache {remote.url}: has no copy\n"
             f"  - the mirror: {mirror.url}/{POOL_PATH}: 404 Not Found\n"

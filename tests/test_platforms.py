@@ -151,12 +151,12 @@ def test_both_platforms_share_every_action_that_does_not_depend_on_the_platform(
     shared = outputs(amd64) & outputs(arm64)
     assert {(e["label"], e["mnemonic"]) for e in amd64 if e["outputs"][0] in shared} == {  # type: ignore[index]
         ("//os:etc", "Layer"), ("//os:shout", "Genrule"),
-        ("//os:base", "DebFetch"), ("//os:base", "DebExtract"),  # app-data, Architecture: all
+        ("//os:base", "DebUnpack"),  # app-data, Architecture: all
     }
     assert not any(o.startswith("linux-arm64/") for o in shared)
     # The build of both runs each shared action once: so many actions fewer than the two builds apart.
     assert len(both) == len(amd64) + len(arm64) - len(shared)
-    assert Counter(e["mnemonic"] for e in both)["DebFetch"] == 3  # app twice, app-data once
+    assert Counter(e["mnemonic"] for e in both)["DebUnpack"] == 3  # app twice, app-data once
     # Built for arm64 after amd64, the shared actions were cached, and only they.
     assert {str(e["outputs"][0]) for e in arm64 if e["status"] == "cached"} == shared  # type: ignore[index]
 

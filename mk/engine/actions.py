@@ -66,10 +66,16 @@ class ActionIO:
     outputs: Mapping[str, Path]
     params: Params
     cas: ContentStore
-    scratch: Path
+    work: Path  # where `scratch` is made, on first use: most functions need none, and a folder costs
     fixed_outputs: FixedOutputs
     source_urls: Callable[[str], tuple[str, ...]]
     warnings: list[ActionWarning] = field(default_factory=list)
+
+    @property
+    def scratch(self) -> Path:
+        """A folder of the action's own, empty when it starts."""
+        self.work.mkdir(exist_ok=True)
+        return self.work
 
     def warn(self, message: str, location: Location | None = None) -> None:
         """`location`: where the problem is, if not in the action's own BUILD line (a line of an input)."""
@@ -94,10 +100,14 @@ class ActionIO:
         assert isinstance(value, int), key
         return value
 
+    def read_bytes(self, path: str) -> bytes:
+        """An input's bytes, from the store: they need not have been written out (`staged_inputs`)."""
+        return self.cas.read_bytes(self.digests[path])
+
     def read_tree(self, path: str) -> Tree:
         from mk.cache.tree import Tree  # when an action runs: a no-op build reads no tree
 
-        return Tree.decode_shared(self.inputs[path].read_bytes())
+        return Tree.decode_shared(self.read_bytes(path))
 
     def write_tree(self, tree: Tree, index: int = 0) -> None:
         self.output(index).write_bytes(tree.encode())

@@ -261,15 +261,13 @@ class Executor:
 
     def _run_function(self, action: Action, inputs: Mapping[str, FileDigest], execroot: Path, scratch: Path) -> bytes:
         assert action.function is not None
-        work = scratch / "work"
-        work.mkdir()
         io = ActionIO(
             inputs={a.path: execroot / a.path for a in action.inputs},
             digests={a.path: inputs[a.path].digest for a in action.inputs},
             outputs={a.path: execroot / a.path for a in action.outputs},
             params=action.params,
             cas=self.cas,
-            scratch=work,
+            work=scratch / "work",
             fixed_outputs=self.fixed_outputs,
             source_urls=self.source_urls,
         )

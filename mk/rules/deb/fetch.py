@@ -1,4 +1,4 @@
-"""DebFetch: a package pinned by sha256, from the first place that has those bytes.
+"""A file pinned by sha256 (a package, a source package's file), from the first place that has those bytes.
 
 A pinned package is a fixed output: any source serving the right bytes is as good as any other.
 So the places are tried in order, cheapest and most lasting first:
@@ -20,6 +20,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from mk.engine.actions import ActionIO
 from mk.rules.deb.download import DownloadError, download
@@ -27,7 +28,7 @@ from mk.rules.deb.download import DownloadError, download
 
 @dataclass(frozen=True)
 class Pinned:
-    """What the lockfile says of one package, as DebFetch's parameters carry it."""
+    """What the lockfile says of one file, as the parameters of DebUnpack and DebSourceFetch carry it."""
 
     archive: str  # "debian" or "debian-security"
     path: str  # pool path, relative to the archive's root
@@ -42,8 +43,13 @@ class Pinned:
 
 
 def fetch(io: ActionIO) -> None:
+    """An action (DebSourceFetch): the file its parameters pin, as its output."""
+    fetch_to(io, io.output())
+
+
+def fetch_to(io: ActionIO, out: Path) -> None:
+    """The file the action's parameters pin, at `out`."""
     pinned = Pinned.of(io)
-    out = io.output()
     fixed = io.fixed_outputs
     if fixed.from_store(pinned.sha256, out):
         return
