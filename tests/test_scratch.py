@@ -3,6 +3,7 @@ at once, and nothing is left when the process ends, or when the next build finds
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,15 @@ def test_an_in_process_action_gets_its_work_folder_when_it_asks(tmp_path: Path) 
     assert not io.work.exists()
     assert io.read_bytes("pkg/in") == b"input bytes"
     assert io.scratch == tmp_path / "scratch" / "work" and list(io.scratch.iterdir()) == []
+
+
+def test_a_scratch_folder_left_under_the_same_name_is_emptied_first(tmp_path: Path) -> None:
+    """A folder of this process's name left from an action cut short (an exception escaping the
+    removal, say) is not handed to the next action with its files in it."""
+    cache = LocalCache(tmp_path / "cache")
+    left = tmp_path / "cache" / SCRATCH.name / f"{os.getpid()}-action"
+    (left / "execroot").mkdir(parents=True)
+    (left / "execroot" / "stale").write_bytes(b"from before")
+    with cache.scratch_dir("action") as scratch:
+        assert scratch == left and list(scratch.iterdir()) == []
+    assert not left.exists()

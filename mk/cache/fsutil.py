@@ -39,8 +39,11 @@ def atomic_writer(path: Path, mode: int = 0o644, exchange: bool = False) -> Iter
     import tempfile  # imports shutil: a no-op build writes nothing and never needs it
 
     with _full_disk_named(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name[-16:])
+        try:
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name[-16:])
+        except FileNotFoundError:  # the folder's first file: made then, not asked for every write
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name[-16:])
         try:
             with os.fdopen(fd, "wb") as tmp:
                 yield tmp

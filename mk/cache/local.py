@@ -72,10 +72,15 @@ class LocalCache:
         action need not wait for it. A process killed first leaves it to `sweep_stale_scratch`.
         """
         base = self.root / SCRATCH.name
-        base.mkdir(exist_ok=True)
         path = base / f"{os.getpid()}-{name}"
-        remove_tree(path)
-        path.mkdir()
+        try:  # (one system call in the usual case: every action makes one)
+            path.mkdir()
+        except FileNotFoundError:  # the cache's first scratch folder
+            base.mkdir(exist_ok=True)
+            path.mkdir()
+        except FileExistsError:  # an earlier one of this process (its pid), cut short
+            remove_tree(path)
+            path.mkdir()
         try:
             yield path
         finally:
