@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -78,20 +79,42 @@ def command_environment(action: Action, jobs: int) -> dict[str, str]:
     }
 
 
-def run_sandboxed(command: Sequence[str], env: Mapping[str, str], layout: sandbox.Layout, stdout_path: Path,
-                  stderr_path: Path, processes: RunningProcesses) -> int:
-    """Run `command` in the sandbox `layout` describes (its tmp is made here); its exit code, or
-    minus the signal that killed it. Raises ValueError (a NUL byte) or OSError (cannot start)."""
+@dataclass(frozen=True)
+class Ran:
+    """What a command did: its exit code (minus the signal that killed it), stdout and stderr."""
+
+    code: int
+    stdout: bytes
+    stderr: bytes
+
+
+def run_sandboxed(command: Sequence[str], env: Mapping[str, str], layout: sandbox.Layout,
+                  processes: RunningProcesses) -> Ran:
+    """Run `command` in the sandbox `layout` describes (its tmp is made here). Raises ValueError (a
+    NUL byte) or OSError (cannot start)."""
     layout.tmp.mkdir()
     argv = [sandbox.bubblewrap(), *sandbox.arguments(layout), "--", *command]
-    with open(stdout_path, "wb") as stdout, open(stderr_path, "wb") as stderr:
+    # Its output goes to files in memory: two files made and removed on disk for every command
+    # cost this machine's file system more than the bytes do.
+    stdout, stderr = os.memfd_create("mk-stdout"), os.memfd_create("mk-stderr")
+    try:
         proc = subprocess.Popen(argv, cwd=layout.execroot, env=dict(env), stdin=subprocess.DEVNULL, stdout=stdout,
                                 stderr=stderr, umask=0o022, start_new_session=True)
         processes.add(proc)
         try:
-            return proc.wait()
+            code = proc.wait()
         finally:
             processes.remove(proc)
+        return Ran(code, _all_of(stdout), _all_of(stderr))
+    finally:
+        os.close(stdout)
+        os.close(stderr)
+
+
+def _all_of(fd: int) -> bytes:
+    with os.fdopen(os.dup(fd), "rb") as f:
+        f.seek(0)
+        return f.read()
 
 
 class RunningProcesses:
@@ -225,17 +248,16 @@ class Executor:
 
             argv = [sandbox.bubblewrap(), *sandbox.arguments(layout), "--", *action.command]
             print(f"mk: sandbox of {action.describe()}: {shlex.join(argv)}", file=sys.stderr)
-        stdout_path, stderr_path = scratch / "stdout", scratch / "stderr"
         try:
             env = command_environment(action, action.slots(self.jobs))
-            code = run_sandboxed(action.command, env, layout, stdout_path, stderr_path, self.processes)
+            ran = run_sandboxed(action.command, env, layout, self.processes)
         except ValueError as e:  # a NUL byte in the command or the environment
             raise ActionFailed(f"{action.describe()} cannot run: its command holds a NUL byte ({e})") from None
         except OSError as e:
             size = sum(len(a) for a in action.command)
             raise ActionFailed(f"{action.describe()} cannot run its command ({size} bytes): "
                                f"{e.strerror or e}") from None
-        out, err = stdout_path.read_bytes(), stderr_path.read_bytes()
+        code, out, err = ran.code, ran.stdout, ran.stderr
         if self.processes.cancelled.is_set():
             raise ActionFailed(f"{action.describe()} was interrupted")
         if code != 0:

@@ -100,10 +100,10 @@ def run(context: LeaseContext, action: re_pb2.Action, processes: RunningProcesse
         layout = sandbox.Layout(toolchain, execroot, scratch / "tmp", tuple(inputs),
                                 tuple(os.path.dirname(p) for p in outputs))
         env = {v.name: v.value for v in command.environment_variables}
-        stdout, stderr = scratch / "stdout", scratch / "stderr"
         timing.input_fetch_completed_timestamp.GetCurrentTime()
         timing.execution_start_timestamp.GetCurrentTime()
-        code = run_sandboxed(list(command.arguments), env, layout, stdout, stderr, processes)
+        finished = run_sandboxed(list(command.arguments), env, layout, processes)
+        code = finished.code
         timing.execution_completed_timestamp.GetCurrentTime()
         ran()
         timing.output_upload_start_timestamp.GetCurrentTime()
@@ -122,7 +122,7 @@ def run(context: LeaseContext, action: re_pb2.Action, processes: RunningProcesse
                                      is_executable=bool(os.stat(file).st_mode & stat.S_IXUSR))
             node.node_properties.properties.add(name=BLAKE3_PROPERTY, value=blake3)
             result.output_files.append(node)
-        for data, field in ((stdout.read_bytes(), result.stdout_digest), (stderr.read_bytes(), result.stderr_digest)):
+        for data, field in ((finished.stdout, result.stdout_digest), (finished.stderr, result.stderr_digest)):
             digest = sha256_bytes(data)
             blobs[digest] = in_memory(data)
             field.CopyFrom(proto_digest(digest))
