@@ -166,13 +166,15 @@ def test_a_host_binary_missing_from_the_toolchain_is_named(ws: Workspace) -> Non
 
 def test_sandbox_debug_shows_the_command_line_and_keeps_the_sandbox(ws: Workspace) -> None:
     ws.write("pkg/BUILD", 'genrule(name = "a", srcs = ["in.txt"], outs = ["a.txt"], '
-                          'cmd = "echo scratch > /tmp/left; cp $< $@")\n')
+                          'cmd = "echo scratch > /tmp/left; echo said; echo warned >&2; cp $< $@")\n')
     result = ws.mk("build", "--sandbox-debug", "//pkg:a")
     assert result.code == 0, result
     assert "mk: sandbox of Genrule //pkg:a: " in result.err and "--unshare-net" in result.err, result.err
     [kept] = (ws.cache_dir / "sandbox-debug").iterdir()
+    assert f"is kept in {kept} (execroot/, tmp/, stdout, stderr)" in result.err, result.err
     assert (kept / "tmp/left").read_text() == "scratch\n"
     assert (kept / "execroot/pkg/a.txt").read_text() == "hello\n"
+    assert ((kept / "stdout").read_text(), (kept / "stderr").read_text()) == ("said\n", "warned\n")
 
 
 # ---- keys ----------------------------------------------------------------------------------------

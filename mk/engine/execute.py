@@ -258,6 +258,9 @@ class Executor:
             raise ActionFailed(f"{action.describe()} cannot run its command ({size} bytes): "
                                f"{e.strerror or e}") from None
         code, out, err = ran.code, ran.stdout, ran.stderr
+        if self.sandbox_debug:  # the kept sandbox shows them beside execroot/ and tmp/
+            (scratch / "stdout").write_bytes(out)
+            (scratch / "stderr").write_bytes(err)
         if self.processes.cancelled.is_set():
             raise ActionFailed(f"{action.describe()} was interrupted")
         if code != 0:
