@@ -24,9 +24,12 @@ if TYPE_CHECKING:
 class TransportError(Exception):
     """The request did not give a usable answer (network, timeout, 5xx, truncated body...)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, refuses_uploads: bool | None = None) -> None:
         super().__init__(message)
-        self.status = status  # the HTTP status, when there was one (401 and 403 mean: no uploads)
+        self.status = status  # the HTTP status, when there was one
+        # A server that will not take what was sent (a read-only one, a token that may only read, a
+        # full disk), though it may well serve reads: by default, what the HTTP status says.
+        self.refuses_uploads = status in (401, 403, 405, 507) if refuses_uploads is None else refuses_uploads
 
 
 class CacheTransport(Protocol):

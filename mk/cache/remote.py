@@ -453,8 +453,7 @@ class RemoteCache:
     def _upload_failed(self, error: Exception) -> None:
         with self._lock:  # first, before the transfers this failure cuts report theirs
             self.stats.upload_error = self.stats.upload_error or str(error)
-        status = getattr(error, "status", None)
-        if status in (401, 403, 405, 507):  # a read-only server, a token that may only read, a full disk
+        if getattr(error, "refuses_uploads", False):
             self._uploads_off = True
             self._gave_up = self._gave_up or str(error)
             self._warn("refused", f"refuses uploads ({error}); not uploading for the rest of this build")

@@ -530,6 +530,3 @@ def _ms(values: list[float]) -> str:
 
 def _is_hex(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-
-
-

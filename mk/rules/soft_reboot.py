@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from mk.cache.cas import digest_file
+from mk.rules.formats.cpio import TRAILER
 from mk.rules.init import UPDATE_BLOCK
 
 _MAGIC = b"070701"
@@ -129,33 +131,26 @@ def _archive(new: Mapping[str, Entry], written: Iterable[str], source: Path) -> 
             raw = f.read(entry.end - entry.start)
             ino = inodes.setdefault(entry.group or path, len(inodes) + 1)
             parts.append(raw[:6] + b"%08X" % ino + raw[14:])
-    trailer = _MAGIC + b"%08X" % 0 * 4 + b"%08X" % 1 + b"%08X" % 0 * 6 + b"%08X" % (len(_TRAILER) + 1) + \
-        b"%08X" % 0 + _TRAILER.encode() + b"\0"
-    parts.append(trailer + b"\0" * (-len(trailer) % 4))
+    parts.append(TRAILER)
     return b"".join(parts)
-
-
-def file_digest(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").digest()
 
 
 @dataclass
 class Booted:
     """What a VM booted, which the next image is compared with."""
 
-    kernel: bytes  # its digest
+    kernel: str  # its digest
     cmdline: str
     initrd: Path  # uncompressed
     entries: dict[str, Entry]
 
     @staticmethod
     def of(kernel: Path, cmdline: Path, initrd: Path) -> Booted:
-        return Booted(file_digest(kernel), cmdline.read_text(encoding="utf-8"), initrd, read_index(initrd))
+        return Booted(digest_file(kernel), cmdline.read_text(encoding="utf-8"), initrd, read_index(initrd))
 
     def kernel_change(self, kernel: Path, cmdline: Path) -> str | None:
         """Why the image at `kernel` and `cmdline` needs the kernel booted again, if it does."""
-        if file_digest(kernel) != self.kernel:
+        if digest_file(kernel) != self.kernel:
             return "the kernel changed"
         if cmdline.read_text(encoding="utf-8") != self.cmdline:
             return "the kernel command line changed"

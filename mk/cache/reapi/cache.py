@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 SIGNED_RESULT = "mk/mk.SignedResult"  # the type URL of the `Any` holding a signed envelope
 _BLOB_FILE = "blob"  # the one output file of a blob's entry
 _WATCH_EVERY = 0.1  # seconds between two looks at whether the build was interrupted
-# gRPC refusals as the HTTP statuses the remote cache stops uploading for (and keeps reading):
-# no right to write, a cache that takes no results, a full server.
-_REFUSALS = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "UNIMPLEMENTED": 405, "RESOURCE_EXHAUSTED": 507}
+# What a server answers that will not take what was sent, though it may serve reads: no right to
+# write, a cache that takes no results, a full server.
+_REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED", "UNIMPLEMENTED", "RESOURCE_EXHAUSTED")
 
 
 def result_digest(key: str) -> re_pb2.Digest:
@@ -176,7 +176,7 @@ class ReapiCache:
             raise
         except RemoteError as e:
             raise TransportError(self._said(self._aborted) if self._aborted else str(e),
-                                 _REFUSALS.get(e.code or "")) from None
+                                 refuses_uploads=e.code in _REFUSALS) from None
         except ValueError as e:  # gRPC's answer to a call on a closed channel
             raise TransportError(self._said(self._aborted or str(e))) from None
 

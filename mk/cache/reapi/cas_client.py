@@ -90,7 +90,7 @@ class RemoteCas:
         self._present: set[Sha256] = set()
         self._remember = remember
         self.digest_function = digest_function
-        self._together = _Together(self._batch_updates)
+        self._together = _Together(lambda blobs: self._batch_updates({d: in_memory(b) for d, b in blobs.items()}))
 
     def _call(self, what: str, method: Callable[..., Any], request: object, timeout: float | None = None) -> Any:
         import grpc
@@ -128,17 +128,9 @@ class RemoteCas:
             self.mark_present(unknown)
             return len(unknown)
         missing = self.find_missing(unknown)
-        batch: list[tuple[Sha256, bytes]] = []
-        for digest in sorted(missing):
-            if digest.size > _BATCH_BYTES // 2:
-                self._write(digest, blobs[digest])
-                continue
-            if sum(d.size for d, _ in batch) + digest.size > _BATCH_BYTES:
-                self._batch_update(batch)
-                batch = []
-            batch.append((digest, b"".join(blobs[digest]())))
-        if batch:
-            self._batch_update(batch)
+        for digest in sorted(d for d in missing if d.size > _BATCH_BYTES // 2):
+            self._write(digest, blobs[digest])
+        self._batch_updates({d: blobs[d] for d in missing if d.size <= _BATCH_BYTES // 2})
         self.mark_present(unknown)
         return len(missing)
 
@@ -148,14 +140,14 @@ class RemoteCas:
             with self._lock:
                 self._present.update(digests)
 
-    def _batch_updates(self, blobs: Mapping[Sha256, bytes]) -> None:
-        """Small blobs in as few BatchUpdateBlobs calls as fit."""
+    def _batch_updates(self, blobs: Mapping[Sha256, BlobSource]) -> None:
+        """Small blobs in as few BatchUpdateBlobs calls as fit, each read when its call is made."""
         batch: list[tuple[Sha256, bytes]] = []
         for digest in sorted(blobs):
             if batch and sum(d.size for d, _ in batch) + digest.size > _BATCH_BYTES:
                 self._batch_update(batch)
                 batch = []
-            batch.append((digest, blobs[digest]))
+            batch.append((digest, b"".join(blobs[digest]())))
         if batch:
             self._batch_update(batch)
 

@@ -38,6 +38,9 @@ def _header(ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, siz
     return header + b"\0" * (-len(header) % 4)
 
 
+TRAILER = _header(0, 0, 0, 0, 1, 0, 0, (0, 0), b"TRAILER!!!")  # the entry that ends an archive
+
+
 def write_cpio(tree: Tree, cas: ContentStore, out: BinaryIO, mtime: int, plain_file: bool = False) -> None:
     """Inode numbers are assigned in path order; a hard link shares its file's inode. With
     `plain_file`, contents go to `out`'s descriptor directly (see ContentStore.write_to).
@@ -71,4 +74,4 @@ def write_cpio(tree: Tree, cas: ContentStore, out: BinaryIO, mtime: int, plain_f
             out.write(target + b"\0" * (-len(target) % 4))
         else:
             out.write(_header(number, mode, entry.uid, entry.gid, nlink, mtime, 0, rdev, name))
-    out.write(_header(0, 0, 0, 0, 1, 0, 0, (0, 0), b"TRAILER!!!"))
+    out.write(TRAILER)
