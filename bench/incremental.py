@@ -63,6 +63,9 @@ def main() -> int:
                         help="build each edit in a process of its own (as CI does), not through the build server")
     args = parser.parse_args()
     sides = {"this checkout": REPO, "baseline": args.baseline.resolve()}
+    # PYTHONPATH naming a folder without mk would quietly run this venv's mk: both sides the same.
+    if not (sides["baseline"] / "mk" / "client.py").is_file():
+        sys.exit(f"--baseline {args.baseline}: not a checkout of mk with a build client (no mk/client.py there)")
     work = Path(tempfile.mkdtemp(prefix="mk-bench-incremental-"))
     spaces: dict[str, Path] = {}
     try:

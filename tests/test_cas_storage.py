@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 import zstandard
 
-from mk.cache.cas import RAW_FROM, ZSTD_MAGIC, ContentStore, CorruptBlobError, digest_bytes
+from mk.cache.cas import RAW_FROM, ZSTD_MAGIC, ContentStore, CorruptBlobError, digest_bytes, digest_file
 from mk.cache.tree import Entry, Kind, Tree
 from mk.rules.formats.cpio import write_cpio
 from mk.rules.formats.tar import tar_info, write_tar
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 LARGE = random.Random(1).randbytes(RAW_FROM + 12345)
+# Hashed mapped, a window at a time, and on every core: from 16 MiB (cas._THREADED_HASH).
+HUGE = random.Random(9).randbytes((16 << 20) * 2 + 4321)
 INCOMPRESSIBLE = random.Random(2).randbytes(10_000)
 COMPRESSIBLE = b"the same line again and again\n" * 500
 
@@ -239,7 +241,7 @@ def test_a_bent_compressed_blob_is_caught_by_its_checksum(reader: str, tmp_path:
 
 
 @pytest.mark.parametrize("reader", READERS)
-@pytest.mark.parametrize("data", [LARGE, INCOMPRESSIBLE], ids=["large", "incompressible"])
+@pytest.mark.parametrize("data", [HUGE, LARGE, INCOMPRESSIBLE], ids=["huge", "large", "incompressible"])
 def test_a_bent_raw_blob_is_caught_by_its_hash(reader: str, data: bytes, tmp_path: Path) -> None:
     """A blob kept as it is has no checksum of its own: every reader hashes it."""
     cas = ContentStore(tmp_path / "cache")
@@ -248,6 +250,31 @@ def test_a_bent_raw_blob_is_caught_by_its_hash(reader: str, data: bytes, tmp_pat
     with pytest.raises(CorruptBlobError):
         READERS[reader](cas, digest, len(data), tmp_path)
     assert not cas.has(digest)
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("where", [5, (16 << 20) + 100, len(HUGE) - 1], ids=["first window", "second", "last byte"])
+def test_a_huge_blob_after_its_header_is_checked_in_every_window(reader: str, where: int, tmp_path: Path) -> None:
+    """Kept after an 8-byte header (it begins like zstd), so its windows are not where its bytes begin."""
+    data = ZSTD_MAGIC + HUGE
+    cas = ContentStore(tmp_path / "cache")
+    digest = cas.put_bytes(data)
+    READERS[reader](cas, digest, len(data), tmp_path)  # intact: read back without a complaint
+    stored = bytearray(_stored(cas, digest))
+    stored[len(stored) - len(data) + where] ^= 0x01
+    cas.path(digest).write_bytes(bytes(stored))
+    with pytest.raises(CorruptBlobError):
+        READERS[reader](cas, digest, len(data), tmp_path)
+    assert not cas.has(digest)
+
+
+@pytest.mark.parametrize("size", [16 << 20, (16 << 20) + 1, len(HUGE)])
+def test_an_action_output_hashed_mapped_has_the_digest_of_its_bytes(size: int, tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    output.write_bytes(HUGE[:size])
+    cas = ContentStore(tmp_path / "cache")
+    assert cas.put_file(output, owned=True) == digest_bytes(HUGE[:size])
+    assert digest_file(output, owned=True) == digest_file(output) == digest_bytes(HUGE[:size])
 
 
 def test_link_to_hashes_a_raw_blob_first_and_declines_a_compressed_one(tmp_path: Path) -> None:
