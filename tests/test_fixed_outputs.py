@@ -67,3 +67,30 @@ def test_a_bent_package_in_the_store_is_refused_and_dropped(tmp_path: Path) -> N
     out = tmp_path / "out.deb"
     assert not fixed.from_store(sha256, out)
     assert not out.exists() and not blob.exists()
+
+
+def test_a_package_stored_as_it_is_is_read_where_it_is(tmp_path: Path) -> None:
+    cas, fixed, sha256 = _kept(tmp_path, PACKAGE)
+    kept = fixed.open_from_store(sha256)
+    assert kept is not None
+    with kept:
+        assert os.fstat(kept.fileno()).st_ino == os.stat(cas.path(digest_bytes(PACKAGE))).st_ino
+        assert kept.read() == PACKAGE
+
+
+def test_only_a_verified_package_with_the_sha256_asked_for_is_read_where_it_is(tmp_path: Path) -> None:
+    cas, fixed, sha256 = _kept(tmp_path, PACKAGE)
+    assert fixed.open_from_store(hashlib.sha256(b"another package").hexdigest()) is None  # no entry
+    text_sha256 = _kept(tmp_path, TEXT)[2]
+    assert fixed.open_from_store(text_sha256) is None  # compressed: `from_store` copies it out
+    index = tmp_path / "cache" / FIXED_OUTPUTS.name
+    wrong = hashlib.sha256(b"a third package").hexdigest()
+    (index / wrong[:2]).mkdir(exist_ok=True)
+    (index / wrong[:2] / wrong).write_text(next(index.rglob(sha256)).read_text())  # a bad hint
+    assert fixed.open_from_store(wrong) is None
+    blob = cas.path(digest_bytes(PACKAGE))
+    bent = bytearray(PACKAGE)
+    bent[100] ^= 1
+    blob.write_bytes(bytes(bent))
+    assert fixed.open_from_store(sha256) is None
+    assert not blob.exists()  # dropped: what fetched it fetches it again

@@ -504,21 +504,35 @@ class ContentStore:
     def link_to(self, digest: str, target: Path) -> bool:
         """Hard-link the blob, verified, at `target` for a reader that never writes to it (mk's own
         action functions); False when it is not stored as it is here (then copy it)."""
-        try:
-            fd = os.open(self._where(digest), os.O_RDONLY)
-        except FileNotFoundError:
+        kept = self.open_kept(digest)
+        if kept is None:
             return False
-        try:
-            if _raw_start(os.pread(fd, 8, 0)) != 0:  # compressed, or after a header: no use to a reader
+        with kept:
+            try:
+                os.link(self._where(digest), target)
+            except OSError:
                 return False
-            self._check_raw(digest, fd, 0)
-        finally:
-            os.close(fd)
-        try:
-            os.link(self._where(digest), target)
-        except OSError:
-            return False
         return True
+
+    def open_kept(self, digest: str) -> BinaryIO | None:
+        """The stored file of a blob kept as it is, open at its start and verified, for a reader
+        that reads it where it is (a package: no copy, no link, no folder for either); None when it
+        is not stored as it is here. What is read is what was hashed: the store replaces a file by
+        renaming another over it, never by writing into it."""
+        try:
+            kept = open(self._where(digest), "rb")  # noqa: SIM115 (handed to the caller open)
+        except FileNotFoundError:
+            return None
+        try:
+            if _raw_start(kept.read(8)) != 0:  # compressed, or after a header: no use to a reader
+                kept.close()
+                return None
+            self._check_raw(digest, kept.fileno(), 0)
+            kept.seek(0)
+        except BaseException:
+            kept.close()
+            raise
+        return kept
 
     def _check_raw(self, digest: str, fd: int, start: int) -> None:
         """Hash a blob kept as it is, which begins at `start` of the open stored file `fd`."""

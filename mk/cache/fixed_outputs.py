@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from mk.cache.cas import ContentStore, CorruptBlobError, MissingBlobError
 from mk.cache.fsutil import mark_used, write_atomic
@@ -49,6 +49,22 @@ class FixedOutputs:
             return False
         mark_used(self._entry(sha256))
         return True
+
+    def open_from_store(self, sha256: str) -> BinaryIO | None:
+        """The file with this sha256, open where the local store keeps it, verified, for a reader
+        that only reads it; None if the store does not keep it there as it is (then `from_store`)."""
+        try:
+            digest = self._entry(sha256).read_text().strip()
+            kept = self._store.open_kept(digest)
+        except (FileNotFoundError, NotADirectoryError, CorruptBlobError):
+            return None
+        if kept is None:
+            return None
+        if self._store.sha256(digest)[0] != sha256:  # (remembered once learnt from verified bytes)
+            kept.close()
+            return None
+        mark_used(self._entry(sha256))
+        return kept
 
     @property
     def remote_name(self) -> str:

@@ -21,6 +21,7 @@ import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from mk.engine.actions import ActionIO
 from mk.rules.deb.download import DownloadError, download
@@ -45,6 +46,16 @@ class Pinned:
 def fetch(io: ActionIO) -> None:
     """An action (DebSourceFetch): the file its parameters pin, as its output."""
     fetch_to(io, io.output())
+
+
+def open_pinned(io: ActionIO, name: str) -> BinaryIO:
+    """The file the action's parameters pin, open for reading: where the local store keeps it, or
+    else fetched into the action's scratch folder as `name`."""
+    kept = io.fixed_outputs.open_from_store(Pinned.of(io).sha256)
+    if kept is not None:
+        return kept
+    fetch_to(io, io.scratch / name)
+    return open(io.scratch / name, "rb")  # (the caller closes it)
 
 
 def fetch_to(io: ActionIO, out: Path) -> None:

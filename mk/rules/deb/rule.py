@@ -14,7 +14,7 @@ from mk.engine.errors import MkError
 from mk.engine.rule_api import Attr, DefaultInfo, Provider, Rule, RuleContext
 from mk.rules.deb.debfile import MERGED_DIRS, DebError, read_deb
 from mk.rules.deb.dpkg import InstalledPackage, database
-from mk.rules.deb.fetch import fetch_to
+from mk.rules.deb.fetch import open_pinned
 from mk.rules.deb.lockfile import LockedPackage, Lockfile, Manifest
 from mk.rules.deb.sbom import spdx
 from mk.rules.providers import SbomInfo, TreeInfo
@@ -63,10 +63,8 @@ def unpack(io: ActionIO) -> None:
     folders, its outputs stored and checked, its action cache entry) cost as much CPU time as
     reading a small package, and the .deb need not be hashed again as an action's output."""
     name = io.string("deb")
-    deb = io.scratch / name
-    fetch_to(io, deb)
     try:
-        with open(deb, "rb") as f:
+        with open_pinned(io, name) as f:
             contents = read_deb(f, io.cas, name)
     except DebError as e:
         raise ValueError(str(e)) from None
