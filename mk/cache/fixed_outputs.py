@@ -39,13 +39,17 @@ class FixedOutputs:
     def _entry(self, sha256: str) -> Path:
         return self._index / sha256[:2] / sha256
 
+    def _indexed(self, sha256: str) -> str | None:
+        """The blob the local index names for this sha256 (a hint, checked by its reader)."""
+        try:
+            return self._entry(sha256).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def from_store(self, sha256: str, out: Path) -> bool:
         """Write the file with this sha256 to `out` from the local store; False if it is not there."""
-        try:
-            digest = self._entry(sha256).read_text().strip()
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        if not self._store.has(digest) or not self._copy(digest, sha256, out):
+        digest = self._indexed(sha256)
+        if digest is None or not self._store.has(digest) or not self._copy(digest, sha256, out):
             return False
         mark_used(self._entry(sha256))
         return True
@@ -53,14 +57,20 @@ class FixedOutputs:
     def open_from_store(self, sha256: str) -> BinaryIO | None:
         """The file with this sha256, open where the local store keeps it, verified, for a reader
         that only reads it; None if the store does not keep it there as it is (then `from_store`)."""
+        digest = self._indexed(sha256)
+        if digest is None:
+            return None
         try:
-            digest = self._entry(sha256).read_text().strip()
             kept = self._store.open_kept(digest)
-        except (FileNotFoundError, NotADirectoryError, CorruptBlobError):
+        except CorruptBlobError:
             return None
         if kept is None:
             return None
-        if self._store.sha256(digest)[0] != sha256:  # (remembered once learnt from verified bytes)
+        try:
+            same = self._store.sha256(digest)[0] == sha256  # (remembered once learnt from verified bytes)
+        except (MissingBlobError, CorruptBlobError):
+            same = False
+        if not same:
             kept.close()
             return None
         mark_used(self._entry(sha256))

@@ -58,8 +58,8 @@ def lock_path(name: str, attrs: dict[str, object], arch: str = _FIRST_ARCHITECTU
 
 
 def unpack(io: ActionIO) -> None:
-    """One package: fetched (linked out of the store, most often), then read into a tree. One action
-    rather than two (a fetch whose output the other reads): an action's own work (its scratch
+    """One package: read where the store keeps it (most often) or fetched, then read into a tree.
+    One action rather than two (a fetch whose output the other reads): an action's own work (its scratch
     folders, its outputs stored and checked, its action cache entry) cost as much CPU time as
     reading a small package, and the .deb need not be hashed again as an action's output."""
     name = io.string("deb")
